@@ -1,1 +1,26 @@
-//! The sans-IO gateway core (stub).
+//! The sans-IO gateway core.
+//!
+//! Owns every device's MQTT-SN state machine, its topic-id table and its upstream MQTT
+//! session's packet-id space; decides what is sent where and when. Must never: do I/O, read
+//! the clock, spawn, lock, or hold an unbounded queue. Time comes in as `now`; effects go out
+//! as [`Output`] values drained with [`Gateway::poll_output`].
+
+mod ctx;
+mod device;
+mod gateway;
+pub mod settings;
+mod timers;
+pub mod topics;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use device::{with_tolerance, DeviceState};
+pub use gateway::Gateway;
+pub use settings::Settings;
+pub use types::{DeviceAddr, Output, PeerAddr, SessionId, Stats, TransportId};
+
+/// The gateway's handle for one device's record. Never reused within a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u64);

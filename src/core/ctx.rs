@@ -1,0 +1,130 @@
+//! Gateway-wide context a device's state machine may use: settings, the output queue, counters,
+//! session ids. Split from `Gateway` so a `&mut Device` and the context can be borrowed together.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use tracing::debug;
+
+use super::settings::Settings;
+use super::types::{DeviceAddr, Output, SessionId, Stats};
+use super::DeviceId;
+use crate::codec::{Encapsulation, Frame, Message};
+use crate::mqtt;
+
+pub(crate) struct Ctx {
+    pub settings: Settings,
+    pub out: VecDeque<Output>,
+    pub stats: Stats,
+    pub by_session: HashMap<SessionId, DeviceId>,
+    next_session: u64,
+    /// Predefined topics both ways.
+    pub predefined_by_id: HashMap<u16, String>,
+    pub predefined_by_name: HashMap<String, u16>,
+    scratch: BytesMut,
+}
+
+impl Ctx {
+    pub fn new(settings: Settings) -> Self {
+        let predefined_by_id: HashMap<u16, String> =
+            settings.predefined_topics.iter().cloned().collect();
+        let predefined_by_name = settings
+            .predefined_topics
+            .iter()
+            .map(|(id, name)| (name.clone(), *id))
+            .collect();
+        Ctx {
+            settings,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            by_session: HashMap::new(),
+            next_session: 1,
+            predefined_by_id,
+            predefined_by_name,
+            scratch: BytesMut::with_capacity(256),
+        }
+    }
+
+    /// Encodes `message` for `to` (encapsulated again when it came through a forwarder).
+    /// Returns the frame, or `None` when it cannot be encoded or exceeds the frame limit
+    /// (spec §6.10: the gateway then silently aborts that message).
+    pub fn encode(&mut self, to: &DeviceAddr, message: Message) -> Option<Bytes> {
+        let frame = Frame {
+            encapsulation: to.wireless_node_id.as_ref().map(|id| Encapsulation {
+                ctrl: 0,
+                wireless_node_id: id.clone(),
+            }),
+            message,
+        };
+        self.scratch.clear();
+        if let Err(e) = frame.encode(&mut self.scratch) {
+            debug!(peer = %to, error = %e, "cannot encode frame for device");
+            return None;
+        }
+        if self.scratch.len() > self.settings.max_frame_size {
+            debug!(peer = %to, len = self.scratch.len(), "frame for device exceeds max_frame_size");
+            return None;
+        }
+        Some(self.scratch.split().freeze())
+    }
+
+    /// Encodes and queues `message` to `to`; false when it could not be encoded.
+    pub fn transmit(&mut self, to: &DeviceAddr, message: Message) -> bool {
+        match self.encode(to, message) {
+            Some(frame) => {
+                self.transmit_frame(to, frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn transmit_frame(&mut self, to: &DeviceAddr, frame: Bytes) {
+        self.out.push_back(Output::Transmit {
+            to: to.clone(),
+            frame,
+        });
+    }
+
+    pub fn send(&mut self, session: SessionId, packet: mqtt::Packet) {
+        self.out.push_back(Output::Send { session, packet });
+    }
+
+    /// Allocates a session id and queues its opening for `owner` (None: the gateway's own).
+    pub fn open(&mut self, owner: Option<DeviceId>, connect: mqtt::Connect) -> SessionId {
+        let session = SessionId(self.next_session);
+        self.next_session += 1;
+        if let Some(owner) = owner {
+            self.by_session.insert(session, owner);
+        }
+        self.out.push_back(Output::Open { session, connect });
+        session
+    }
+
+    /// Closes a session. `graceful` sends DISCONNECT first so the broker discards the will.
+    pub fn close(&mut self, session: SessionId, graceful: bool) {
+        if graceful {
+            self.send(session, mqtt::Packet::Disconnect);
+        }
+        self.by_session.remove(&session);
+        self.out.push_back(Output::Close { session });
+    }
+
+    /// The MQTT CONNECT for a device's upstream session.
+    pub fn connect_packet(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        will: Option<mqtt::LastWill>,
+    ) -> mqtt::Connect {
+        mqtt::Connect {
+            client_id: format!("{}{}", self.settings.client_id_prefix, client_id),
+            clean_session,
+            keep_alive: u16::try_from(self.settings.upstream_keep_alive.as_secs())
+                .unwrap_or(u16::MAX),
+            will,
+            username: self.settings.username.clone(),
+            password: self.settings.password.clone().map(Bytes::from),
+        }
+    }
+}

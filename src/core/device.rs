@@ -1,0 +1,1435 @@
+//! One device's state machine (spec §6): connect with will prompting, topic registration,
+//! publish in both directions at every QoS, subscribe, keep-alive, will updates.
+//!
+//! Owns everything about one device and its upstream session's packet-id space. Never does
+//! I/O: effects go into [`Ctx`]. Every method that takes `now` uses only that for time.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use super::ctx::Ctx;
+use super::topics::TopicTable;
+use super::types::{DeviceAddr, SessionId};
+use super::DeviceId;
+use crate::codec::{
+    self, Message, Puback, Publish, Regack, Register, ReturnCode, Suback, Subscribe, TopicFilter,
+    TopicRef, Unsubscribe, WillTopic,
+};
+use crate::mqtt;
+
+/// Where a device is in its life (spec §6.14's client states, as seen from the gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// CONNECT with Will=1 received; WILLTOPICREQ sent.
+    AwaitWillTopic,
+    /// WILLTOPIC received; WILLMSGREQ sent.
+    AwaitWillMsg,
+    /// Upstream session opening; the device's CONNACK waits for the broker's.
+    AwaitBroker,
+    Active,
+    /// Sent DISCONNECT (or the broker closed its session).
+    Disconnected,
+    /// Keep-alive or N_RETRY exceeded: the upstream session was dropped so the will fired.
+    Lost,
+}
+
+/// Why an uplink QoS 1/2 flow waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpStage {
+    /// Forwarded; waiting for the broker's PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitBroker,
+    /// PUBREC sent to the device; waiting for its PUBREL.
+    AwaitPubrel,
+    /// PUBREL forwarded; waiting for the broker's PUBCOMP.
+    AwaitPubcomp,
+}
+
+#[derive(Debug, Clone)]
+struct UpFlow {
+    msg_id: u16,
+    topic_id: u16,
+    stage: UpStage,
+}
+
+/// What the broker is owed once the device has a downlink message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BrokerAck {
+    None,
+    PubAck(u16),
+    PubRec(u16),
+}
+
+#[derive(Debug, Clone)]
+enum Down {
+    Register {
+        topic_id: u16,
+        name: String,
+    },
+    Publish {
+        topic: TopicRef,
+        qos: codec::QoS,
+        retain: bool,
+        data: Bytes,
+        ack: BrokerAck,
+        /// Already re-registered once after the device said "invalid topic id".
+        reregistered: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DownStage {
+    Regack,
+    Puback,
+    Pubrec,
+    Pubcomp,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    item: Down,
+    msg_id: u16,
+    stage: DownStage,
+    sent_at: Instant,
+    retries: u32,
+}
+
+#[derive(Debug, Clone)]
+enum PendingSub {
+    Subscribe {
+        msg_id: u16,
+        topic_id: u16,
+        filter: String,
+    },
+    Unsubscribe {
+        msg_id: u16,
+        filter: String,
+    },
+    /// Re-subscription after a will update on a clean session: no device reply.
+    Internal,
+}
+
+/// A will update waiting to be applied upstream (MQTT 3.1.1 can only change a will by
+/// reconnecting).
+#[derive(Debug, Clone, Default)]
+struct WillUpdate {
+    respond_topic: bool,
+    respond_msg: bool,
+    /// The replacement session, once opened.
+    new_session: Option<SessionId>,
+    /// Another update arrived while `new_session` was opening.
+    again: bool,
+}
+
+pub(crate) struct Device {
+    pub id: DeviceId,
+    pub client_id: String,
+    pub addr: DeviceAddr,
+    pub state: DeviceState,
+    pub clean_session: bool,
+    keep_alive: Duration,
+    pub last_heard: Instant,
+    /// Deadline of the current connect stage.
+    stage_deadline: Option<Instant>,
+    will_topic: Option<WillTopic>,
+    will_msg: Bytes,
+    pub session: Option<SessionId>,
+    topics: TopicTable,
+    /// Granted subscriptions (filter, QoS), for the QoS downgrade and resubscription.
+    subs: Vec<(String, mqtt::QoS)>,
+    up: HashMap<u16, UpFlow>,
+    up_by_msg: HashMap<u16, u16>,
+    pending_subs: HashMap<u16, PendingSub>,
+    next_pkid: u16,
+    queue: VecDeque<Down>,
+    inflight: Option<Inflight>,
+    next_msg_id: u16,
+    will_update: Option<WillUpdate>,
+    /// Uplink messages held while the upstream session is being replaced.
+    held: VecDeque<Message>,
+    /// The earliest deadline this device has in the gateway's timer queue.
+    pub scheduled: Option<Instant>,
+    /// T_RETRY, copied from settings so deadlines need no context.
+    retry_interval: Duration,
+}
+
+fn to_mqtt_qos(q: codec::QoS) -> mqtt::QoS {
+    match q {
+        codec::QoS::MinusOne | codec::QoS::AtMostOnce => mqtt::QoS::AtMostOnce,
+        codec::QoS::AtLeastOnce => mqtt::QoS::AtLeastOnce,
+        codec::QoS::ExactlyOnce => mqtt::QoS::ExactlyOnce,
+    }
+}
+
+fn to_sn_qos(q: mqtt::QoS) -> codec::QoS {
+    match q {
+        mqtt::QoS::AtMostOnce => codec::QoS::AtMostOnce,
+        mqtt::QoS::AtLeastOnce => codec::QoS::AtLeastOnce,
+        mqtt::QoS::ExactlyOnce => codec::QoS::ExactlyOnce,
+    }
+}
+
+/// Spec §7.2: the gateway tolerates +50 % on short periods, +10 % on periods over a minute.
+pub fn with_tolerance(period: Duration) -> Duration {
+    if period > Duration::from_secs(60) {
+        period + period / 10
+    } else {
+        period + period / 2
+    }
+}
+
+/// A short topic name as text; short names are two characters (spec §6.7).
+pub fn short_name(s: [u8; 2]) -> Option<String> {
+    std::str::from_utf8(&s).ok().map(str::to_owned)
+}
+
+impl Device {
+    pub fn new(
+        id: DeviceId,
+        client_id: String,
+        addr: DeviceAddr,
+        now: Instant,
+        retry_interval: Duration,
+    ) -> Self {
+        Device {
+            retry_interval,
+            id,
+            client_id,
+            addr,
+            state: DeviceState::Disconnected,
+            clean_session: true,
+            keep_alive: Duration::ZERO,
+            last_heard: now,
+            stage_deadline: None,
+            will_topic: None,
+            will_msg: Bytes::new(),
+            session: None,
+            topics: TopicTable::default(),
+            subs: Vec::new(),
+            up: HashMap::new(),
+            up_by_msg: HashMap::new(),
+            pending_subs: HashMap::new(),
+            next_pkid: 0,
+            queue: VecDeque::new(),
+            inflight: None,
+            next_msg_id: 0,
+            will_update: None,
+            held: VecDeque::new(),
+            scheduled: None,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        !matches!(self.state, DeviceState::Disconnected | DeviceState::Lost)
+    }
+
+    /// The earliest instant this device needs `on_timeout`.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self.stage_deadline;
+        let mut consider = |t: Instant| {
+            next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        };
+        if self.state == DeviceState::Active && !self.keep_alive.is_zero() {
+            consider(self.last_heard + with_tolerance(self.keep_alive));
+        }
+        if let Some(f) = &self.inflight {
+            // Retransmissions run in every connected state; the device may be slow.
+            consider(f.sent_at + self.retry_interval);
+        }
+        next
+    }
+
+    // ---------------------------------------------------------------- connect
+
+    /// A CONNECT from this device (new, repeated, or taking over). The caller has bound `addr`.
+    pub fn on_connect(&mut self, ctx: &mut Ctx, now: Instant, c: &codec::Connect) {
+        if let Some(old) = self.session.take() {
+            // The device restarted its connection: end the old session without its will.
+            ctx.close(old, true);
+        }
+        if let Some(WillUpdate {
+            new_session: Some(s),
+            ..
+        }) = self.will_update.take()
+        {
+            ctx.close(s, true);
+        }
+        self.reset_flows(ctx);
+        self.clean_session = c.clean_session;
+        if c.clean_session {
+            self.topics.clear();
+            self.subs.clear();
+            self.will_topic = None;
+            self.will_msg = Bytes::new();
+        } else {
+            // Ids stay stable but the device is told them again before use (spec §6.10).
+            self.topics.mark_all_unknown();
+        }
+        self.keep_alive = Duration::from_secs(u64::from(c.duration));
+        self.last_heard = now;
+        let stage_time = ctx.settings.retry_interval * (ctx.settings.max_retries + 1);
+        if c.will {
+            self.state = DeviceState::AwaitWillTopic;
+            self.stage_deadline = Some(now + stage_time);
+            ctx.transmit(&self.addr, Message::WillTopicReq);
+        } else {
+            self.open_upstream(ctx, now);
+        }
+    }
+
+    pub fn on_will_topic(&mut self, ctx: &mut Ctx, now: Instant, w: Option<WillTopic>) {
+        if self.state != DeviceState::AwaitWillTopic {
+            ctx.stats.wrong_state += 1;
+            return;
+        }
+        match w {
+            Some(w) if mqtt::valid_topic_name(&w.topic) => {
+                self.will_topic = Some(w);
+                self.state = DeviceState::AwaitWillMsg;
+                let stage_time = ctx.settings.retry_interval * (ctx.settings.max_retries + 1);
+                self.stage_deadline = Some(now + stage_time);
+                ctx.transmit(&self.addr, Message::WillMsgReq);
+            }
+            Some(w) => {
+                debug!(client_id = %self.client_id, topic = %w.topic, "invalid will topic");
+                self.fail_connect(ctx, ReturnCode::NotSupported);
+            }
+            None => {
+                // The empty WILLTOPIC deletes the will (spec §6.3); no message follows.
+                self.will_topic = None;
+                self.will_msg = Bytes::new();
+                self.open_upstream(ctx, now);
+            }
+        }
+    }
+
+    pub fn on_will_msg(&mut self, ctx: &mut Ctx, now: Instant, msg: Bytes) {
+        if self.state != DeviceState::AwaitWillMsg {
+            ctx.stats.wrong_state += 1;
+            return;
+        }
+        self.will_msg = msg;
+        self.open_upstream(ctx, now);
+    }
+
+    fn last_will(&self) -> Option<mqtt::LastWill> {
+        self.will_topic.as_ref().map(|w| mqtt::LastWill {
+            topic: w.topic.clone(),
+            message: self.will_msg.clone(),
+            qos: to_mqtt_qos(w.qos),
+            retain: w.retain,
+        })
+    }
+
+    fn open_upstream(&mut self, ctx: &mut Ctx, now: Instant) {
+        let connect = ctx.connect_packet(&self.client_id, self.clean_session, self.last_will());
+        self.session = Some(ctx.open(Some(self.id), connect));
+        self.state = DeviceState::AwaitBroker;
+        self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
+    }
+
+    fn fail_connect(&mut self, ctx: &mut Ctx, rc: ReturnCode) {
+        if let Some(s) = self.session.take() {
+            ctx.close(s, true);
+        }
+        self.state = DeviceState::Disconnected;
+        self.stage_deadline = None;
+        ctx.transmit(&self.addr, Message::Connack { return_code: rc });
+    }
+
+    fn on_connack(&mut self, ctx: &mut Ctx, now: Instant, code: mqtt::ConnectReturnCode) {
+        if code != mqtt::ConnectReturnCode::Accepted {
+            info!(client_id = %self.client_id, ?code, "broker refused the device's session");
+            let rc = match code {
+                mqtt::ConnectReturnCode::ServerUnavailable => ReturnCode::Congestion,
+                _ => ReturnCode::NotSupported,
+            };
+            self.fail_connect(ctx, rc);
+            return;
+        }
+        self.state = DeviceState::Active;
+        self.stage_deadline = None;
+        self.last_heard = now;
+        ctx.stats.devices_active += 1;
+        info!(client_id = %self.client_id, peer = %self.addr, "device connected");
+        ctx.transmit(
+            &self.addr,
+            Message::Connack {
+                return_code: ReturnCode::Accepted,
+            },
+        );
+        self.pump(ctx, now);
+    }
+
+    /// Stage deadlines and keep-alive; retransmissions. Returns true when the device is lost.
+    pub fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) -> bool {
+        if let Some(d) = self.stage_deadline {
+            if d <= now {
+                self.stage_deadline = None;
+                match self.state {
+                    DeviceState::AwaitWillTopic | DeviceState::AwaitWillMsg => {
+                        debug!(client_id = %self.client_id, "will prompting timed out");
+                        self.state = DeviceState::Disconnected;
+                    }
+                    DeviceState::AwaitBroker => {
+                        info!(client_id = %self.client_id, "broker did not accept in time");
+                        self.fail_connect(ctx, ReturnCode::Congestion);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.state == DeviceState::Active
+            && !self.keep_alive.is_zero()
+            && self.last_heard + with_tolerance(self.keep_alive) <= now
+        {
+            info!(client_id = %self.client_id, "keep-alive expired; device lost");
+            self.lose(ctx);
+            return true;
+        }
+        let due = matches!(&self.inflight, Some(f) if f.sent_at + self.retry_interval <= now);
+        if due && self.is_connected() {
+            let retries = self.inflight.as_ref().map_or(0, |f| f.retries);
+            if retries >= ctx.settings.max_retries {
+                info!(client_id = %self.client_id, "no answer after N_RETRY; device lost");
+                self.lose(ctx);
+                return true;
+            }
+            self.retransmit(ctx, now);
+        }
+        false
+    }
+
+    /// The device is gone without DISCONNECT: drop the upstream session ungracefully so the
+    /// broker publishes the will.
+    pub fn lose(&mut self, ctx: &mut Ctx) {
+        if self.state == DeviceState::Active {
+            ctx.stats.devices_active = ctx.stats.devices_active.saturating_sub(1);
+        }
+        if let Some(s) = self.session.take() {
+            ctx.close(s, false);
+        }
+        if let Some(WillUpdate {
+            new_session: Some(s),
+            ..
+        }) = self.will_update.take()
+        {
+            ctx.close(s, false);
+        }
+        self.reset_flows(ctx);
+        self.state = DeviceState::Lost;
+        self.stage_deadline = None;
+        ctx.stats.devices_lost += 1;
+    }
+
+    /// DISCONNECT from the device: a clean MQTT DISCONNECT upstream (no will).
+    pub fn on_disconnect(&mut self, ctx: &mut Ctx) {
+        if self.state == DeviceState::Active {
+            ctx.stats.devices_active = ctx.stats.devices_active.saturating_sub(1);
+        }
+        if let Some(s) = self.session.take() {
+            ctx.close(s, true);
+        }
+        if let Some(WillUpdate {
+            new_session: Some(s),
+            ..
+        }) = self.will_update.take()
+        {
+            ctx.close(s, true);
+        }
+        self.reset_flows(ctx);
+        self.state = DeviceState::Disconnected;
+        self.stage_deadline = None;
+        if self.clean_session {
+            self.topics.clear();
+            self.subs.clear();
+        }
+        ctx.transmit(&self.addr, Message::Disconnect { duration: None });
+    }
+
+    /// The broker closed the device's session (or could not be reached).
+    pub fn on_upstream_closed(&mut self, ctx: &mut Ctx, session: SessionId) {
+        if self.will_update.as_ref().and_then(|w| w.new_session) == Some(session)
+            || self.session == Some(session)
+        {
+            match self.state {
+                DeviceState::AwaitBroker => {
+                    self.session = None;
+                    info!(client_id = %self.client_id, "broker unreachable; CONNACK congestion");
+                    self.fail_connect(ctx, ReturnCode::Congestion);
+                }
+                _ => {
+                    info!(client_id = %self.client_id, "broker closed the session; telling the device");
+                    // The session ended without our DISCONNECT; forget both sides of it.
+                    self.session = None;
+                    if let Some(WillUpdate {
+                        new_session: Some(s),
+                        ..
+                    }) = self.will_update.take()
+                    {
+                        ctx.close(s, false);
+                    }
+                    if self.state == DeviceState::Active {
+                        ctx.stats.devices_active = ctx.stats.devices_active.saturating_sub(1);
+                    }
+                    self.reset_flows(ctx);
+                    self.state = DeviceState::Disconnected;
+                    self.stage_deadline = None;
+                    ctx.transmit(&self.addr, Message::Disconnect { duration: None });
+                }
+            }
+        }
+    }
+
+    fn reset_flows(&mut self, ctx: &mut Ctx) {
+        self.up.clear();
+        self.up_by_msg.clear();
+        self.pending_subs.clear();
+        self.queue.clear();
+        self.inflight = None;
+        self.held.clear();
+        self.will_update = None;
+        let _ = ctx;
+    }
+
+    // ---------------------------------------------------------------- upstream packets
+
+    pub fn on_upstream(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        session: SessionId,
+        packet: mqtt::Packet,
+    ) {
+        let is_new = self.will_update.as_ref().and_then(|w| w.new_session) == Some(session);
+        if is_new {
+            if let mqtt::Packet::ConnAck { code, .. } = packet {
+                self.finish_will_update(ctx, now, code);
+                return;
+            }
+        }
+        if !is_new && self.session != Some(session) {
+            return;
+        }
+        match packet {
+            mqtt::Packet::ConnAck { code, .. } if self.state == DeviceState::AwaitBroker => {
+                self.on_connack(ctx, now, code)
+            }
+            mqtt::Packet::Publish(p) => self.on_broker_publish(ctx, now, p),
+            mqtt::Packet::PubAck { packet_id } => self.on_broker_puback(ctx, now, packet_id),
+            mqtt::Packet::PubRec { packet_id } => self.on_broker_pubrec(ctx, packet_id),
+            mqtt::Packet::PubComp { packet_id } => self.on_broker_pubcomp(ctx, now, packet_id),
+            mqtt::Packet::PubRel { packet_id } => {
+                // Downlink QoS 2: the device already has the message (we sent PUBREC only then).
+                ctx.send(session, mqtt::Packet::PubComp { packet_id });
+            }
+            mqtt::Packet::SubAck { packet_id, codes } => {
+                self.on_broker_suback(ctx, now, packet_id, &codes)
+            }
+            mqtt::Packet::UnsubAck { packet_id } => self.on_broker_unsuback(ctx, now, packet_id),
+            mqtt::Packet::PingResp => {}
+            other => {
+                debug!(client_id = %self.client_id, packet = ?other, "unexpected packet from broker");
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- uplink
+
+    fn alloc_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0
+                && !self.up.contains_key(&self.next_pkid)
+                && !self.pending_subs.contains_key(&self.next_pkid)
+            {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    fn upstream_busy(&self) -> usize {
+        self.up.len() + self.pending_subs.len()
+    }
+
+    /// Messages a device may send while Active. Returns false when the message is not one.
+    pub fn on_active_message(&mut self, ctx: &mut Ctx, now: Instant, msg: Message) -> bool {
+        if self.will_update.as_ref().is_some_and(|w| w.new_session.is_some())
+            && matches!(
+                msg,
+                Message::Publish(_)
+                    | Message::Pubrel { .. }
+                    | Message::Subscribe(_)
+                    | Message::Unsubscribe(_)
+            )
+        {
+            // The upstream session is being replaced; keep the order, answer after.
+            if self.held.len() < ctx.settings.max_queued_per_device {
+                self.held.push_back(msg);
+            } else {
+                ctx.stats.wrong_state += 1;
+            }
+            return true;
+        }
+        match msg {
+            Message::Register(r) => self.on_register(ctx, r),
+            Message::Publish(p) => self.on_publish(ctx, p),
+            Message::Pubrel { msg_id } => self.on_pubrel(ctx, msg_id),
+            Message::Subscribe(s) => self.on_subscribe(ctx, s),
+            Message::Unsubscribe(u) => self.on_unsubscribe(ctx, u),
+            Message::PingReq { .. } => {
+                ctx.transmit(&self.addr, Message::PingResp);
+            }
+            Message::Regack(r) => self.on_regack(ctx, now, r),
+            Message::Puback(p) => self.on_puback(ctx, now, p),
+            Message::Pubrec { msg_id } => self.on_pubrec(ctx, now, msg_id),
+            Message::Pubcomp { msg_id } => self.on_pubcomp(ctx, now, msg_id),
+            Message::WillTopicUpd(w) => self.on_will_topic_upd(ctx, now, w),
+            Message::WillMsgUpd { msg } => self.on_will_msg_upd(ctx, now, msg),
+            _ => return false,
+        }
+        true
+    }
+
+    fn on_register(&mut self, ctx: &mut Ctx, r: Register) {
+        let rc = if !mqtt::valid_topic_name(&r.topic_name) {
+            Err(ReturnCode::NotSupported)
+        } else {
+            self.topics
+                .get_or_insert(&r.topic_name, true, ctx.settings.max_topics_per_device)
+                .map_err(|_| ReturnCode::Congestion)
+        };
+        let (topic_id, return_code) = match rc {
+            Ok(id) => (id, ReturnCode::Accepted),
+            Err(rc) => (0, rc),
+        };
+        ctx.transmit(
+            &self.addr,
+            Message::Regack(Regack {
+                topic_id,
+                msg_id: r.msg_id,
+                return_code,
+            }),
+        );
+    }
+
+    /// The topic name of an uplink PUBLISH, or the id to report as invalid.
+    fn resolve_uplink(&self, ctx: &Ctx, topic: TopicRef) -> Result<String, u16> {
+        match topic {
+            TopicRef::Id(id) => self.topics.name(id).map(str::to_owned).ok_or(id),
+            TopicRef::Predefined(id) => ctx.predefined_by_id.get(&id).cloned().ok_or(id),
+            TopicRef::Short(s) => short_name(s)
+                .filter(|n| mqtt::valid_topic_name(n))
+                .ok_or_else(|| u16::from_be_bytes(s)),
+        }
+    }
+
+    fn on_publish(&mut self, ctx: &mut Ctx, p: Publish) {
+        let Some(session) = self.session else { return };
+        let topic_id = match p.topic {
+            TopicRef::Id(i) | TopicRef::Predefined(i) => i,
+            TopicRef::Short(s) => u16::from_be_bytes(s),
+        };
+        let reject = |ctx: &mut Ctx, addr: &DeviceAddr, rc: ReturnCode| {
+            ctx.transmit(
+                addr,
+                Message::Puback(Puback {
+                    topic_id,
+                    msg_id: p.msg_id,
+                    return_code: rc,
+                }),
+            );
+        };
+        let topic = match self.resolve_uplink(ctx, p.topic) {
+            Ok(t) => t,
+            Err(_) => {
+                debug!(client_id = %self.client_id, ?p.topic, "PUBLISH on unknown topic id");
+                reject(ctx, &self.addr, ReturnCode::InvalidTopicId);
+                return;
+            }
+        };
+        match p.qos {
+            codec::QoS::MinusOne | codec::QoS::AtMostOnce => {
+                ctx.stats.uplink_publishes += 1;
+                ctx.send(
+                    session,
+                    mqtt::Packet::Publish(mqtt::Publish {
+                        dup: false,
+                        qos: mqtt::QoS::AtMostOnce,
+                        retain: p.retain,
+                        topic,
+                        packet_id: None,
+                        payload: p.data,
+                    }),
+                );
+            }
+            codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => {
+                if let Some(pkid) = self.up_by_msg.get(&p.msg_id) {
+                    // A re-send of a flow we already carry: never forward it twice.
+                    if let Some(f) = self.up.get(pkid) {
+                        if p.qos == codec::QoS::ExactlyOnce && f.stage == UpStage::AwaitPubrel {
+                            ctx.transmit(&self.addr, Message::Pubrec { msg_id: p.msg_id });
+                        }
+                    }
+                    return;
+                }
+                if self.upstream_busy() >= ctx.settings.max_queued_per_device {
+                    reject(ctx, &self.addr, ReturnCode::Congestion);
+                    return;
+                }
+                let pkid = self.alloc_pkid();
+                self.up.insert(
+                    pkid,
+                    UpFlow {
+                        msg_id: p.msg_id,
+                        topic_id,
+                        stage: UpStage::AwaitBroker,
+                    },
+                );
+                self.up_by_msg.insert(p.msg_id, pkid);
+                ctx.stats.uplink_publishes += 1;
+                ctx.send(
+                    session,
+                    mqtt::Packet::Publish(mqtt::Publish {
+                        dup: false,
+                        qos: to_mqtt_qos(p.qos),
+                        retain: p.retain,
+                        topic,
+                        packet_id: Some(pkid),
+                        payload: p.data,
+                    }),
+                );
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, ctx: &mut Ctx, msg_id: u16) {
+        let Some(session) = self.session else { return };
+        match self.up_by_msg.get(&msg_id).copied() {
+            Some(pkid) => {
+                if let Some(f) = self.up.get_mut(&pkid) {
+                    if f.stage != UpStage::AwaitBroker {
+                        f.stage = UpStage::AwaitPubcomp;
+                        ctx.send(session, mqtt::Packet::PubRel { packet_id: pkid });
+                    }
+                }
+            }
+            // Already completed: the device missed our PUBCOMP.
+            None => {
+                ctx.transmit(&self.addr, Message::Pubcomp { msg_id });
+            }
+        }
+    }
+
+    fn finish_up(&mut self, pkid: u16) -> Option<UpFlow> {
+        let f = self.up.remove(&pkid)?;
+        self.up_by_msg.remove(&f.msg_id);
+        Some(f)
+    }
+
+    fn on_broker_puback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
+        if let Some(f) = self.finish_up(pkid) {
+            ctx.transmit(
+                &self.addr,
+                Message::Puback(Puback {
+                    topic_id: f.topic_id,
+                    msg_id: f.msg_id,
+                    return_code: ReturnCode::Accepted,
+                }),
+            );
+        }
+        self.try_will_update(ctx, now);
+    }
+
+    fn on_broker_pubrec(&mut self, ctx: &mut Ctx, pkid: u16) {
+        if let Some(f) = self.up.get_mut(&pkid) {
+            if f.stage == UpStage::AwaitBroker {
+                f.stage = UpStage::AwaitPubrel;
+            }
+            let msg_id = f.msg_id;
+            ctx.transmit(&self.addr, Message::Pubrec { msg_id });
+        }
+    }
+
+    fn on_broker_pubcomp(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
+        if let Some(f) = self.finish_up(pkid) {
+            ctx.transmit(&self.addr, Message::Pubcomp { msg_id: f.msg_id });
+        }
+        self.try_will_update(ctx, now);
+    }
+
+    fn on_subscribe(&mut self, ctx: &mut Ctx, s: Subscribe) {
+        let Some(session) = self.session else { return };
+        let nack = |ctx: &mut Ctx, addr: &DeviceAddr, topic_id: u16, rc: ReturnCode| {
+            ctx.transmit(
+                addr,
+                Message::Suback(Suback {
+                    qos: codec::QoS::AtMostOnce,
+                    topic_id,
+                    msg_id: s.msg_id,
+                    return_code: rc,
+                }),
+            );
+        };
+        if self
+            .pending_subs
+            .values()
+            .any(|p| matches!(p, PendingSub::Subscribe { msg_id, .. } if *msg_id == s.msg_id))
+        {
+            return; // a re-send; the SUBACK is on its way
+        }
+        let (filter, topic_id) = match &s.topic {
+            TopicFilter::Name(name) => {
+                if !mqtt::valid_topic_filter(name) {
+                    nack(ctx, &self.addr, 0, ReturnCode::NotSupported);
+                    return;
+                }
+                if mqtt::valid_topic_name(name) {
+                    match self.topics.get_or_insert(
+                        name,
+                        true,
+                        ctx.settings.max_topics_per_device,
+                    ) {
+                        Ok(id) => (name.clone(), id),
+                        Err(_) => {
+                            nack(ctx, &self.addr, 0, ReturnCode::Congestion);
+                            return;
+                        }
+                    }
+                } else {
+                    (name.clone(), 0) // wildcard: ids come later by REGISTER
+                }
+            }
+            TopicFilter::Predefined(id) => match ctx.predefined_by_id.get(id) {
+                Some(name) => (name.clone(), *id),
+                None => {
+                    nack(ctx, &self.addr, *id, ReturnCode::InvalidTopicId);
+                    return;
+                }
+            },
+            TopicFilter::Short(s2) => match short_name(*s2).filter(|n| mqtt::valid_topic_filter(n))
+            {
+                Some(n) => (n, 0),
+                None => {
+                    nack(ctx, &self.addr, 0, ReturnCode::NotSupported);
+                    return;
+                }
+            },
+        };
+        if self.upstream_busy() >= ctx.settings.max_queued_per_device {
+            nack(ctx, &self.addr, 0, ReturnCode::Congestion);
+            return;
+        }
+        let pkid = self.alloc_pkid();
+        self.pending_subs.insert(
+            pkid,
+            PendingSub::Subscribe {
+                msg_id: s.msg_id,
+                topic_id,
+                filter: filter.clone(),
+            },
+        );
+        ctx.send(
+            session,
+            mqtt::Packet::Subscribe {
+                packet_id: pkid,
+                filters: vec![(filter, to_mqtt_qos(s.qos))],
+            },
+        );
+    }
+
+    fn on_broker_suback(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        pkid: u16,
+        codes: &[mqtt::SubackCode],
+    ) {
+        let Some(pending) = self.pending_subs.remove(&pkid) else {
+            return;
+        };
+        if let PendingSub::Subscribe {
+            msg_id,
+            topic_id,
+            filter,
+        } = pending
+        {
+            let (qos, topic_id, return_code) = match codes.first() {
+                Some(mqtt::SubackCode::Granted(q)) => {
+                    match self.subs.iter_mut().find(|(f, _)| *f == filter) {
+                        Some(entry) => entry.1 = *q,
+                        None => self.subs.push((filter, *q)),
+                    }
+                    (to_sn_qos(*q), topic_id, ReturnCode::Accepted)
+                }
+                _ => (codec::QoS::AtMostOnce, 0, ReturnCode::NotSupported),
+            };
+            ctx.transmit(
+                &self.addr,
+                Message::Suback(Suback {
+                    qos,
+                    topic_id,
+                    msg_id,
+                    return_code,
+                }),
+            );
+        }
+        self.try_will_update(ctx, now);
+    }
+
+    fn on_unsubscribe(&mut self, ctx: &mut Ctx, u: Unsubscribe) {
+        let Some(session) = self.session else { return };
+        let filter = match &u.topic {
+            TopicFilter::Name(n) => Some(n.clone()),
+            TopicFilter::Predefined(id) => ctx.predefined_by_id.get(id).cloned(),
+            TopicFilter::Short(s) => short_name(*s),
+        };
+        let Some(filter) = filter.filter(|f| mqtt::valid_topic_filter(f)) else {
+            // Nothing to unsubscribe from; the spec gives UNSUBACK no return code.
+            ctx.transmit(&self.addr, Message::Unsuback { msg_id: u.msg_id });
+            return;
+        };
+        if self.upstream_busy() >= ctx.settings.max_queued_per_device {
+            return; // the device will re-send
+        }
+        let pkid = self.alloc_pkid();
+        self.pending_subs.insert(
+            pkid,
+            PendingSub::Unsubscribe {
+                msg_id: u.msg_id,
+                filter: filter.clone(),
+            },
+        );
+        ctx.send(
+            session,
+            mqtt::Packet::Unsubscribe {
+                packet_id: pkid,
+                filters: vec![filter],
+            },
+        );
+    }
+
+    fn on_broker_unsuback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
+        if let Some(PendingSub::Unsubscribe { msg_id, filter }) = self.pending_subs.remove(&pkid) {
+            self.subs.retain(|(f, _)| *f != filter);
+            ctx.transmit(&self.addr, Message::Unsuback { msg_id });
+        }
+        self.try_will_update(ctx, now);
+    }
+
+    // ---------------------------------------------------------------- will update (§6.4)
+
+    fn on_will_topic_upd(&mut self, ctx: &mut Ctx, now: Instant, w: Option<WillTopic>) {
+        match w {
+            Some(w) if !mqtt::valid_topic_name(&w.topic) => {
+                ctx.transmit(
+                    &self.addr,
+                    Message::WillTopicResp {
+                        return_code: ReturnCode::NotSupported,
+                    },
+                );
+                return;
+            }
+            Some(w) => self.will_topic = Some(w),
+            None => {
+                // An empty WILLTOPICUPD deletes topic and message (spec §6.4).
+                self.will_topic = None;
+                self.will_msg = Bytes::new();
+            }
+        }
+        self.will_update.get_or_insert_with(Default::default).respond_topic = true;
+        self.request_will_update(ctx, now);
+    }
+
+    fn on_will_msg_upd(&mut self, ctx: &mut Ctx, now: Instant, msg: Bytes) {
+        self.will_msg = msg;
+        self.will_update.get_or_insert_with(Default::default).respond_msg = true;
+        self.request_will_update(ctx, now);
+    }
+
+    fn request_will_update(&mut self, ctx: &mut Ctx, now: Instant) {
+        if let Some(w) = self.will_update.as_mut() {
+            if w.new_session.is_some() {
+                w.again = true;
+                return;
+            }
+        }
+        self.try_will_update(ctx, now);
+    }
+
+    /// Replaces the upstream session to carry the new will, once no QoS flow is open on the
+    /// old one (so nothing in flight is lost or doubled).
+    fn try_will_update(&mut self, ctx: &mut Ctx, _now: Instant) {
+        let idle = self.up.is_empty()
+            && self.pending_subs.is_empty()
+            && !self.broker_acks_outstanding();
+        let Some(w) = self.will_update.as_mut() else {
+            return;
+        };
+        if w.new_session.is_some() || !idle || self.state != DeviceState::Active {
+            return;
+        }
+        if let Some(old) = self.session.take() {
+            ctx.close(old, true);
+        }
+        let connect = ctx.connect_packet(&self.client_id, self.clean_session, self.last_will());
+        let s = ctx.open(Some(self.id), connect);
+        if let Some(w) = self.will_update.as_mut() {
+            w.new_session = Some(s);
+        }
+    }
+
+    fn finish_will_update(&mut self, ctx: &mut Ctx, now: Instant, code: mqtt::ConnectReturnCode) {
+        let Some(w) = self.will_update.take() else {
+            return;
+        };
+        let Some(s) = w.new_session else { return };
+        if code != mqtt::ConnectReturnCode::Accepted {
+            info!(client_id = %self.client_id, ?code, "broker refused the session carrying the new will");
+            ctx.close(s, false);
+            self.on_upstream_closed(ctx, s);
+            return;
+        }
+        self.session = Some(s);
+        if self.clean_session {
+            // A clean session ended with the old connection: subscribe again.
+            for (filter, qos) in self.subs.clone() {
+                let pkid = self.alloc_pkid();
+                self.pending_subs.insert(pkid, PendingSub::Internal);
+                ctx.send(
+                    s,
+                    mqtt::Packet::Subscribe {
+                        packet_id: pkid,
+                        filters: vec![(filter, qos)],
+                    },
+                );
+            }
+        }
+        if w.respond_topic {
+            ctx.transmit(
+                &self.addr,
+                Message::WillTopicResp {
+                    return_code: ReturnCode::Accepted,
+                },
+            );
+        }
+        if w.respond_msg {
+            ctx.transmit(
+                &self.addr,
+                Message::WillMsgResp {
+                    return_code: ReturnCode::Accepted,
+                },
+            );
+        }
+        let held: Vec<Message> = self.held.drain(..).collect();
+        for m in held {
+            self.on_active_message(ctx, now, m);
+        }
+        if w.again {
+            self.will_update = Some(WillUpdate::default());
+            self.try_will_update(ctx, now);
+        }
+        self.pump(ctx, now);
+    }
+
+    fn broker_acks_outstanding(&self) -> bool {
+        let owes = |d: &Down| matches!(d, Down::Publish { ack, .. } if *ack != BrokerAck::None);
+        self.queue.iter().any(owes) || self.inflight.as_ref().is_some_and(|f| owes(&f.item))
+    }
+
+    // ---------------------------------------------------------------- downlink
+
+    fn next_msg_id(&mut self) -> u16 {
+        self.next_msg_id = match self.next_msg_id {
+            0xFFFF => 1,
+            n => n + 1,
+        };
+        self.next_msg_id
+    }
+
+    fn ack_broker(&self, ctx: &mut Ctx, ack: BrokerAck) {
+        let Some(session) = self.session else { return };
+        match ack {
+            BrokerAck::None => {}
+            BrokerAck::PubAck(packet_id) => ctx.send(session, mqtt::Packet::PubAck { packet_id }),
+            BrokerAck::PubRec(packet_id) => ctx.send(session, mqtt::Packet::PubRec { packet_id }),
+        }
+    }
+
+    fn drop_down(&self, ctx: &mut Ctx, item: Down) {
+        ctx.stats.downlink_dropped += 1;
+        if let Down::Publish { ack, .. } = item {
+            // Acknowledge so the broker's in-flight window does not stall on a message the
+            // device can never take.
+            self.ack_broker(ctx, ack);
+        }
+    }
+
+    /// The QoS the device gets: the publication's, capped by the best matching grant.
+    fn granted(&self, topic: &str, qos: mqtt::QoS) -> mqtt::QoS {
+        self.subs
+            .iter()
+            .filter(|(f, _)| mqtt::topic_matches(f, topic))
+            .map(|(_, q)| *q)
+            .max()
+            .map_or(qos, |g| g.min(qos))
+    }
+
+    fn register_pending(&self, topic_id: u16) -> bool {
+        let is_reg = |d: &Down| matches!(d, Down::Register { topic_id: t, .. } if *t == topic_id);
+        self.queue.iter().any(is_reg) || self.inflight.as_ref().is_some_and(|f| is_reg(&f.item))
+    }
+
+    fn on_broker_publish(&mut self, ctx: &mut Ctx, now: Instant, p: mqtt::Publish) {
+        let qos = self.granted(&p.topic, p.qos);
+        let ack = match (p.qos, p.packet_id) {
+            (mqtt::QoS::AtLeastOnce, Some(id)) => BrokerAck::PubAck(id),
+            (mqtt::QoS::ExactlyOnce, Some(id)) => BrokerAck::PubRec(id),
+            _ => BrokerAck::None,
+        };
+        if ack != BrokerAck::None && self.already_queued(ack) {
+            return; // the broker re-sent a message we still hold
+        }
+        let limit = ctx.settings.max_queued_per_device;
+        let mut publish = Down::Publish {
+            topic: TopicRef::Id(0),
+            qos: to_sn_qos(qos),
+            retain: p.retain,
+            data: p.payload,
+            ack,
+            reregistered: false,
+        };
+        if self.queue.len() >= limit {
+            debug!(client_id = %self.client_id, topic = %p.topic, "downlink queue full; dropping");
+            self.drop_down(ctx, publish);
+            return;
+        }
+        let topic = if let Some((id, known)) = self.topics.id_of(&p.topic) {
+            if !known && !self.register_pending(id) {
+                self.queue.push_back(Down::Register {
+                    topic_id: id,
+                    name: p.topic.clone(),
+                });
+            }
+            TopicRef::Id(id)
+        } else if let Some(id) = ctx.predefined_by_name.get(&p.topic) {
+            TopicRef::Predefined(*id)
+        } else if let Ok(s) = <[u8; 2]>::try_from(p.topic.as_bytes()) {
+            TopicRef::Short(s)
+        } else {
+            match self
+                .topics
+                .get_or_insert(&p.topic, false, ctx.settings.max_topics_per_device)
+            {
+                Ok(id) => {
+                    self.queue.push_back(Down::Register {
+                        topic_id: id,
+                        name: p.topic.clone(),
+                    });
+                    TopicRef::Id(id)
+                }
+                Err(_) => {
+                    debug!(client_id = %self.client_id, topic = %p.topic, "topic table full; dropping");
+                    self.drop_down(ctx, publish);
+                    return;
+                }
+            }
+        };
+        if let Down::Publish { topic: t, .. } = &mut publish {
+            *t = topic;
+        }
+        self.queue.push_back(publish);
+        self.pump(ctx, now);
+    }
+
+    fn already_queued(&self, ack: BrokerAck) -> bool {
+        let same = |d: &Down| matches!(d, Down::Publish { ack: a, .. } if *a == ack);
+        self.queue.iter().any(same) || self.inflight.as_ref().is_some_and(|f| same(&f.item))
+    }
+
+    /// Sends queued items while nothing is in flight (one QoS 1/2 PUBLISH or REGISTER at a time).
+    pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.state != DeviceState::Active {
+            return;
+        }
+        while self.inflight.is_none() {
+            let Some(item) = self.queue.pop_front() else {
+                break;
+            };
+            match item {
+                Down::Register { topic_id, ref name } => {
+                    let msg_id = self.next_msg_id();
+                    let msg = Message::Register(Register {
+                        topic_id,
+                        msg_id,
+                        topic_name: name.clone(),
+                    });
+                    if !ctx.transmit(&self.addr, msg) {
+                        // Too long for the device's link: abort its publishes silently (§6.10).
+                        self.topics.remove(topic_id);
+                        self.drop_topic(ctx, topic_id);
+                        continue;
+                    }
+                    self.inflight = Some(Inflight {
+                        item,
+                        msg_id,
+                        stage: DownStage::Regack,
+                        sent_at: now,
+                        retries: 0,
+                    });
+                }
+                Down::Publish { qos, .. } => {
+                    let msg_id = match qos {
+                        codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => self.next_msg_id(),
+                        _ => 0,
+                    };
+                    let Some(frame) = ctx.encode(&self.addr, publish_message(&item, msg_id, false))
+                    else {
+                        self.drop_down(ctx, item);
+                        continue;
+                    };
+                    ctx.transmit_frame(&self.addr, frame);
+                    ctx.stats.downlink_publishes += 1;
+                    match qos {
+                        codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => {
+                            let stage = if qos == codec::QoS::AtLeastOnce {
+                                DownStage::Puback
+                            } else {
+                                DownStage::Pubrec
+                            };
+                            self.inflight = Some(Inflight {
+                                item,
+                                msg_id,
+                                stage,
+                                sent_at: now,
+                                retries: 0,
+                            });
+                        }
+                        _ => {
+                            if let Down::Publish { ack, .. } = item {
+                                self.ack_broker(ctx, ack);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.try_will_update(ctx, now);
+    }
+
+    fn retransmit(&mut self, ctx: &mut Ctx, now: Instant) {
+        let Some(f) = self.inflight.as_mut() else {
+            return;
+        };
+        f.retries += 1;
+        f.sent_at = now;
+        ctx.stats.retransmissions += 1;
+        let msg = match (&f.item, f.stage) {
+            (_, DownStage::Pubcomp) => Message::Pubrel { msg_id: f.msg_id },
+            (Down::Register { topic_id, name }, _) => Message::Register(Register {
+                topic_id: *topic_id,
+                msg_id: f.msg_id,
+                topic_name: name.clone(),
+            }),
+            (item @ Down::Publish { .. }, _) => publish_message(item, f.msg_id, true),
+        };
+        ctx.transmit(&self.addr, msg);
+    }
+
+    /// Drops queued publishes on `topic_id` (the device rejected or cannot take the topic).
+    fn drop_topic(&mut self, ctx: &mut Ctx, topic_id: u16) {
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if matches!(&d, Down::Publish { topic: TopicRef::Id(t), .. } if *t == topic_id) {
+                ctx.stats.downlink_dropped += 1;
+                if let Down::Publish { ack, .. } = d {
+                    if let Some(session) = self.session {
+                        match ack {
+                            BrokerAck::PubAck(packet_id) => {
+                                ctx.send(session, mqtt::Packet::PubAck { packet_id })
+                            }
+                            BrokerAck::PubRec(packet_id) => {
+                                ctx.send(session, mqtt::Packet::PubRec { packet_id })
+                            }
+                            BrokerAck::None => {}
+                        }
+                    }
+                }
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+    }
+
+    fn inflight_matches(&self, msg_id: u16, stage: DownStage) -> bool {
+        self.inflight
+            .as_ref()
+            .is_some_and(|f| f.msg_id == msg_id && f.stage == stage)
+    }
+
+    fn on_regack(&mut self, ctx: &mut Ctx, now: Instant, r: Regack) {
+        if !self.inflight_matches(r.msg_id, DownStage::Regack) {
+            ctx.stats.wrong_state += 1;
+            return;
+        }
+        let Some(Inflight {
+            item: Down::Register { topic_id, name },
+            ..
+        }) = self.inflight.take()
+        else {
+            return;
+        };
+        if r.return_code == ReturnCode::Accepted {
+            self.topics.mark_known(topic_id);
+        } else {
+            // A rejected REGISTER is an unsubscribe from that name (spec §6.10).
+            info!(client_id = %self.client_id, topic = %name, rc = ?r.return_code, "device rejected REGISTER");
+            self.topics.remove(topic_id);
+            self.drop_topic(ctx, topic_id);
+            if let Some(session) = self.session {
+                if mqtt::valid_topic_filter(&name) && self.upstream_busy() < ctx.settings.max_queued_per_device {
+                    let pkid = self.alloc_pkid();
+                    self.pending_subs.insert(pkid, PendingSub::Internal);
+                    ctx.send(
+                        session,
+                        mqtt::Packet::Unsubscribe {
+                            packet_id: pkid,
+                            filters: vec![name],
+                        },
+                    );
+                }
+            }
+        }
+        self.pump(ctx, now);
+    }
+
+    fn on_puback(&mut self, ctx: &mut Ctx, now: Instant, p: Puback) {
+        if !self.inflight_matches(p.msg_id, DownStage::Puback) {
+            if p.return_code == ReturnCode::InvalidTopicId {
+                // The device lost a normal id (e.g. on a QoS 0 PUBLISH): register it again next time.
+                self.forget_known(p.topic_id);
+            } else {
+                ctx.stats.wrong_state += 1;
+            }
+            return;
+        }
+        let Some(f) = self.inflight.take() else {
+            return;
+        };
+        match p.return_code {
+            ReturnCode::Accepted => {
+                if let Down::Publish { ack, .. } = f.item {
+                    self.ack_broker(ctx, ack);
+                }
+            }
+            ReturnCode::Congestion => {
+                // Keep it in flight; it goes again after T_RETRY.
+                self.inflight = Some(Inflight { sent_at: now, ..f });
+                return;
+            }
+            _ => self.on_rejected_publish(ctx, f.item),
+        }
+        self.pump(ctx, now);
+    }
+
+    fn forget_known(&mut self, topic_id: u16) {
+        if let Some(name) = self.topics.name(topic_id).map(str::to_owned) {
+            self.topics.remove(topic_id);
+            let _ = self.topics.get_or_insert(&name, false, usize::MAX);
+        }
+    }
+
+    /// PUBACK "invalid topic id" for a downlink PUBLISH: re-register a normal id once, else drop.
+    fn on_rejected_publish(&mut self, ctx: &mut Ctx, item: Down) {
+        if let Down::Publish {
+            topic: TopicRef::Id(id),
+            qos,
+            retain,
+            data,
+            ack,
+            reregistered: false,
+        } = item
+        {
+            if let Some(name) = self.topics.name(id).map(str::to_owned) {
+                self.queue.push_front(Down::Publish {
+                    topic: TopicRef::Id(id),
+                    qos,
+                    retain,
+                    data,
+                    ack,
+                    reregistered: true,
+                });
+                self.queue.push_front(Down::Register { topic_id: id, name });
+                return;
+            }
+            self.drop_down(
+                ctx,
+                Down::Publish {
+                    topic: TopicRef::Id(id),
+                    qos,
+                    retain,
+                    data,
+                    ack,
+                    reregistered: true,
+                },
+            );
+            return;
+        }
+        self.drop_down(ctx, item);
+    }
+
+    fn on_pubrec(&mut self, ctx: &mut Ctx, now: Instant, msg_id: u16) {
+        if self.inflight_matches(msg_id, DownStage::Pubcomp) {
+            // Our PUBREL was lost.
+            ctx.transmit(&self.addr, Message::Pubrel { msg_id });
+            return;
+        }
+        if !self.inflight_matches(msg_id, DownStage::Pubrec) {
+            ctx.stats.wrong_state += 1;
+            return;
+        }
+        if let Some(f) = self.inflight.as_mut() {
+            if let Down::Publish { ack, .. } = &mut f.item {
+                // The device has the message: the broker may forget it.
+                let owed = std::mem::replace(ack, BrokerAck::None);
+                f.stage = DownStage::Pubcomp;
+                f.sent_at = now;
+                f.retries = 0;
+                self.ack_broker(ctx, owed);
+            }
+        }
+        ctx.transmit(&self.addr, Message::Pubrel { msg_id });
+    }
+
+    fn on_pubcomp(&mut self, ctx: &mut Ctx, now: Instant, msg_id: u16) {
+        if !self.inflight_matches(msg_id, DownStage::Pubcomp) {
+            ctx.stats.wrong_state += 1;
+            return;
+        }
+        self.inflight = None;
+        self.pump(ctx, now);
+    }
+}
+
+fn publish_message(item: &Down, msg_id: u16, dup: bool) -> Message {
+    match item {
+        Down::Publish {
+            topic,
+            qos,
+            retain,
+            data,
+            ..
+        } => Message::Publish(Publish {
+            dup,
+            qos: *qos,
+            retain: *retain,
+            topic: *topic,
+            msg_id,
+            data: data.clone(),
+        }),
+        Down::Register { .. } => Message::PingResp, // unreachable by construction
+    }
+}

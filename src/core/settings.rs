@@ -1,0 +1,61 @@
+//! What the core needs to know from the configuration, as plain values.
+//!
+//! The shell builds this from `config::Config`; the core never reads files.
+
+use std::time::Duration;
+
+/// Gateway-wide settings for [`super::Gateway`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// GwId sent in GWINFO and ADVERTISE.
+    pub gateway_id: u8,
+    /// Pre-defined topic ids (id, topic name), known to devices in advance (spec §6.7).
+    pub predefined_topics: Vec<(u16, String)>,
+    /// Devices the gateway keeps state for (connected or remembered for a later resume).
+    pub max_devices: usize,
+    /// Normal topic ids per device (REGISTER table size).
+    pub max_topics_per_device: usize,
+    /// Messages waiting to go down to one device, and uplink flows awaiting the broker.
+    pub max_queued_per_device: usize,
+    /// Largest MQTT-SN frame accepted from or sent to a device, in octets.
+    pub max_frame_size: usize,
+    /// Longest ClientId accepted in CONNECT.
+    pub max_client_id_len: usize,
+    /// T_RETRY: wait before re-sending an unacknowledged message to a device.
+    pub retry_interval: Duration,
+    /// N_RETRY: re-sends before the device is declared lost.
+    pub max_retries: u32,
+    /// ADVERTISE period, when discovery broadcasting is on.
+    pub advertise_interval: Option<Duration>,
+    /// Keep-alive the gateway asks of the broker for each upstream session (the gateway's own
+    /// business, never the device's Duration).
+    pub upstream_keep_alive: Duration,
+    /// Time allowed for an upstream session to be accepted (TCP + CONNACK).
+    pub upstream_connect_timeout: Duration,
+    /// Prefix put before each device's ClientId upstream.
+    pub client_id_prefix: String,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            gateway_id: 1,
+            predefined_topics: Vec::new(),
+            max_devices: 10_000,
+            max_topics_per_device: 256,
+            max_queued_per_device: 64,
+            max_frame_size: 1024,
+            max_client_id_len: 64,
+            retry_interval: Duration::from_secs(10),
+            max_retries: 3,
+            advertise_interval: None,
+            upstream_keep_alive: Duration::from_secs(60),
+            upstream_connect_timeout: Duration::from_secs(10),
+            client_id_prefix: String::new(),
+            username: None,
+            password: None,
+        }
+    }
+}

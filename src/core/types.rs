@@ -1,0 +1,105 @@
+//! Addresses, outputs and counters: the values that cross the core's boundary.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::mqtt;
+
+/// Which transport (UDP socket, serial port) a frame came in on; assigned by the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransportId(pub u16);
+
+/// A peer on one transport.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    Udp(SocketAddr),
+    /// A link-layer address (e.g. an XBee 64-bit address); empty for a point-to-point UART.
+    Link(Bytes),
+}
+
+/// Where a device is reached: transport, peer, and the forwarder's wireless node id when the
+/// device sits behind a forwarder (spec §5.5); replies are encapsulated again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceAddr {
+    pub transport: TransportId,
+    pub peer: PeerAddr,
+    pub wireless_node_id: Option<Bytes>,
+}
+
+impl DeviceAddr {
+    pub fn udp(transport: TransportId, addr: SocketAddr) -> Self {
+        DeviceAddr {
+            transport,
+            peer: PeerAddr::Udp(addr),
+            wireless_node_id: None,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.peer {
+            PeerAddr::Udp(a) => write!(f, "udp#{}/{a}", self.transport.0)?,
+            PeerAddr::Link(l) => write!(f, "link#{}/{l:02x?}", self.transport.0)?,
+        }
+        if let Some(n) = &self.wireless_node_id {
+            write!(f, " node {n:02x?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One upstream MQTT session (a TCP connection to the broker). Never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// An effect the shell must carry out, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send this encoded MQTT-SN frame to a device.
+    Transmit { to: DeviceAddr, frame: Bytes },
+    /// Send this encoded frame (ADVERTISE) to the configured broadcast/multicast address.
+    Broadcast { frame: Bytes },
+    /// Open a new upstream session: connect to the broker and send this CONNECT first.
+    /// Report the outcome with `handle_upstream` (CONNACK) or `handle_upstream_closed`.
+    Open {
+        session: SessionId,
+        connect: mqtt::Connect,
+    },
+    /// Send a packet on an open (or opening) upstream session.
+    Send {
+        session: SessionId,
+        packet: mqtt::Packet,
+    },
+    /// Flush what was sent and close the session's connection. Without a DISCONNECT sent
+    /// before it, the broker publishes the session's will.
+    Close { session: SessionId },
+}
+
+/// Plain counters kept by the core; the shell exports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames handed to the core.
+    pub frames_in: u64,
+    /// Frames that did not decode.
+    pub malformed: u64,
+    /// Frames larger than `limits.max_frame_size`.
+    pub oversized: u64,
+    /// Frames from an address with no session (answered with DISCONNECT).
+    pub unknown_peer: u64,
+    /// Frames that made no sense in the device's state.
+    pub wrong_state: u64,
+    /// PUBLISH forwarded from devices to the broker (all QoS, including -1).
+    pub uplink_publishes: u64,
+    /// PUBLISH sent to devices (first transmissions).
+    pub downlink_publishes: u64,
+    /// Messages for a device dropped: queue full, too large for a frame, topic rejected.
+    pub downlink_dropped: u64,
+    /// Re-sends toward devices after T_RETRY.
+    pub retransmissions: u64,
+    /// Devices declared lost (keep-alive or N_RETRY exceeded).
+    pub devices_lost: u64,
+    /// Devices connected now.
+    pub devices_active: u64,
+}
