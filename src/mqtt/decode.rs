@@ -338,3 +338,451 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn decode_all(bytes: &[u8]) -> Result<Option<Packet>, DecodeError> {
+        decode(&mut BytesMut::from(bytes), MAX)
+    }
+
+    fn connect_bytes(name: &[u8], level: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&[0, 4]);
+        body.extend_from_slice(name);
+        body.extend_from_slice(&[level, flags, 0, 60]);
+        body.extend_from_slice(payload);
+        let mut bytes = vec![0x10, u8::try_from(body.len()).expect("short test body")];
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+
+    #[test]
+    fn decodes_connect_vector() {
+        let mut bytes = vec![0x10, 49];
+        bytes.extend_from_slice(b"\x00\x04MQTT\x04\xee\x00\x3c");
+        bytes.extend_from_slice(b"\x00\x04gw-1\x00\x0cdev/1/status\x00\x07offline");
+        bytes.extend_from_slice(b"\x00\x04user\x00\x02pw");
+        let expected = Packet::Connect(Connect {
+            client_id: "gw-1".into(),
+            clean_session: true,
+            keep_alive: 60,
+            will: Some(LastWill {
+                topic: "dev/1/status".into(),
+                message: Bytes::from_static(b"offline"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+            }),
+            username: Some("user".into()),
+            password: Some(Bytes::from_static(b"pw")),
+        });
+        assert_eq!(decode_all(&bytes), Ok(Some(expected)));
+    }
+
+    #[test]
+    fn decodes_publish_qos1_vector() {
+        let expected = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "a/b".into(),
+            packet_id: Some(10),
+            payload: Bytes::from_static(b"hi"),
+        });
+        assert_eq!(
+            decode_all(b"\x33\x09\x00\x03a/b\x00\x0ahi"),
+            Ok(Some(expected))
+        );
+    }
+
+    #[test]
+    fn publish_payload_is_zero_copy() {
+        let mut buf = BytesMut::from(&b"\x30\x07\x00\x03a/bhi"[..]);
+        let base = buf.as_ptr() as usize;
+        let Ok(Some(Packet::Publish(p))) = decode(&mut buf, MAX) else {
+            panic!("expected a publish");
+        };
+        assert_eq!(&p.payload[..], b"hi");
+        assert_eq!(p.payload.as_ptr() as usize, base + 7);
+    }
+
+    #[test]
+    fn byte_at_a_time_yields_none_until_complete() {
+        let packet = Packet::Subscribe {
+            packet_id: 9,
+            filters: vec![("sensors/+/temp".into(), QoS::ExactlyOnce)],
+        };
+        let bytes = packet.to_bytes().expect("encodes");
+        let mut buf = BytesMut::new();
+        for (i, &byte) in bytes.iter().enumerate() {
+            assert_eq!(decode(&mut buf, MAX), Ok(None), "after {i} bytes");
+            assert_eq!(buf.len(), i, "nothing consumed while incomplete");
+            buf.extend_from_slice(&[byte]);
+        }
+        assert_eq!(decode(&mut buf, MAX), Ok(Some(packet)));
+        assert!(buf.is_empty());
+        assert_eq!(decode(&mut buf, MAX), Ok(None));
+    }
+
+    #[test]
+    fn byte_at_a_time_with_multi_byte_remaining_length() {
+        let mut bytes = vec![0x30, 0x80, 0x01, 0x00, 0x01, b't'];
+        bytes.extend_from_slice(&[0x55; 125]);
+        let mut buf = BytesMut::new();
+        for &byte in &bytes {
+            assert_eq!(decode(&mut buf, MAX), Ok(None));
+            buf.extend_from_slice(&[byte]);
+        }
+        let Ok(Some(Packet::Publish(p))) = decode(&mut buf, MAX) else {
+            panic!("expected a publish");
+        };
+        assert_eq!(p.payload.len(), 125);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn two_packets_in_one_buffer() {
+        let mut buf = BytesMut::from(&b"\x40\x02\x00\x05\xd0\x00\x30"[..]);
+        assert_eq!(
+            decode(&mut buf, MAX),
+            Ok(Some(Packet::PubAck { packet_id: 5 }))
+        );
+        assert_eq!(decode(&mut buf, MAX), Ok(Some(Packet::PingResp)));
+        // The start of a third packet stays put.
+        assert_eq!(decode(&mut buf, MAX), Ok(None));
+        assert_eq!(&buf[..], b"\x30");
+    }
+
+    #[test]
+    fn oversize_rejected_before_body_arrives() {
+        // Remaining Length 16383, body absent.
+        let mut buf = BytesMut::from(&b"\x30\xff\x7f"[..]);
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Err(DecodeError::PacketTooLarge {
+                size: 16_383,
+                max: 1024
+            })
+        );
+        // The limit is on the Remaining Length, inclusive.
+        let mut buf = BytesMut::from(&b"\x30\x80\x08"[..]);
+        assert_eq!(decode(&mut buf, 1024), Ok(None));
+        let mut buf = BytesMut::from(&b"\x30\x81\x08"[..]);
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Err(DecodeError::PacketTooLarge {
+                size: 1025,
+                max: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn remaining_length_boundaries_decode() {
+        let cases: &[(&[u8], usize)] = &[
+            (&[0x7F], 127),
+            (&[0x80, 0x01], 128),
+            (&[0xFF, 0x7F], 16_383),
+            (&[0x80, 0x80, 0x01], 16_384),
+            (&[0xFF, 0xFF, 0x7F], 2_097_151),
+            (&[0x80, 0x80, 0x80, 0x01], 2_097_152),
+            (&[0xFF, 0xFF, 0xFF, 0x7F], 268_435_455),
+        ];
+        for &(len_bytes, expected) in cases {
+            let mut bytes = vec![0x30];
+            bytes.extend_from_slice(len_bytes);
+            let header = FixedHeader::parse(&bytes);
+            let Ok(Some(header)) = header else {
+                panic!("header {len_bytes:?}: {header:?}");
+            };
+            assert_eq!(header.remaining, expected);
+            assert_eq!(header.len, 1 + len_bytes.len());
+        }
+    }
+
+    #[test]
+    fn malformed_remaining_length() {
+        assert_eq!(
+            decode_all(b"\x30\xff\xff\xff\xff\x7f"),
+            Err(DecodeError::MalformedRemainingLength)
+        );
+        assert_eq!(
+            decode_all(b"\x30\x80\x80\x80\x80"),
+            Err(DecodeError::MalformedRemainingLength)
+        );
+        // Four continuation bytes seen is not yet an error with only three of them.
+        assert_eq!(decode_all(b"\x30\x80\x80\x80"), Ok(None));
+    }
+
+    #[test]
+    fn reserved_packet_types() {
+        assert_eq!(
+            decode_all(b"\x00\x00"),
+            Err(DecodeError::ReservedPacketType(0))
+        );
+        assert_eq!(
+            decode_all(b"\xf0\x00"),
+            Err(DecodeError::ReservedPacketType(15))
+        );
+        // Detected from the first byte alone.
+        assert_eq!(
+            decode_all(b"\xf0"),
+            Err(DecodeError::ReservedPacketType(15))
+        );
+    }
+
+    #[test]
+    fn bad_fixed_header_flags() {
+        let cases: &[(&[u8], u8, u8)] = &[
+            (b"\x11\x00", 1, 1),
+            (b"\x28\x02\x00\x00", 2, 8),
+            (b"\x41\x02\x00\x01", 4, 1),
+            (b"\x52\x02\x00\x01", 5, 2),
+            (b"\x60\x02\x00\x01", 6, 0),
+            (b"\x63\x02\x00\x01", 6, 3),
+            (b"\x72\x02\x00\x01", 7, 2),
+            (b"\x80\x06\x00\x01\x00\x01a\x00", 8, 0),
+            (b"\x92\x03\x00\x01\x00", 9, 2),
+            (b"\xa0\x05\x00\x01\x00\x01a", 10, 0),
+            (b"\xb1\x02\x00\x01", 11, 1),
+            (b"\xc1\x00", 12, 1),
+            (b"\xd2\x00", 13, 2),
+            (b"\xe4\x00", 14, 4),
+            // DUP on a QoS 0 publish [MQTT-3.3.1-2]
+            (b"\x38\x03\x00\x01t", 3, 8),
+        ];
+        for &(bytes, packet_type, flags) in cases {
+            assert_eq!(
+                decode_all(bytes),
+                Err(DecodeError::BadFlags { packet_type, flags }),
+                "{bytes:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn publish_qos3_is_malformed() {
+        assert_eq!(
+            decode_all(b"\x36\x05\x00\x01t\x00\x01"),
+            Err(DecodeError::InvalidQoS(3))
+        );
+    }
+
+    #[test]
+    fn truncated_fields() {
+        let cases: &[&[u8]] = &[
+            b"\x40\x01\x00",                         // PUBACK id cut short
+            b"\x40\x00",                             // PUBACK without id
+            b"\x20\x01\x00",                         // CONNACK missing return code
+            b"\x30\x03\x00\x05abc", // topic longer than the packet (then "bc" trails)
+            b"\x32\x04\x00\x01t\x00", // QoS 1 id cut short
+            b"\x82\x05\x00\x01\x00\x01a", // SUBSCRIBE filter without QoS byte
+            b"\x10\x05\x00\x04MQT", // CONNECT protocol name cut short
+            b"\x10\x0a\x00\x04MQTT\x04\x02\x00\x3c", // CONNECT without client id
+        ];
+        for &bytes in cases {
+            assert_eq!(
+                decode_all(bytes),
+                Err(DecodeError::Truncated),
+                "{bytes:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes() {
+        let cases: &[&[u8]] = &[
+            b"\x40\x03\x00\x01\x00",
+            b"\x20\x03\x00\x00\x00",
+            b"\xc0\x01\x00",
+            b"\xe0\x01\x00",
+            b"\xb0\x03\x00\x01\x00",
+        ];
+        for &bytes in cases {
+            assert_eq!(
+                decode_all(bytes),
+                Err(DecodeError::TrailingBytes),
+                "{bytes:02x?}"
+            );
+        }
+        let mut connect = connect_bytes(b"MQTT", 4, 0x02, b"\x00\x01c");
+        connect.push(0);
+        if let Some(len) = connect.get_mut(1) {
+            *len += 1;
+        }
+        assert_eq!(decode_all(&connect), Err(DecodeError::TrailingBytes));
+    }
+
+    #[test]
+    fn invalid_utf8_and_nul() {
+        assert_eq!(
+            decode_all(b"\x30\x05\x00\x02\xc3\x28x"),
+            Err(DecodeError::InvalidUtf8)
+        );
+        assert_eq!(
+            decode_all(b"\x30\x05\x00\x02a\x00x"),
+            Err(DecodeError::InvalidUtf8)
+        );
+        // UTF-16 surrogate encoded as UTF-8 [MQTT-1.5.3-1]
+        assert_eq!(
+            decode_all(b"\x30\x05\x00\x03\xed\xa0\x80"),
+            Err(DecodeError::InvalidUtf8)
+        );
+        assert_eq!(
+            decode_all(&connect_bytes(b"MQTT", 4, 0x02, b"\x00\x01\xff")),
+            Err(DecodeError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn invalid_protocol_name_or_level() {
+        assert_eq!(
+            decode_all(&connect_bytes(b"MQTX", 4, 0x02, b"\x00\x00")),
+            Err(DecodeError::InvalidProtocol)
+        );
+        let mut mqisdp = vec![0x10, 0x0e, 0x00, 0x06];
+        mqisdp.extend_from_slice(b"MQIsdp\x03\x02\x00\x3c\x00\x00");
+        assert_eq!(decode_all(&mqisdp), Err(DecodeError::InvalidProtocol));
+        assert_eq!(
+            decode_all(&connect_bytes(b"MQTT", 3, 0x02, b"\x00\x00")),
+            Err(DecodeError::UnsupportedProtocolLevel(3))
+        );
+        assert_eq!(
+            decode_all(&connect_bytes(b"MQTT", 5, 0x02, b"\x00\x00")),
+            Err(DecodeError::UnsupportedProtocolLevel(5))
+        );
+    }
+
+    #[test]
+    fn invalid_connect_flags() {
+        for flags in [
+            0x03, // reserved bit
+            0x0A, // will QoS without will flag
+            0x22, // will retain without will flag
+            0x42, // password without username
+        ] {
+            assert_eq!(
+                decode_all(&connect_bytes(b"MQTT", 4, flags, b"\x00\x00")),
+                Err(DecodeError::InvalidConnectFlags(flags)),
+                "{flags:#04x}"
+            );
+        }
+        // Will QoS 3 [MQTT-3.1.2-14]
+        assert_eq!(
+            decode_all(&connect_bytes(
+                b"MQTT",
+                4,
+                0x1E,
+                b"\x00\x00\x00\x01t\x00\x00"
+            )),
+            Err(DecodeError::InvalidQoS(3))
+        );
+        // Will topic with a wildcard
+        assert_eq!(
+            decode_all(&connect_bytes(
+                b"MQTT",
+                4,
+                0x06,
+                b"\x00\x00\x00\x01#\x00\x00"
+            )),
+            Err(DecodeError::InvalidTopicName)
+        );
+    }
+
+    #[test]
+    fn invalid_connack() {
+        assert_eq!(
+            decode_all(b"\x20\x02\x02\x00"),
+            Err(DecodeError::InvalidConnAckFlags(2))
+        );
+        assert_eq!(
+            decode_all(b"\x20\x02\x00\x06"),
+            Err(DecodeError::InvalidReturnCode(6))
+        );
+    }
+
+    #[test]
+    fn invalid_subscribe_and_suback_codes() {
+        assert_eq!(
+            decode_all(b"\x82\x06\x00\x01\x00\x01a\x03"),
+            Err(DecodeError::InvalidQoS(3))
+        );
+        // Reserved upper bits of the requested QoS byte [MQTT-3.8.3-4]
+        assert_eq!(
+            decode_all(b"\x82\x06\x00\x01\x00\x01a\x41"),
+            Err(DecodeError::InvalidQoS(0x41))
+        );
+        assert_eq!(
+            decode_all(b"\x90\x03\x00\x01\x03"),
+            Err(DecodeError::InvalidSubackCode(3))
+        );
+        assert_eq!(
+            decode_all(b"\x90\x03\x00\x01\x81"),
+            Err(DecodeError::InvalidSubackCode(0x81))
+        );
+    }
+
+    #[test]
+    fn zero_packet_id() {
+        let cases: &[&[u8]] = &[
+            b"\x32\x05\x00\x01t\x00\x00",
+            b"\x40\x02\x00\x00",
+            b"\x50\x02\x00\x00",
+            b"\x62\x02\x00\x00",
+            b"\x70\x02\x00\x00",
+            b"\x82\x06\x00\x00\x00\x01a\x00",
+            b"\x90\x03\x00\x00\x00",
+            b"\xa2\x05\x00\x00\x00\x01a",
+            b"\xb0\x02\x00\x00",
+        ];
+        for &bytes in cases {
+            assert_eq!(
+                decode_all(bytes),
+                Err(DecodeError::ZeroPacketId),
+                "{bytes:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_payloads() {
+        for (bytes, packet_type) in [
+            (&b"\x82\x02\x00\x01"[..], 8),
+            (&b"\x90\x02\x00\x01"[..], 9),
+            (&b"\xa2\x02\x00\x01"[..], 10),
+        ] {
+            assert_eq!(
+                decode_all(bytes),
+                Err(DecodeError::EmptyPayload { packet_type }),
+                "{bytes:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_topics() {
+        assert_eq!(
+            decode_all(b"\x30\x02\x00\x00"),
+            Err(DecodeError::InvalidTopicName)
+        );
+        assert_eq!(
+            decode_all(b"\x30\x05\x00\x03a/+"),
+            Err(DecodeError::InvalidTopicName)
+        );
+        assert_eq!(
+            decode_all(b"\x82\x0a\x00\x01\x00\x05a/#/b\x00"),
+            Err(DecodeError::InvalidTopicFilter)
+        );
+        assert_eq!(
+            decode_all(b"\xa2\x06\x00\x01\x00\x02a+"),
+            Err(DecodeError::InvalidTopicFilter)
+        );
+        assert_eq!(
+            decode_all(b"\x82\x05\x00\x01\x00\x00\x00"),
+            Err(DecodeError::InvalidTopicFilter)
+        );
+    }
+}
