@@ -1,0 +1,234 @@
+//! The MQTT 3.1.1 control packets as plain data (spec §2, §3).
+//!
+//! Owns: the packet types and the small enums of the wire format. Invariants that the type
+//! system cannot carry (e.g. `Publish::packet_id` is `Some` iff `qos > 0`) are checked by the
+//! encoder and guaranteed by the decoder.
+
+use bytes::Bytes;
+
+use super::error::DecodeError;
+
+/// Quality of service of a message or a subscription (§4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum QoS {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl TryFrom<u8> for QoS {
+    type Error = DecodeError;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(QoS::AtMostOnce),
+            1 => Ok(QoS::AtLeastOnce),
+            2 => Ok(QoS::ExactlyOnce),
+            other => Err(DecodeError::InvalidQoS(other)),
+        }
+    }
+}
+
+impl From<QoS> for u8 {
+    fn from(qos: QoS) -> u8 {
+        qos as u8
+    }
+}
+
+/// The Will of a CONNECT (§3.1.2.5 - §3.1.2.7, §3.1.3.2 - §3.1.3.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWill {
+    pub topic: String,
+    pub message: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// CONNECT (§3.1), protocol name "MQTT", level 4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    pub client_id: String,
+    pub clean_session: bool,
+    /// Seconds; 0 turns the keep-alive mechanism off (§3.1.2.10).
+    pub keep_alive: u16,
+    pub will: Option<LastWill>,
+    pub username: Option<String>,
+    /// Only allowed together with `username` (§3.1.2.9, [MQTT-3.1.2-22]).
+    pub password: Option<Bytes>,
+}
+
+/// CONNACK return codes (§3.2.2.3, Table 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConnectReturnCode {
+    Accepted = 0,
+    UnacceptableProtocolVersion = 1,
+    IdentifierRejected = 2,
+    ServerUnavailable = 3,
+    BadUserNameOrPassword = 4,
+    NotAuthorized = 5,
+}
+
+impl TryFrom<u8> for ConnectReturnCode {
+    type Error = DecodeError;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(ConnectReturnCode::Accepted),
+            1 => Ok(ConnectReturnCode::UnacceptableProtocolVersion),
+            2 => Ok(ConnectReturnCode::IdentifierRejected),
+            3 => Ok(ConnectReturnCode::ServerUnavailable),
+            4 => Ok(ConnectReturnCode::BadUserNameOrPassword),
+            5 => Ok(ConnectReturnCode::NotAuthorized),
+            other => Err(DecodeError::InvalidReturnCode(other)),
+        }
+    }
+}
+
+impl From<ConnectReturnCode> for u8 {
+    fn from(code: ConnectReturnCode) -> u8 {
+        code as u8
+    }
+}
+
+/// PUBLISH (§3.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Must be false for QoS 0 ([MQTT-3.3.1-2]).
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// A topic name: non-empty, no wildcards (§4.7.3, [MQTT-3.3.2-2]).
+    pub topic: String,
+    /// `Some` (and non-zero) iff `qos > AtMostOnce` (§2.3.1).
+    pub packet_id: Option<u16>,
+    /// On decode, a zero-copy slice of the received buffer.
+    pub payload: Bytes,
+}
+
+/// One SUBACK return code (§3.9.3): the granted QoS, or 0x80 for failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubackCode {
+    Granted(QoS),
+    Failure,
+}
+
+impl SubackCode {
+    pub(crate) const FAILURE: u8 = 0x80;
+
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            SubackCode::Granted(qos) => qos.into(),
+            SubackCode::Failure => Self::FAILURE,
+        }
+    }
+
+    pub(crate) fn from_byte(byte: u8) -> Result<Self, DecodeError> {
+        match byte {
+            Self::FAILURE => Ok(SubackCode::Failure),
+            0..=2 => QoS::try_from(byte).map(SubackCode::Granted),
+            other => Err(DecodeError::InvalidSubackCode(other)),
+        }
+    }
+}
+
+/// Every MQTT 3.1.1 control packet, client-to-server and server-to-client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    Connect(Connect),
+    ConnAck {
+        session_present: bool,
+        code: ConnectReturnCode,
+    },
+    Publish(Publish),
+    PubAck {
+        packet_id: u16,
+    },
+    PubRec {
+        packet_id: u16,
+    },
+    PubRel {
+        packet_id: u16,
+    },
+    PubComp {
+        packet_id: u16,
+    },
+    Subscribe {
+        packet_id: u16,
+        filters: Vec<(String, QoS)>,
+    },
+    SubAck {
+        packet_id: u16,
+        codes: Vec<SubackCode>,
+    },
+    Unsubscribe {
+        packet_id: u16,
+        filters: Vec<String>,
+    },
+    UnsubAck {
+        packet_id: u16,
+    },
+    PingReq,
+    PingResp,
+    Disconnect,
+}
+
+/// Control packet type numbers: the high nibble of the first byte (§2.2.1, Table 2.1).
+pub(crate) mod kind {
+    pub const CONNECT: u8 = 1;
+    pub const CONNACK: u8 = 2;
+    pub const PUBLISH: u8 = 3;
+    pub const PUBACK: u8 = 4;
+    pub const PUBREC: u8 = 5;
+    pub const PUBREL: u8 = 6;
+    pub const PUBCOMP: u8 = 7;
+    pub const SUBSCRIBE: u8 = 8;
+    pub const SUBACK: u8 = 9;
+    pub const UNSUBSCRIBE: u8 = 10;
+    pub const UNSUBACK: u8 = 11;
+    pub const PINGREQ: u8 = 12;
+    pub const PINGRESP: u8 = 13;
+    pub const DISCONNECT: u8 = 14;
+}
+
+/// Protocol name and level of MQTT 3.1.1 (§3.1.2.1, §3.1.2.2).
+pub(crate) const PROTOCOL_NAME: &str = "MQTT";
+pub(crate) const PROTOCOL_LEVEL: u8 = 4;
+
+/// Largest value the Remaining Length field can carry (§2.2.3).
+pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+/// CONNECT flag bits (§3.1.2.3).
+pub(crate) mod connect_flags {
+    pub const RESERVED: u8 = 0x01;
+    pub const CLEAN_SESSION: u8 = 0x02;
+    pub const WILL: u8 = 0x04;
+    pub const WILL_QOS_SHIFT: u8 = 3;
+    pub const WILL_QOS_MASK: u8 = 0x18;
+    pub const WILL_RETAIN: u8 = 0x20;
+    pub const PASSWORD: u8 = 0x40;
+    pub const USERNAME: u8 = 0x80;
+}
+
+impl Packet {
+    /// The fixed-header type nibble of this packet.
+    pub(crate) fn kind(&self) -> u8 {
+        match self {
+            Packet::Connect(_) => kind::CONNECT,
+            Packet::ConnAck { .. } => kind::CONNACK,
+            Packet::Publish(_) => kind::PUBLISH,
+            Packet::PubAck { .. } => kind::PUBACK,
+            Packet::PubRec { .. } => kind::PUBREC,
+            Packet::PubRel { .. } => kind::PUBREL,
+            Packet::PubComp { .. } => kind::PUBCOMP,
+            Packet::Subscribe { .. } => kind::SUBSCRIBE,
+            Packet::SubAck { .. } => kind::SUBACK,
+            Packet::Unsubscribe { .. } => kind::UNSUBSCRIBE,
+            Packet::UnsubAck { .. } => kind::UNSUBACK,
+            Packet::PingReq => kind::PINGREQ,
+            Packet::PingResp => kind::PINGRESP,
+            Packet::Disconnect => kind::DISCONNECT,
+        }
+    }
+}
