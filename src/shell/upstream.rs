@@ -1,0 +1,124 @@
+//! One task per upstream MQTT session: TCP to the broker, CONNECT first, then packets both
+//! ways. The broker keep-alive (PINGREQ) is this task's business, never the device's.
+//!
+//! Owns the socket and its read buffer; knows nothing of devices. Reports every packet and
+//! the end of the connection to the driver.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tracing::debug;
+
+use super::Event;
+use crate::core::SessionId;
+use crate::mqtt;
+
+/// Largest packet accepted from the broker.
+const MAX_BROKER_PACKET: usize = 1 << 20;
+
+pub struct SessionParams {
+    pub session: SessionId,
+    pub broker: SocketAddr,
+    pub connect: mqtt::Connect,
+    pub connect_timeout: Duration,
+}
+
+/// Runs until the broker closes, an error occurs, or `commands` is closed (then pending
+/// packets are flushed and the socket shut down).
+pub async fn run(
+    p: SessionParams,
+    mut commands: mpsc::Receiver<mqtt::Packet>,
+    events: mpsc::Sender<Event>,
+) {
+    let session = p.session;
+    if let Err(reason) = drive(p, &mut commands, &events).await {
+        debug!(session = session.0, %reason, "upstream session ended");
+    }
+    let _ = events.send(Event::UpstreamClosed { session }).await;
+}
+
+async fn drive(
+    p: SessionParams,
+    commands: &mut mpsc::Receiver<mqtt::Packet>,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let keep_alive = Duration::from_secs(u64::from(p.connect.keep_alive));
+    let mut stream = timeout(p.connect_timeout, TcpStream::connect(p.broker))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.split();
+    let mut out = BytesMut::with_capacity(512);
+    mqtt::Packet::Connect(p.connect)
+        .encode(&mut out)
+        .map_err(|e| format!("encode CONNECT: {e}"))?;
+    wr.write_all(&out).await.map_err(|e| e.to_string())?;
+    out.clear();
+
+    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut last_write = Instant::now();
+    let mut last_read = Instant::now();
+    // Half the keep-alive leaves room for a PINGRESP before the broker's 1.5x deadline.
+    let ping_every = if keep_alive.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        keep_alive / 2
+    };
+    loop {
+        let ping_at = last_write + ping_every;
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(packet) = cmd else {
+                    // The driver let go of this session: flush and close.
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                };
+                encode_into(&packet, &mut out)?;
+                // Batch what is already queued into one write.
+                while out.len() < 64 * 1024 {
+                    match commands.try_recv() {
+                        Ok(p) => encode_into(&p, &mut out)?,
+                        Err(_) => break,
+                    }
+                }
+                wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                out.clear();
+                last_write = Instant::now();
+            }
+            n = rd.read_buf(&mut inbuf) => {
+                let n = n.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("broker closed the connection".into());
+                }
+                last_read = Instant::now();
+                while let Some(packet) = mqtt::decode(&mut inbuf, MAX_BROKER_PACKET).map_err(|e| e.to_string())? {
+                    if packet == mqtt::Packet::PingResp {
+                        continue; // our own keep-alive; the core never sees it
+                    }
+                    if events.send(Event::Upstream { session: p.session, packet }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(ping_at) => {
+                if !keep_alive.is_zero() && last_read.elapsed() > keep_alive + keep_alive / 2 {
+                    return Err("broker silent beyond keep-alive".into());
+                }
+                encode_into(&mqtt::Packet::PingReq, &mut out)?;
+                wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                out.clear();
+                last_write = Instant::now();
+            }
+        }
+    }
+}
+
+fn encode_into(p: &mqtt::Packet, out: &mut BytesMut) -> Result<(), String> {
+    p.encode(out).map_err(|e| format!("encode: {e}"))
+}
