@@ -7,10 +7,25 @@
 //! Entry points: [`decode`] (one datagram / serial frame -> [`Frame`]) and [`Frame::encode`] /
 //! [`Message::encode`]. Payloads ([`Bytes`]) are zero-copy slices of the input frame.
 
+// Input must never be able to panic the codec; clippy enforces it outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::indexing_slicing
+    )
+)]
+
+mod cursor;
 pub mod error;
 pub mod flags;
 pub mod header;
 pub mod message;
+#[cfg(test)]
+mod tests;
 
 pub use error::{DecodeError, EncodeError};
 pub use flags::Flags;
@@ -177,38 +192,68 @@ pub struct Unsubscribe {
 /// Every message of spec §5.4.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Advertise { gw_id: u8, duration: u16 },
-    SearchGw { radius: u8 },
+    Advertise {
+        gw_id: u8,
+        duration: u16,
+    },
+    SearchGw {
+        radius: u8,
+    },
     /// `gw_add` is present only when a client answers on behalf of a gateway.
-    GwInfo { gw_id: u8, gw_add: Option<Bytes> },
+    GwInfo {
+        gw_id: u8,
+        gw_add: Option<Bytes>,
+    },
     Connect(Connect),
-    Connack { return_code: ReturnCode },
+    Connack {
+        return_code: ReturnCode,
+    },
     WillTopicReq,
     /// `None` is the empty WILLTOPIC that deletes the will.
     WillTopic(Option<WillTopic>),
     WillMsgReq,
-    WillMsg { msg: Bytes },
+    WillMsg {
+        msg: Bytes,
+    },
     Register(Register),
     Regack(Regack),
     Publish(Publish),
     Puback(Puback),
-    Pubcomp { msg_id: u16 },
-    Pubrec { msg_id: u16 },
-    Pubrel { msg_id: u16 },
+    Pubcomp {
+        msg_id: u16,
+    },
+    Pubrec {
+        msg_id: u16,
+    },
+    Pubrel {
+        msg_id: u16,
+    },
     Subscribe(Subscribe),
     Suback(Suback),
     Unsubscribe(Unsubscribe),
-    Unsuback { msg_id: u16 },
+    Unsuback {
+        msg_id: u16,
+    },
     /// `client_id` is present only when a sleeping client wakes up.
-    PingReq { client_id: Option<String> },
+    PingReq {
+        client_id: Option<String>,
+    },
     PingResp,
     /// `duration` is present only when a client asks to sleep.
-    Disconnect { duration: Option<u16> },
+    Disconnect {
+        duration: Option<u16>,
+    },
     /// `None` is the empty WILLTOPICUPD that deletes the will.
     WillTopicUpd(Option<WillTopic>),
-    WillTopicResp { return_code: ReturnCode },
-    WillMsgUpd { msg: Bytes },
-    WillMsgResp { return_code: ReturnCode },
+    WillTopicResp {
+        return_code: ReturnCode,
+    },
+    WillMsgUpd {
+        msg: Bytes,
+    },
+    WillMsgResp {
+        return_code: ReturnCode,
+    },
 }
 
 /// Forwarder encapsulation header (§5.5).
