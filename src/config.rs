@@ -534,72 +534,75 @@ where
     Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
-/// Reads an unsigned integer and checks it.
+/// Reads an integer from `min` to `max`, then applies `check`.
 struct IntVisitor {
-    expecting: &'static str,
+    min: u64,
+    max: u64,
     check: fn(u64) -> Result<(), String>,
+}
+
+impl IntVisitor {
+    fn out_of_range(&self, value: impl fmt::Display) -> String {
+        format!(
+            "{value} is out of range: must be from {} to {}",
+            self.min, self.max
+        )
+    }
 }
 
 impl de::Visitor<'_> for IntVisitor {
     type Value = u64;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.expecting)
+        write!(f, "an integer from {} to {}", self.min, self.max)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
         (self.check)(v).map_err(E::custom)?;
+        if !(self.min..=self.max).contains(&v) {
+            return Err(E::custom(self.out_of_range(v)));
+        }
         Ok(v)
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
         match u64::try_from(v) {
             Ok(v) => self.visit_u64(v),
-            Err(_) => Err(E::custom(format_args!(
-                "{v} is out of range: expected {}",
-                self.expecting
-            ))),
+            Err(_) => Err(E::custom(self.out_of_range(v))),
         }
     }
 }
 
+/// `deserialize_any` rather than `deserialize_u64`: serde_norway rejects a negative number for
+/// `u64` before any visitor sees it, with a confusing message.
 fn checked_int<'de, D: Deserializer<'de>>(
     deserializer: D,
-    expecting: &'static str,
+    min: u64,
+    max: u64,
     check: fn(u64) -> Result<(), String>,
 ) -> Result<u64, D::Error> {
-    deserializer.deserialize_u64(IntVisitor { expecting, check })
-}
-
-fn range_check(value: u64, min: u64, max: u64) -> Result<(), String> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{value} is out of range: must be from {min} to {max}"
-        ))
-    }
+    deserializer.deserialize_any(IntVisitor { min, max, check })
 }
 
 fn in_range<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
     deserializer: D,
 ) -> Result<usize, D::Error> {
-    let value = checked_int(deserializer, "an integer", |v| range_check(v, MIN, MAX))?;
+    let value = checked_int(deserializer, MIN, MAX, |_| Ok(()))?;
     usize::try_from(value)
         .map_err(|_| de::Error::custom(format_args!("{value} is too large for this machine")))
 }
 
 fn nonzero_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
-    let port = checked_int(deserializer, "a port number", |v| range_check(v, 1, 65535))?;
+    let port = checked_int(deserializer, 1, 65535, |_| Ok(()))?;
     Ok(port as u16) // checked above
 }
 
 fn predefined_topic_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
-    let id = checked_int(deserializer, "a topic id", |id| match id {
+    let id = checked_int(deserializer, 0x0001, 0xFFFE, |id| match id {
         0x0000 | 0xFFFF => Err(format!(
             "topic id {id:#06x} is reserved: use 1 to 65534 (0x0001 to 0xfffe)"
         )),
-        _ => range_check(id, 0x0001, 0xFFFE),
+        _ => Ok(()),
     })?;
     Ok(id as u16) // checked above
 }
