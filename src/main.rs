@@ -1,6 +1,7 @@
 //! `mqttsn-gateway`: the command line. Parses arguments, loads `gateway.yaml`, applies the
 //! command-line overrides, sets up logging and starts the shell. The only place `anyhow` is used.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -137,6 +138,8 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal, not in journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
 }
