@@ -1,1 +1,145 @@
-fn main() {}
+//! `mqttsn-gateway`: the command line. Parses arguments, loads `gateway.yaml`, applies the
+//! command-line overrides, sets up logging and starts the shell. The only place `anyhow` is used.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mqttsn_gateway::config::{self, Config};
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_CONFIG: &str = "gateway.yaml";
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+  mqttsn-gateway                              run with ./gateway.yaml (built-in defaults if absent)
+  mqttsn-gateway run -c /etc/mqttsn/gateway.yaml
+  mqttsn-gateway check -c gateway.yaml        validate and print the effective configuration
+  mqttsn-gateway --udp 0.0.0.0:1884 --udp '[::]:1884' --broker broker.local:1883 --log debug
+  RUST_LOG=mqttsn_gateway=trace mqttsn-gateway    RUST_LOG wins over --log and log.level
+
+Configuration keys are described in docs/configuration.md.";
+
+/// MQTT-SN v1.2 gateway: devices on UDP become MQTT 3.1.1 clients of a broker.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Configuration file [default: ./gateway.yaml; built-in defaults if that is absent]
+    #[arg(short, long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// UDP address to listen on, e.g. 0.0.0.0:1884 or [::]:1884; repeatable; replaces transports.udp
+    #[arg(long, global = true, value_name = "ADDR")]
+    udp: Vec<SocketAddr>,
+
+    /// Use the upstream broker at HOST:PORT (e.g. [::1]:1883); sets broker.mode to upstream
+    #[arg(long, global = true, value_name = "HOST:PORT", value_parser = config::parse_host_port)]
+    broker: Option<(String, u16)>,
+
+    /// Log filter, e.g. info or info,mqttsn_gateway=debug; replaces log.level (RUST_LOG wins)
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = parse_log_level)]
+    log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default)
+    Run,
+    /// Validate the configuration, print the effective configuration as YAML and exit
+    Check,
+}
+
+fn parse_log_level(text: &str) -> Result<String, String> {
+    config::check_log_level(text).map(|()| text.to_owned())
+}
+
+/// Exit code for a configuration that does not load (clap uses 2 for usage errors too).
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (mut config, note) = match load(
+        cli.config.as_deref(),
+        matches!(cli.command, Some(Command::Check)),
+    ) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    config.apply_overrides(&cli.udp, cli.broker, cli.log);
+
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            print!("{}", config.redacted().to_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Run => match run(config, note) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Loads the configuration. Without `-c`, a missing `./gateway.yaml` means built-in defaults
+/// (for `run`) and the returned note says so; a file named with `-c` must exist.
+fn load(
+    path: Option<&Path>,
+    strict: bool,
+) -> Result<(Config, Option<String>), config::ConfigError> {
+    match path {
+        Some(path) => Ok((Config::load(path)?, None)),
+        None => {
+            let path = Path::new(DEFAULT_CONFIG);
+            if !strict && !path.exists() {
+                let note = format!(
+                    "no {DEFAULT_CONFIG} in the current directory: running on built-in defaults"
+                );
+                return Ok((Config::default(), Some(note)));
+            }
+            Ok((Config::load(path)?, None))
+        }
+    }
+}
+
+fn run(config: Config, note: Option<String>) -> anyhow::Result<()> {
+    init_logging(&config.log.level)?;
+    if let Some(note) = note {
+        tracing::info!("{note}");
+    }
+    tracing::debug!(config = %config.redacted().to_yaml(), "effective configuration");
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime
+        .block_on(mqttsn_gateway::shell::run(config))
+        .context("gateway stopped")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` when it is set, else by `level` (`--log` / `log.level`).
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => {
+            EnvFilter::try_new(&env).with_context(|| format!("invalid RUST_LOG `{env}`"))?
+        }
+        _ => EnvFilter::try_new(level).with_context(|| format!("invalid log level `{level}`"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal, not in journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}

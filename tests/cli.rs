@@ -1,0 +1,231 @@
+//! The `mqttsn-gateway` binary: `check`, `--version`, `--help`, overrides, and a short `run`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn gateway() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG");
+    command
+}
+
+fn shipped_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml")
+}
+
+/// A file in the temp dir, removed on drop; the name is unique per process and call.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(contents: &str) -> TempFile {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "mqttsn-cli-test-{}-{}.yaml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("binary runs")
+}
+
+#[test]
+fn check_shipped_config_prints_effective_config() {
+    let out = run(gateway().arg("check").arg("-c").arg(shipped_config()));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for key in [
+        "gateway:",
+        "bind: 0.0.0.0:1884",
+        "mode: embedded",
+        "keep_alive:",
+        "max_frame_size: 1024",
+        "retry_interval: 10s",
+        "level: info",
+    ] {
+        assert!(stdout.contains(key), "missing `{key}` in:\n{stdout}");
+    }
+    // What check prints is a valid config that means the same.
+    let printed = mqttsn_gateway::config::Config::from_yaml_str(&stdout, "stdout").unwrap();
+    assert_eq!(printed, mqttsn_gateway::config::Config::default());
+}
+
+#[test]
+fn check_misspelt_key_fails_naming_key_and_line() {
+    let file = TempFile::new(
+        "gateway:\n  id: 1\nbroker:\n  mode: upstream\n  upstream:\n    hots: example.org\n",
+    );
+    let out = run(gateway().arg("check").arg("-c").arg(&file.0));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    let expected = format!(
+        "{}:6:5: broker.upstream.hots: unknown field `hots`",
+        file.0.display()
+    );
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn check_bad_value_fails() {
+    let file = TempFile::new("limits:\n  max_frame_size: 8\n");
+    let out = run(gateway().arg("check").arg("-c").arg(&file.0));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(":2:19: limits.max_frame_size:"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn explicit_missing_config_fails() {
+    let missing = std::env::temp_dir().join("mqttsn-cli-test-does-not-exist.yaml");
+    for sub in ["check", "run"] {
+        let out = run(gateway().arg(sub).arg("-c").arg(&missing));
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        assert!(text(&out.stderr).contains("cannot read"), "{sub}");
+    }
+}
+
+#[test]
+fn version() {
+    let out = run(gateway().arg("--version"));
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("mqttsn-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn help_has_examples() {
+    let out = run(gateway().arg("--help"));
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("EXAMPLES"), "{stdout}");
+    for flag in ["--config", "--udp", "--broker", "--log", "check", "run"] {
+        assert!(stdout.contains(flag), "missing {flag} in help");
+    }
+}
+
+#[test]
+fn overrides_show_in_check_output() {
+    let out = run(gateway()
+        .args(["check", "-c"])
+        .arg(shipped_config())
+        .args(["--udp", "127.0.0.1:0", "--udp", "[::1]:1885"])
+        .args(["--broker", "[::1]:1999", "--log", "debug"]));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let config =
+        mqttsn_gateway::config::Config::from_yaml_str(&text(&out.stdout), "stdout").unwrap();
+    let binds: Vec<String> = config
+        .transports
+        .udp
+        .iter()
+        .map(|t| t.bind.to_string())
+        .collect();
+    assert_eq!(binds, ["127.0.0.1:0", "[::1]:1885"]);
+    assert_eq!(
+        config.broker.mode,
+        mqttsn_gateway::config::BrokerMode::Upstream
+    );
+    assert_eq!(config.broker.upstream.host, "::1");
+    assert_eq!(config.broker.upstream.port, 1999);
+    assert_eq!(config.log.level, "debug");
+}
+
+#[test]
+fn global_flags_work_before_the_subcommand() {
+    let out = run(gateway()
+        .args(["--broker", "broker.local:1883", "-c"])
+        .arg(shipped_config())
+        .arg("check"));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("mode: upstream") && stdout.contains("host: broker.local"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_flag_values_are_rejected() {
+    for args in [
+        ["--broker", "::1:1883"],
+        ["--broker", "host"],
+        ["--udp", "localhost:1884"],
+        ["--log", "info,[=x"],
+    ] {
+        let out = run(gateway().arg("check").args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn check_redacts_the_password() {
+    let file = TempFile::new("broker:\n  upstream:\n    password: hunter2\n");
+    let out = run(gateway().arg("check").arg("-c").arg(&file.0));
+    assert!(out.status.success());
+    assert!(!text(&out.stdout).contains("hunter2"));
+}
+
+/// `run` binds the configured UDP sockets (port 0: the OS picks a free port) and says so.
+#[test]
+fn run_binds_udp_and_logs() {
+    let mut child = gateway()
+        .args(["run", "-c"])
+        .arg(shipped_config())
+        .args(["--udp", "127.0.0.1:0", "--log", "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut bound = false;
+    let mut not_wired = false;
+    while !(bound && not_wired) && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            bound |= line.contains("UDP transport bound") && line.contains("127.0.0.1:");
+            not_wired |= line.contains("not wired yet");
+            seen.push(line);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("gateway exited early with {status}: {seen:#?}");
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(bound && not_wired, "log lines: {seen:#?}");
+}

@@ -1,0 +1,429 @@
+//! `gateway.yaml` loading: defaults, the shipped file, and that every error names the file,
+//! the line and the key path.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use mqttsn_gateway::config::{self, duration, BrokerMode, Config, ConfigError, PredefinedTopic};
+
+/// The error for `yaml`, checked to be `Invalid`; returns (line, column, key, rendered text).
+fn invalid(yaml: &str) -> (Option<usize>, Option<usize>, String, String) {
+    let err = Config::from_yaml_str(yaml, "gateway.yaml").expect_err("should be rejected");
+    let text = err.to_string();
+    match err {
+        ConfigError::Invalid {
+            origin,
+            line,
+            column,
+            key,
+            ..
+        } => {
+            assert_eq!(origin, "gateway.yaml");
+            (line, column, key, text)
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn shipped_gateway_yaml_equals_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
+    let shipped = Config::load(&path).expect("shipped gateway.yaml loads");
+    assert_eq!(shipped, Config::default());
+}
+
+#[test]
+fn default_values_are_the_documented_ones() {
+    let c = Config::default();
+    assert_eq!(c.gateway.id, 1);
+    assert_eq!(c.transports.udp.len(), 1);
+    assert_eq!(
+        c.transports.udp[0].bind,
+        "0.0.0.0:1884".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(c.discovery.advertise, None);
+    assert_eq!(c.broker.mode, BrokerMode::Embedded);
+    assert_eq!(c.broker.upstream.host, "127.0.0.1");
+    assert_eq!(c.broker.upstream.port, 1883);
+    assert_eq!(c.broker.upstream.keep_alive, Duration::from_secs(60));
+    assert_eq!(c.broker.upstream.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.broker.upstream.username, None);
+    assert_eq!(c.broker.upstream.password, None);
+    assert_eq!(c.broker.upstream.client_id_prefix, "");
+    assert_eq!(
+        c.broker.embedded.bind,
+        "127.0.0.1:1883".parse::<SocketAddr>().unwrap()
+    );
+    assert!(c.predefined_topics.is_empty());
+    assert_eq!(c.limits.max_devices, 10_000);
+    assert_eq!(c.limits.max_topics_per_device, 256);
+    assert_eq!(c.limits.max_queued_per_device, 64);
+    assert_eq!(c.limits.max_frame_size, 1024);
+    assert_eq!(c.limits.max_client_id_len, 64);
+    assert_eq!(c.limits.channel_depth, 1024);
+    assert_eq!(c.timers.retry_interval, Duration::from_secs(10));
+    assert_eq!(c.timers.max_retries, 3);
+    assert_eq!(c.log.level, "info");
+}
+
+#[test]
+fn empty_document_and_null_sections_are_defaults() {
+    for yaml in ["", "# nothing\n", "gateway:\nlimits:\npredefined_topics:\n"] {
+        assert_eq!(
+            Config::from_yaml_str(yaml, "t").unwrap(),
+            Config::default(),
+            "{yaml:?}"
+        );
+    }
+}
+
+#[test]
+fn to_yaml_round_trips() {
+    let yaml = r#"
+gateway: { id: 7 }
+transports:
+  udp:
+    - bind: 0.0.0.0:1884
+    - bind: "[::]:1885"
+discovery:
+  advertise: { address: "255.255.255.255:1884", interval: 1h30m }
+broker:
+  mode: upstream
+  upstream: { host: "::1", port: 8883, keep_alive: 90s, username: u, password: p, client_id_prefix: gw1- }
+predefined_topics:
+  - { id: 1, topic: sensors/temperature }
+  - { id: 0xfffe, topic: a/b }
+timers: { retry_interval: 1500ms, max_retries: 5 }
+log: { level: "info,mqttsn_gateway=debug" }
+"#;
+    let config = Config::from_yaml_str(yaml, "t").unwrap();
+    assert_eq!(config.broker.mode, BrokerMode::Upstream);
+    assert_eq!(config.broker.upstream.host, "::1");
+    assert_eq!(
+        config.predefined_topics[1],
+        PredefinedTopic {
+            id: 0xFFFE,
+            topic: "a/b".into()
+        }
+    );
+    let again = Config::from_yaml_str(&config.to_yaml(), "t").unwrap();
+    assert_eq!(again, config);
+    let defaults = Config::from_yaml_str(&Config::default().to_yaml(), "t").unwrap();
+    assert_eq!(defaults, Config::default());
+}
+
+#[test]
+fn misspelt_key_names_key_path_and_line() {
+    let yaml = "gateway:\n  id: 1\ntransports:\n  udp:\n    - bind: 0.0.0.0:1884\n    - bnd: 0.0.0.0:1885\n";
+    let (line, column, key, text) = invalid(yaml);
+    assert_eq!(line, Some(6));
+    assert_eq!(column, Some(7));
+    assert_eq!(key, "transports.udp[1].bnd");
+    assert_eq!(
+        text,
+        "gateway.yaml:6:7: transports.udp[1].bnd: unknown field `bnd`, expected `bind`"
+    );
+}
+
+#[test]
+fn misspelt_top_level_key() {
+    let (line, _, key, text) = invalid("gateway:\n  id: 1\nlimtis:\n  max_devices: 1\n");
+    assert_eq!((line, key.as_str()), (Some(3), "limtis"));
+    assert!(text.contains("unknown field `limtis`"), "{text}");
+}
+
+#[test]
+fn unknown_enum_value() {
+    let (line, _, key, text) = invalid("broker:\n  mode: upstrem\n");
+    assert_eq!((line, key.as_str()), (Some(2), "broker.mode"));
+    assert!(text.contains("unknown variant `upstrem`"), "{text}");
+    assert!(text.contains("`embedded` or `upstream`"), "{text}");
+}
+
+#[test]
+fn bad_socket_address() {
+    let (line, _, key, text) = invalid("transports:\n  udp:\n    - bind: 1.2.3.4\n");
+    assert_eq!((line, key.as_str()), (Some(3), "transports.udp[0].bind"));
+    assert!(text.contains("invalid socket address `1.2.3.4`"), "{text}");
+
+    let (line, _, key, _) = invalid("broker:\n  embedded:\n    bind: localhost:1883\n");
+    assert_eq!((line, key.as_str()), (Some(3), "broker.embedded.bind"));
+
+    let (_, _, key, text) = invalid("discovery:\n  advertise:\n    address: 0.0.0.0:1884\n");
+    assert_eq!(key, "discovery.advertise.address");
+    assert!(text.contains("cannot be a destination"), "{text}");
+}
+
+#[test]
+fn unquoted_ipv6_is_explained() {
+    let (line, _, key, text) = invalid("transports:\n  udp:\n    - bind: [::]:1884\n");
+    assert_eq!((line, key.as_str()), (Some(3), "transports.udp[0].bind"));
+    assert!(text.contains("quote IPv6"), "{text}");
+}
+
+#[test]
+fn ipv6_bind_parses() {
+    let config =
+        Config::from_yaml_str("transports:\n  udp:\n    - bind: \"[::]:1884\"\n", "t").unwrap();
+    assert_eq!(
+        config.transports.udp[0].bind,
+        "[::]:1884".parse::<SocketAddr>().unwrap()
+    );
+    assert!(config.transports.udp[0].bind.is_ipv6());
+}
+
+#[test]
+fn bad_duration() {
+    let (line, column, key, text) = invalid("timers:\n  retry_interval: 10x\n");
+    assert_eq!(
+        (line, column, key.as_str()),
+        (Some(2), Some(19), "timers.retry_interval")
+    );
+    assert!(text.contains("invalid duration `10x`"), "{text}");
+
+    let (_, _, key, text) = invalid("timers:\n  retry_interval: 10\n");
+    assert_eq!(key, "timers.retry_interval");
+    assert!(text.contains("missing unit"), "{text}");
+
+    let (_, _, key, _) = invalid("timers:\n  retry_interval: 0s\n");
+    assert_eq!(key, "timers.retry_interval");
+
+    let (_, _, key, text) = invalid("broker:\n  upstream:\n    keep_alive: 500ms\n");
+    assert_eq!(key, "broker.upstream.keep_alive");
+    assert!(text.contains("whole seconds"), "{text}");
+
+    let (_, _, key, text) = invalid("discovery:\n  advertise:\n    interval: 19h\n");
+    assert_eq!(key, "discovery.advertise.interval");
+    assert!(text.contains("65535s"), "{text}");
+}
+
+#[test]
+fn duplicate_predefined_id() {
+    let yaml = "predefined_topics:\n  - id: 1\n    topic: a\n  - id: 2\n    topic: b\n  - id: 1\n    topic: c\n";
+    let (line, _, key, text) = invalid(yaml);
+    assert_eq!((line, key.as_str()), (Some(6), "predefined_topics[2]"));
+    assert!(
+        text.contains("duplicate id 1") && text.contains("predefined_topics[0]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn duplicate_predefined_topic_name() {
+    let (line, _, key, text) =
+        invalid("predefined_topics:\n  - { id: 1, topic: a }\n  - { id: 2, topic: a }\n");
+    assert_eq!((line, key.as_str()), (Some(3), "predefined_topics[1]"));
+    assert!(text.contains("duplicate topic `a`"), "{text}");
+}
+
+#[test]
+fn reserved_predefined_ids() {
+    for (id, shown) in [("0", "0x0000"), ("0xffff", "0xffff"), ("65535", "0xffff")] {
+        let (line, _, key, text) =
+            invalid(&format!("predefined_topics:\n  - id: {id}\n    topic: a\n"));
+        assert_eq!((line, key.as_str()), (Some(2), "predefined_topics[0].id"));
+        assert!(text.contains(shown) && text.contains("reserved"), "{text}");
+    }
+    let (_, _, key, _) = invalid("predefined_topics:\n  - id: 70000\n    topic: a\n");
+    assert_eq!(key, "predefined_topics[0].id");
+}
+
+#[test]
+fn wildcard_in_predefined_topic() {
+    for topic in ["a/+/b", "a/#", "'#'"] {
+        let (line, _, key, text) = invalid(&format!(
+            "predefined_topics:\n  - id: 3\n    topic: {topic}\n"
+        ));
+        assert_eq!(
+            (line, key.as_str()),
+            (Some(3), "predefined_topics[0].topic")
+        );
+        assert!(text.contains("wildcard"), "{text}");
+    }
+    let (_, _, key, text) = invalid("predefined_topics:\n  - id: 3\n    topic: ''\n");
+    assert_eq!(key, "predefined_topics[0].topic");
+    assert!(text.contains("empty"), "{text}");
+}
+
+#[test]
+fn max_frame_size_out_of_range() {
+    for size in ["8", "15", "65536", "-1"] {
+        let (line, _, key, text) = invalid(&format!("limits:\n  max_frame_size: {size}\n"));
+        assert_eq!((line, key.as_str()), (Some(2), "limits.max_frame_size"));
+        assert!(text.contains("out of range"), "{text}");
+    }
+    for size in [16, 65535] {
+        let config =
+            Config::from_yaml_str(&format!("limits:\n  max_frame_size: {size}\n"), "t").unwrap();
+        assert_eq!(config.limits.max_frame_size, size);
+    }
+}
+
+#[test]
+fn other_out_of_range_numbers() {
+    let (_, _, key, _) = invalid("gateway:\n  id: 256\n");
+    assert_eq!(key, "gateway.id");
+    let (_, _, key, _) = invalid("limits:\n  channel_depth: 0\n");
+    assert_eq!(key, "limits.channel_depth");
+    let (_, _, key, _) = invalid("broker:\n  upstream:\n    port: 0\n");
+    assert_eq!(key, "broker.upstream.port");
+}
+
+#[test]
+fn transports_need_an_entry_and_no_duplicates() {
+    let (_, _, key, text) = invalid("transports:\n  udp: []\n");
+    assert_eq!(key, "transports.udp");
+    assert!(text.contains("empty"), "{text}");
+    let (line, _, key, _) =
+        invalid("transports:\n  udp:\n    - bind: 0.0.0.0:1\n    - bind: 0.0.0.0:1\n");
+    assert_eq!((line, key.as_str()), (Some(4), "transports.udp[1]"));
+}
+
+#[test]
+fn bad_log_level() {
+    let (_, _, key, text) = invalid("log:\n  level: 'info,[=x'\n");
+    assert_eq!(key, "log.level");
+    assert!(text.contains("invalid log level"), "{text}");
+}
+
+#[test]
+fn load_names_the_file() {
+    let path = std::env::temp_dir().join(format!("mqttsn-config-test-{}.yaml", std::process::id()));
+    std::fs::write(&path, "gateway:\n  idd: 1\n").unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "{}:2:3: gateway.idd: unknown field",
+            path.display()
+        )),
+        "{err}"
+    );
+
+    let missing = Config::load(Path::new("/nonexistent/gateway.yaml")).unwrap_err();
+    assert!(matches!(missing, ConfigError::Read { .. }), "{missing}");
+    assert!(missing
+        .to_string()
+        .starts_with("/nonexistent/gateway.yaml: cannot read"));
+}
+
+#[test]
+fn overrides_replace_udp_broker_and_log() {
+    let mut config = Config::default();
+    let udp: Vec<SocketAddr> = vec![
+        "127.0.0.1:0".parse().unwrap(),
+        "[::1]:1884".parse().unwrap(),
+    ];
+    config.apply_overrides(&udp, Some(("::1".into(), 1884)), Some("debug".into()));
+    let binds: Vec<SocketAddr> = config.transports.udp.iter().map(|t| t.bind).collect();
+    assert_eq!(binds, udp);
+    assert_eq!(config.broker.mode, BrokerMode::Upstream);
+    assert_eq!(config.broker.upstream.host, "::1");
+    assert_eq!(config.broker.upstream.port, 1884);
+    assert_eq!(config.broker_address(), "[::1]:1884");
+    assert_eq!(config.log.level, "debug");
+}
+
+#[test]
+fn no_overrides_change_nothing() {
+    let mut config = Config::default();
+    config.apply_overrides(&[], None, None);
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn host_port_parsing() {
+    assert_eq!(
+        config::parse_host_port("broker.local:1883"),
+        Ok(("broker.local".into(), 1883))
+    );
+    assert_eq!(
+        config::parse_host_port("10.0.0.2:8883"),
+        Ok(("10.0.0.2".into(), 8883))
+    );
+    assert_eq!(
+        config::parse_host_port("[::1]:1883"),
+        Ok(("::1".into(), 1883))
+    );
+    for bad in [
+        "broker",
+        "::1:1883",
+        "[::1:1883",
+        ":1883",
+        "host:0",
+        "host:99999",
+        "host:x",
+    ] {
+        assert!(config::parse_host_port(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn redacted_hides_the_password() {
+    let mut config = Config::default();
+    config.broker.upstream.password = Some("secret".into());
+    let yaml = config.redacted().to_yaml();
+    assert!(!yaml.contains("secret"));
+    assert!(yaml.contains("password: '********'"), "{yaml}");
+}
+
+#[test]
+fn duration_parse_cases() {
+    let ok = [
+        ("500ms", Duration::from_millis(500)),
+        ("10s", Duration::from_secs(10)),
+        ("15m", Duration::from_secs(900)),
+        ("2h", Duration::from_secs(7200)),
+        ("1h30m", Duration::from_secs(5400)),
+        ("1m30s", Duration::from_secs(90)),
+        ("1s500ms", Duration::from_millis(1500)),
+        ("1h2m3s4ms", Duration::from_millis(3_723_004)),
+        ("0s", Duration::ZERO),
+        ("90s", Duration::from_secs(90)),
+    ];
+    for (text, want) in ok {
+        assert_eq!(duration::parse(text), Ok(want), "{text}");
+    }
+}
+
+#[test]
+fn duration_parse_errors() {
+    for bad in [
+        "",
+        "10",
+        "s",
+        "10x",
+        "1.5s",
+        "-1s",
+        "10 s",
+        " 10s",
+        "1d",
+        "30m1h",
+        "1s1s",
+        "10S",
+        "99999999999999999999s",
+        "18446744073709551615h",
+    ] {
+        let err = duration::parse(bad).expect_err(bad);
+        assert_eq!(err.input, bad);
+        assert!(err.to_string().starts_with("invalid duration"), "{err}");
+    }
+}
+
+#[test]
+fn duration_format_round_trips() {
+    let cases = [
+        (Duration::ZERO, "0s"),
+        (Duration::from_millis(500), "500ms"),
+        (Duration::from_secs(10), "10s"),
+        (Duration::from_secs(60), "1m"),
+        (Duration::from_secs(900), "15m"),
+        (Duration::from_secs(5400), "1h30m"),
+        (Duration::from_millis(3_723_004), "1h2m3s4ms"),
+    ];
+    for (value, text) in cases {
+        assert_eq!(duration::format(value), text);
+        assert_eq!(duration::parse(text), Ok(value));
+    }
+}
