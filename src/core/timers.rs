@@ -38,11 +38,5 @@ impl<K: Ord + Copy> TimerQueue<K> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
 
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
 }
