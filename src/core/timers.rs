@@ -37,6 +37,4 @@ impl<K: Ord + Copy> TimerQueue<K> {
             _ => None,
         }
     }
-
-
 }

@@ -305,9 +305,8 @@ impl Driver {
                 Output::Broadcast { frame } => {
                     if let Some(addr) = self.advertise {
                         for s in &self.sockets {
-                            let same_family = s
-                                .local_addr()
-                                .is_ok_and(|l| l.is_ipv4() == addr.is_ipv4());
+                            let same_family =
+                                s.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4());
                             if same_family {
                                 if let Err(e) = s.send_to(&frame, addr).await {
                                     debug!(%addr, error = %e, "ADVERTISE not sent");
@@ -335,7 +334,10 @@ impl Driver {
                         if tx.try_send(packet).is_err() {
                             // The broker cannot keep up with this session: drop it rather
                             // than block every other device. The core hears it closed.
-                            warn!(session = session.0, "upstream session backlog full; closing it");
+                            warn!(
+                                session = session.0,
+                                "upstream session backlog full; closing it"
+                            );
                             self.sessions.remove(&session);
                         }
                     }
