@@ -38,6 +38,7 @@ pub enum DeviceState {
 
 /// Why an uplink QoS 1/2 flow waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the spec names each stage by what it awaits
 enum UpStage {
     /// Forwarded; waiting for the broker's PUBACK (QoS 1) or PUBREC (QoS 2).
     AwaitBroker,
