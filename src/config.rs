@@ -48,6 +48,9 @@ pub struct Config {
     /// `timers`: retransmission of messages toward devices.
     #[serde(deserialize_with = "null_as_default")]
     pub timers: Timers,
+    /// `sleep`: buffering for sleeping devices.
+    #[serde(deserialize_with = "null_as_default")]
+    pub sleep: Sleep,
     /// `log`: what is logged.
     #[serde(deserialize_with = "null_as_default")]
     pub log: Log,
@@ -281,6 +284,30 @@ impl Default for Timers {
         Timers {
             retry_interval: Duration::from_secs(10),
             max_retries: 3,
+        }
+    }
+}
+
+/// `sleep`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sleep {
+    /// `buffer_messages`: messages (and the REGISTERs they need) kept for one sleeping device.
+    #[serde(deserialize_with = "in_range::<_, 2, { u32::MAX as u64 }>")]
+    pub buffer_messages: usize,
+    /// `buffer_bytes`: octets of payload and topic names kept for one sleeping device.
+    #[serde(deserialize_with = "in_range::<_, 64, { u32::MAX as u64 }>")]
+    pub buffer_bytes: usize,
+    /// `keep_qos0`: buffer QoS 0 messages for sleeping devices (else drop and count them).
+    pub keep_qos0: bool,
+}
+
+impl Default for Sleep {
+    fn default() -> Self {
+        Sleep {
+            buffer_messages: 100,
+            buffer_bytes: 64 * 1024,
+            keep_qos0: true,
         }
     }
 }

@@ -34,6 +34,21 @@ pub enum DeviceState {
     Disconnected,
     /// Keep-alive or N_RETRY exceeded: the upstream session was dropped so the will fired.
     Lost,
+    /// Sent DISCONNECT with a Duration: the upstream session stays, messages are buffered,
+    /// the sleep timer supervises the device (spec §6.14).
+    Asleep,
+    /// Sent PINGREQ with its ClientId: the buffer is being delivered; PINGRESP ends it.
+    Awake,
+}
+
+impl DeviceState {
+    /// Connected to the gateway with a live upstream session.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            DeviceState::Active | DeviceState::Asleep | DeviceState::Awake
+        )
+    }
 }
 
 /// Why an uplink QoS 1/2 flow waits.
@@ -78,6 +93,16 @@ enum Down {
         /// Already re-registered once after the device said "invalid topic id".
         reregistered: bool,
     },
+}
+
+/// Whether a downlink message can be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    Fits,
+    /// QoS 0 (or a message owing the broker nothing): drop it.
+    Drop,
+    /// QoS 1/2: do not acknowledge; the broker keeps it.
+    LeaveWithBroker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +179,10 @@ pub(crate) struct Device {
     pub scheduled: Option<Instant>,
     /// T_RETRY, copied from settings so deadlines need no context.
     retry_interval: Duration,
+    /// The Duration of the last DISCONNECT(Duration), while Asleep/Awake.
+    sleep_duration: Duration,
+    /// When an Asleep device is lost unless it is heard from (spec §6.14, §7.2 tolerance).
+    sleep_deadline: Option<Instant>,
 }
 
 fn to_mqtt_qos(q: codec::QoS) -> mqtt::QoS {
@@ -196,6 +225,8 @@ impl Device {
     ) -> Self {
         Device {
             retry_interval,
+            sleep_duration: Duration::ZERO,
+            sleep_deadline: None,
             id,
             client_id,
             addr,
@@ -235,17 +266,107 @@ impl Device {
         if self.state == DeviceState::Active && !self.keep_alive.is_zero() {
             consider(self.last_heard + with_tolerance(self.keep_alive));
         }
+        if self.state == DeviceState::Asleep {
+            if let Some(d) = self.sleep_deadline {
+                consider(d);
+            }
+        }
         if let Some(f) = &self.inflight {
-            // Retransmissions run in every connected state; the device may be slow.
-            consider(f.sent_at + self.retry_interval);
+            // A sleeping radio hears nothing: retransmissions pause while Asleep.
+            if self.state != DeviceState::Asleep {
+                consider(f.sent_at + self.retry_interval);
+            }
         }
         next
+    }
+
+    /// Every state change goes through here so the live/asleep counters stay exact.
+    fn set_state(&mut self, ctx: &mut Ctx, state: DeviceState) {
+        let was = self.state;
+        if was.is_live() && !state.is_live() {
+            ctx.stats.devices_active = ctx.stats.devices_active.saturating_sub(1);
+        } else if !was.is_live() && state.is_live() {
+            ctx.stats.devices_active += 1;
+        }
+        if was == DeviceState::Asleep && state != DeviceState::Asleep {
+            ctx.stats.devices_asleep = ctx.stats.devices_asleep.saturating_sub(1);
+        } else if was != DeviceState::Asleep && state == DeviceState::Asleep {
+            ctx.stats.devices_asleep += 1;
+        }
+        if state != DeviceState::Asleep {
+            self.sleep_deadline = None;
+        }
+        self.state = state;
+    }
+
+    // ---------------------------------------------------------------- sleep (§6.14)
+
+    /// DISCONNECT with a Duration from a live device: Asleep, upstream session kept.
+    pub fn on_sleep(&mut self, ctx: &mut Ctx, now: Instant, duration: u16) {
+        self.sleep_duration = Duration::from_secs(u64::from(duration));
+        self.go_to_sleep(ctx, now);
+        ctx.transmit(&self.addr, Message::Disconnect { duration: None });
+        info!(client_id = %self.client_id, duration, "device asleep");
+    }
+
+    fn go_to_sleep(&mut self, ctx: &mut Ctx, now: Instant) {
+        self.set_state(ctx, DeviceState::Asleep);
+        self.sleep_deadline = Some(now + with_tolerance(self.sleep_duration));
+    }
+
+    /// PINGREQ from an Asleep (or Awake) device: deliver the buffer, then PINGRESP.
+    pub fn on_wake(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.state == DeviceState::Awake {
+            return; // a re-sent PINGREQ: the flush goes on, PINGRESP comes last
+        }
+        self.set_state(ctx, DeviceState::Awake);
+        self.resume_inflight(ctx, now);
+        self.pump(ctx, now);
+    }
+
+    /// Sends what was in flight when the device fell asleep again at once (DUP), with a fresh
+    /// retry budget.
+    fn resume_inflight(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.inflight.is_some() {
+            self.retransmit(ctx, now);
+            if let Some(f) = self.inflight.as_mut() {
+                f.retries = 0;
+            }
+        }
+    }
+
+    /// Buffered octets, for the sleep buffer's byte bound.
+    fn queued_bytes(&self) -> usize {
+        self.queue
+            .iter()
+            .map(|d| match d {
+                Down::Register { name, .. } => name.len() + 8,
+                Down::Publish { data, .. } => data.len() + 8,
+            })
+            .sum()
     }
 
     // ---------------------------------------------------------------- connect
 
     /// A CONNECT from this device (new, repeated, or taking over). The caller has bound `addr`.
     pub fn on_connect(&mut self, ctx: &mut Ctx, now: Instant, c: &codec::Connect) {
+        let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
+        if sleeping && !c.clean_session && !c.will && self.session.is_some() {
+            // Leaving sleep for Active (spec §6.14): the upstream session, the topic ids and
+            // the buffered messages carry on; the buffer is delivered now.
+            self.keep_alive = Duration::from_secs(u64::from(c.duration));
+            self.last_heard = now;
+            self.set_state(ctx, DeviceState::Active);
+            ctx.transmit(
+                &self.addr,
+                Message::Connack {
+                    return_code: ReturnCode::Accepted,
+                },
+            );
+            self.resume_inflight(ctx, now);
+            self.pump(ctx, now);
+            return;
+        }
         if let Some(old) = self.session.take() {
             // The device restarted its connection: end the old session without its will.
             ctx.close(old, true);
@@ -272,7 +393,7 @@ impl Device {
         self.last_heard = now;
         let stage_time = ctx.settings.retry_interval * (ctx.settings.max_retries + 1);
         if c.will {
-            self.state = DeviceState::AwaitWillTopic;
+            self.set_state(ctx, DeviceState::AwaitWillTopic);
             self.stage_deadline = Some(now + stage_time);
             ctx.transmit(&self.addr, Message::WillTopicReq);
         } else {
@@ -288,7 +409,7 @@ impl Device {
         match w {
             Some(w) if mqtt::valid_topic_name(&w.topic) => {
                 self.will_topic = Some(w);
-                self.state = DeviceState::AwaitWillMsg;
+                self.set_state(ctx, DeviceState::AwaitWillMsg);
                 let stage_time = ctx.settings.retry_interval * (ctx.settings.max_retries + 1);
                 self.stage_deadline = Some(now + stage_time);
                 ctx.transmit(&self.addr, Message::WillMsgReq);
@@ -327,7 +448,7 @@ impl Device {
     fn open_upstream(&mut self, ctx: &mut Ctx, now: Instant) {
         let connect = ctx.connect_packet(&self.client_id, self.clean_session, self.last_will());
         self.session = Some(ctx.open(Some(self.id), connect));
-        self.state = DeviceState::AwaitBroker;
+        self.set_state(ctx, DeviceState::AwaitBroker);
         self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
     }
 
@@ -335,7 +456,7 @@ impl Device {
         if let Some(s) = self.session.take() {
             ctx.close(s, true);
         }
-        self.state = DeviceState::Disconnected;
+        self.set_state(ctx, DeviceState::Disconnected);
         self.stage_deadline = None;
         ctx.transmit(&self.addr, Message::Connack { return_code: rc });
     }
@@ -350,10 +471,9 @@ impl Device {
             self.fail_connect(ctx, rc);
             return;
         }
-        self.state = DeviceState::Active;
+        self.set_state(ctx, DeviceState::Active);
         self.stage_deadline = None;
         self.last_heard = now;
-        ctx.stats.devices_active += 1;
         info!(client_id = %self.client_id, peer = %self.addr, "device connected");
         ctx.transmit(
             &self.addr,
@@ -372,7 +492,7 @@ impl Device {
                 match self.state {
                     DeviceState::AwaitWillTopic | DeviceState::AwaitWillMsg => {
                         debug!(client_id = %self.client_id, "will prompting timed out");
-                        self.state = DeviceState::Disconnected;
+                        self.set_state(ctx, DeviceState::Disconnected);
                     }
                     DeviceState::AwaitBroker => {
                         info!(client_id = %self.client_id, "broker did not accept in time");
@@ -390,10 +510,22 @@ impl Device {
             self.lose(ctx);
             return true;
         }
+        if self.state == DeviceState::Asleep && self.sleep_deadline.is_some_and(|d| d <= now) {
+            info!(client_id = %self.client_id, "sleep duration expired; device lost");
+            self.lose(ctx);
+            return true;
+        }
         let due = matches!(&self.inflight, Some(f) if f.sent_at + self.retry_interval <= now);
-        if due && self.is_connected() {
+        if due && matches!(self.state, DeviceState::Active | DeviceState::Awake) {
             let retries = self.inflight.as_ref().map_or(0, |f| f.retries);
             if retries >= ctx.settings.max_retries {
+                if self.state == DeviceState::Awake {
+                    // The device went back to sleep without taking everything: keep the rest
+                    // for its next PINGREQ rather than declaring it lost.
+                    debug!(client_id = %self.client_id, "awake device stopped answering; asleep again");
+                    self.go_to_sleep(ctx, now);
+                    return false;
+                }
                 info!(client_id = %self.client_id, "no answer after N_RETRY; device lost");
                 self.lose(ctx);
                 return true;
@@ -406,9 +538,6 @@ impl Device {
     /// The device is gone without DISCONNECT: drop the upstream session ungracefully so the
     /// broker publishes the will.
     pub fn lose(&mut self, ctx: &mut Ctx) {
-        if self.state == DeviceState::Active {
-            ctx.stats.devices_active = ctx.stats.devices_active.saturating_sub(1);
-        }
         if let Some(s) = self.session.take() {
             ctx.close(s, false);
         }
@@ -420,16 +549,13 @@ impl Device {
             ctx.close(s, false);
         }
         self.reset_flows(ctx);
-        self.state = DeviceState::Lost;
+        self.set_state(ctx, DeviceState::Lost);
         self.stage_deadline = None;
         ctx.stats.devices_lost += 1;
     }
 
     /// DISCONNECT from the device: a clean MQTT DISCONNECT upstream (no will).
     pub fn on_disconnect(&mut self, ctx: &mut Ctx) {
-        if self.state == DeviceState::Active {
-            ctx.stats.devices_active = ctx.stats.devices_active.saturating_sub(1);
-        }
         if let Some(s) = self.session.take() {
             ctx.close(s, true);
         }
@@ -441,7 +567,7 @@ impl Device {
             ctx.close(s, true);
         }
         self.reset_flows(ctx);
-        self.state = DeviceState::Disconnected;
+        self.set_state(ctx, DeviceState::Disconnected);
         self.stage_deadline = None;
         if self.clean_session {
             self.topics.clear();
@@ -472,11 +598,8 @@ impl Device {
                     {
                         ctx.close(s, false);
                     }
-                    if self.state == DeviceState::Active {
-                        ctx.stats.devices_active = ctx.stats.devices_active.saturating_sub(1);
-                    }
                     self.reset_flows(ctx);
-                    self.state = DeviceState::Disconnected;
+                    self.set_state(ctx, DeviceState::Disconnected);
                     self.stage_deadline = None;
                     ctx.transmit(&self.addr, Message::Disconnect { duration: None });
                 }
@@ -1073,6 +1196,59 @@ impl Device {
         }
     }
 
+    /// Whether a new downlink message (plus a REGISTER it may need) fits. While the device
+    /// sleeps the sleep-buffer bounds apply, and QoS 0 is dropped oldest first (or not kept at
+    /// all, by config). A QoS 1/2 message that does not fit is left unacknowledged at the
+    /// broker, which keeps it and redelivers it when the session resumes: nothing the gateway
+    /// acknowledged is ever dropped.
+    fn make_room(&mut self, ctx: &mut Ctx, item: &Down, topic_len: usize) -> Room {
+        let Down::Publish { qos, data, ack, .. } = item else {
+            return Room::Fits;
+        };
+        let qos0 = matches!(qos, codec::QoS::AtMostOnce | codec::QoS::MinusOne);
+        let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
+        let full = if sleeping {
+            if qos0 && !ctx.settings.sleep_keep_qos0 && self.state == DeviceState::Asleep {
+                ctx.stats.sleep_buffer_dropped += 1;
+                return Room::Drop;
+            }
+            // The message and possibly its REGISTER.
+            let (count, bytes) = (2, data.len() + topic_len + 16);
+            let fits = |d: &Device| {
+                d.queue.len() + count <= ctx.settings.sleep_buffer_messages
+                    && d.queued_bytes() + bytes <= ctx.settings.sleep_buffer_bytes
+            };
+            while !fits(self) {
+                let oldest_qos0 = self.queue.iter().position(|d| {
+                    matches!(
+                        d,
+                        Down::Publish {
+                            qos: codec::QoS::AtMostOnce | codec::QoS::MinusOne,
+                            ..
+                        }
+                    )
+                });
+                let Some(i) = oldest_qos0 else { break };
+                self.queue.remove(i);
+                ctx.stats.sleep_buffer_dropped += 1;
+            }
+            !fits(self)
+        } else {
+            self.queue.len() >= ctx.settings.max_queued_per_device
+        };
+        if !full {
+            return Room::Fits;
+        }
+        if sleeping {
+            ctx.stats.sleep_buffer_dropped += 1;
+        }
+        if *ack == BrokerAck::None {
+            Room::Drop
+        } else {
+            Room::LeaveWithBroker
+        }
+    }
+
     /// The QoS the device gets: the publication's, capped by the best matching grant.
     fn granted(&self, topic: &str, qos: mqtt::QoS) -> mqtt::QoS {
         self.subs
@@ -1098,7 +1274,6 @@ impl Device {
         if ack != BrokerAck::None && self.already_queued(ack) {
             return; // the broker re-sent a message we still hold
         }
-        let limit = ctx.settings.max_queued_per_device;
         let mut publish = Down::Publish {
             topic: TopicRef::Id(0),
             qos: to_sn_qos(qos),
@@ -1107,10 +1282,17 @@ impl Device {
             ack,
             reregistered: false,
         };
-        if self.queue.len() >= limit {
-            debug!(client_id = %self.client_id, topic = %p.topic, "downlink queue full; dropping");
-            self.drop_down(ctx, publish);
-            return;
+        match self.make_room(ctx, &publish, p.topic.len()) {
+            Room::Fits => {}
+            Room::Drop => {
+                debug!(client_id = %self.client_id, topic = %p.topic, state = ?self.state, "no room for a QoS 0 message to the device; dropped");
+                self.drop_down(ctx, publish);
+                return;
+            }
+            Room::LeaveWithBroker => {
+                debug!(client_id = %self.client_id, topic = %p.topic, state = ?self.state, "no room; left unacknowledged at the broker");
+                return;
+            }
         }
         let topic = if let Some((id, known)) = self.topics.id_of(&p.topic) {
             if !known && !self.register_pending(id) {
@@ -1157,7 +1339,7 @@ impl Device {
 
     /// Sends queued items while nothing is in flight (one QoS 1/2 PUBLISH or REGISTER at a time).
     pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
-        if self.state != DeviceState::Active {
+        if !matches!(self.state, DeviceState::Active | DeviceState::Awake) {
             return;
         }
         while self.inflight.is_none() {
@@ -1221,6 +1403,11 @@ impl Device {
                     }
                 }
             }
+        }
+        if self.state == DeviceState::Awake && self.inflight.is_none() && self.queue.is_empty() {
+            // Everything buffered is delivered: PINGRESP closes the transfer, never earlier.
+            ctx.transmit(&self.addr, Message::PingResp);
+            self.go_to_sleep(ctx, now);
         }
         self.try_will_update(ctx, now);
     }

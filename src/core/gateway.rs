@@ -144,13 +144,26 @@ impl Gateway {
             }
             _ => {}
         }
-        let Some(&id) = self.by_addr.get(&from) else {
+        let by_client = match &msg {
+            // A sleeping device wakes with its ClientId, possibly from a new address (§6.14).
+            Message::PingReq { client_id: Some(c) } => self.by_client_id.get(c.as_str()).copied(),
+            _ => None,
+        };
+        let Some(id) = by_client.or_else(|| self.by_addr.get(&from).copied()) else {
             self.no_session(&from, &msg);
             return;
         };
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
+        if by_client.is_some() && dev.addr != from && dev.state.is_live() {
+            info!(client_id = %dev.client_id, old = %dev.addr, new = %from, "device moved");
+            if self.by_addr.get(&dev.addr) == Some(&id) {
+                self.by_addr.remove(&dev.addr);
+            }
+            dev.addr = from.clone();
+            self.by_addr.insert(from.clone(), id);
+        }
         dev.last_heard = now;
         let ctx = &mut self.ctx;
         match (dev.state, msg) {
@@ -160,22 +173,24 @@ impl Gateway {
                 // Already gone; acknowledge so the device stops retrying.
                 ctx.transmit(&dev.addr, Message::Disconnect { duration: None });
             }
-            (_, Message::Disconnect { duration }) => {
-                if duration.is_some() {
-                    debug!(client_id = %dev.client_id, "sleep requested; treated as DISCONNECT (sleeping devices not yet supported)");
-                }
-                dev.on_disconnect(ctx);
+            (state, Message::Disconnect { duration: Some(d) }) if state.is_live() => {
+                dev.on_sleep(ctx, now, d)
             }
-            (DeviceState::Active, msg) => {
-                let name = format!("{:?}", msg.msg_type());
+            (_, Message::Disconnect { .. }) => dev.on_disconnect(ctx),
+            (DeviceState::Asleep | DeviceState::Awake, Message::PingReq { .. }) => {
+                dev.on_wake(ctx, now)
+            }
+            (state, msg) if state.is_live() => {
+                // Awake (and even Asleep) devices are served like active ones: an ack or a
+                // publish from them is never thrown away.
+                let t = msg.msg_type();
                 if !dev.on_active_message(ctx, now, msg) {
                     ctx.stats.wrong_state += 1;
-                    debug!(client_id = %dev.client_id, msg = %name, "unexpected message from device dropped");
+                    debug!(client_id = %dev.client_id, msg = ?t, "unexpected message from device dropped");
                 }
             }
             (DeviceState::Disconnected | DeviceState::Lost, msg) => {
-                let m = msg;
-                self.no_session(&from, &m);
+                self.no_session(&from, &msg);
                 return;
             }
             (state, msg) => {
@@ -255,9 +270,6 @@ impl Gateway {
         if dev.state == DeviceState::AwaitBroker && !c.will {
             // A re-sent CONNECT while the broker is still answering: the CONNACK will come.
             return;
-        }
-        if dev.state == DeviceState::Active {
-            self.ctx.stats.devices_active = self.ctx.stats.devices_active.saturating_sub(1);
         }
         dev.on_connect(&mut self.ctx, now, &c);
         self.reschedule(id);

@@ -36,6 +36,12 @@ pub struct Settings {
     pub client_id_prefix: String,
     pub username: Option<String>,
     pub password: Option<Vec<u8>>,
+    /// Messages buffered for one sleeping device (REGISTERs included).
+    pub sleep_buffer_messages: usize,
+    /// Octets of payload and topic names buffered for one sleeping device.
+    pub sleep_buffer_bytes: usize,
+    /// Keep QoS 0 messages for sleeping devices (else they are dropped and counted).
+    pub sleep_keep_qos0: bool,
 }
 
 impl Default for Settings {
@@ -56,6 +62,9 @@ impl Default for Settings {
             client_id_prefix: String::new(),
             username: None,
             password: None,
+            sleep_buffer_messages: 100,
+            sleep_buffer_bytes: 64 * 1024,
+            sleep_keep_qos0: true,
         }
     }
 }

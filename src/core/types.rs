@@ -100,6 +100,11 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Devices declared lost (keep-alive or N_RETRY exceeded).
     pub devices_lost: u64,
-    /// Devices connected now.
+    /// Devices connected now (active, asleep or awake).
     pub devices_active: u64,
+    /// Of those, devices asleep now.
+    pub devices_asleep: u64,
+    /// Messages for sleeping devices dropped by the buffer policy (QoS 0 when full or not kept;
+    /// QoS 1/2 left unacknowledged at the broker when full).
+    pub sleep_buffer_dropped: u64,
 }

@@ -82,6 +82,9 @@ pub fn settings_from(config: &Config) -> Settings {
             .password
             .as_ref()
             .map(|p| p.as_bytes().to_vec()),
+        sleep_buffer_messages: config.sleep.buffer_messages,
+        sleep_buffer_bytes: config.sleep.buffer_bytes,
+        sleep_keep_qos0: config.sleep.keep_qos0,
     }
 }
 
