@@ -1,0 +1,232 @@
+//! Sleeping devices end to end (spec §6.14): a raw MQTT-SN device over UDP sleeps while an
+//! MQTT client publishes through a real mosquitto; on PINGREQ(ClientId) everything arrives, in
+//! order, then PINGRESP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRef};
+use mqttsn_gateway::mqtt;
+
+macro_rules! broker_or_skip {
+    () => {
+        match Mosquitto::start() {
+            Some(m) => m,
+            None => return,
+        }
+    };
+}
+
+/// Acknowledges whatever the gateway sends while awake; returns the PUBLISHes in arrival order
+/// (topic name resolved through REGISTERs and known ids) once PINGRESP arrives.
+async fn drain_until_pingresp(
+    dev: &SnClient,
+    known: &mut Vec<(u16, String)>,
+) -> Vec<(String, QoS, bool, Vec<u8>)> {
+    let mut got = Vec::new();
+    loop {
+        match dev.recv().await {
+            Message::PingResp => return got,
+            Message::Register(r) => {
+                known.push((r.topic_id, r.topic_name.clone()));
+                dev.send(Message::Regack(codec::Regack {
+                    topic_id: r.topic_id,
+                    msg_id: r.msg_id,
+                    return_code: ReturnCode::Accepted,
+                }))
+                .await;
+            }
+            Message::Publish(p) => {
+                let TopicRef::Id(id) = p.topic else {
+                    panic!("unexpected topic {:?}", p.topic)
+                };
+                let name = known
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, n)| n.clone())
+                    .expect("PUBLISH before its REGISTER");
+                got.push((name, p.qos, p.retain, p.data.to_vec()));
+                match p.qos {
+                    QoS::AtLeastOnce => {
+                        dev.send(Message::Puback(codec::Puback {
+                            topic_id: id,
+                            msg_id: p.msg_id,
+                            return_code: ReturnCode::Accepted,
+                        }))
+                        .await
+                    }
+                    QoS::ExactlyOnce => {
+                        dev.send(Message::Pubrec { msg_id: p.msg_id }).await;
+                        assert_eq!(dev.recv().await, Message::Pubrel { msg_id: p.msg_id });
+                        dev.send(Message::Pubcomp { msg_id: p.msg_id }).await;
+                    }
+                    _ => {}
+                }
+            }
+            other => panic!("unexpected while awake: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn messages_published_during_sleep_arrive_in_order_after_pingreq_then_pingresp() {
+    let broker = broker_or_skip!();
+    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let dev = SnClient::new(gw_addr).await;
+    dev.connect("sleeper", false, 60).await;
+    let s = dev
+        .subscribe(TopicFilter::Name("home/cmd".into()), QoS::ExactlyOnce, 1)
+        .await;
+    let w = dev
+        .subscribe(TopicFilter::Name("home/+/set".into()), QoS::ExactlyOnce, 2)
+        .await;
+    assert_eq!(w.topic_id, 0);
+
+    // Sleep for an hour; the gateway acknowledges with a DISCONNECT without duration.
+    dev.send(Message::Disconnect {
+        duration: Some(3600),
+    })
+    .await;
+    assert_eq!(dev.recv().await, Message::Disconnect { duration: None });
+
+    let mut publisher = MqttClient::connect(broker.addr(), "home").await;
+    publisher
+        .publish("home/cmd", b"q0", mqtt::QoS::AtMostOnce, false)
+        .await;
+    publisher
+        .publish("home/cmd", b"q1", mqtt::QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish(
+            "home/lamp/set",
+            b"first-wildcard",
+            mqtt::QoS::ExactlyOnce,
+            false,
+        )
+        .await;
+    publisher
+        .publish("home/cmd", b"q2", mqtt::QoS::ExactlyOnce, false)
+        .await;
+    // Nothing reaches a sleeping device.
+    assert!(dev.try_recv(Duration::from_millis(300)).await.is_none());
+
+    // Wake from a new source port (NAT churn): PINGREQ carries the ClientId.
+    let woke = SnClient::new(gw_addr).await;
+    woke.send(Message::PingReq {
+        client_id: Some("sleeper".into()),
+    })
+    .await;
+    let mut known = vec![(s.topic_id, "home/cmd".to_string())];
+    let got = drain_until_pingresp(&woke, &mut known).await;
+    let summary: Vec<(&str, QoS, &[u8])> = got
+        .iter()
+        .map(|(t, q, _, d)| (t.as_str(), *q, d.as_slice()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("home/cmd", QoS::AtMostOnce, &b"q0"[..]),
+            ("home/cmd", QoS::AtLeastOnce, &b"q1"[..]),
+            ("home/lamp/set", QoS::ExactlyOnce, &b"first-wildcard"[..]),
+            ("home/cmd", QoS::ExactlyOnce, &b"q2"[..]),
+        ]
+    );
+    // Asleep again: a second PINGREQ with nothing buffered gets PINGRESP at once.
+    woke.send(Message::PingReq {
+        client_id: Some("sleeper".into()),
+    })
+    .await;
+    assert_eq!(woke.recv().await, Message::PingResp);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn will_fires_when_the_sleep_duration_expires_not_before() {
+    let broker = broker_or_skip!();
+    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let mut watch = MqttClient::connect(broker.addr(), "watch").await;
+    watch.subscribe("wills/#", mqtt::QoS::AtLeastOnce).await;
+    let dev = SnClient::new(gw_addr).await;
+    // Keep-alive 1 s would kill an active device after 1.5 s; asleep it is not supervised by it.
+    dev.connect_with_will(
+        "napper",
+        1,
+        "wills/napper",
+        b"overslept",
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await;
+    dev.send(Message::Disconnect { duration: Some(2) }).await;
+    assert_eq!(dev.recv().await, Message::Disconnect { duration: None });
+    // 2 s sleep + 50 % tolerance = 3 s: nothing before that.
+    assert!(
+        watch
+            .next_publish(Duration::from_millis(2500))
+            .await
+            .is_none(),
+        "will fired during the sleep"
+    );
+    let p = watch
+        .next_publish(Duration::from_secs(3))
+        .await
+        .expect("will after the sleep expired");
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("wills/napper", &b"overslept"[..])
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_message_and_persistent_subscription_survive_a_sleep() {
+    let broker = broker_or_skip!();
+    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let dev = SnClient::new(gw_addr).await;
+    dev.connect("keeper", false, 60).await;
+    let s = dev
+        .subscribe(TopicFilter::Name("cfg/keeper".into()), QoS::AtLeastOnce, 1)
+        .await;
+    dev.send(Message::Disconnect {
+        duration: Some(600),
+    })
+    .await;
+    assert_eq!(dev.recv().await, Message::Disconnect { duration: None });
+    let mut publisher = MqttClient::connect(broker.addr(), "cfg").await;
+    publisher
+        .publish("cfg/keeper", b"v2", mqtt::QoS::AtLeastOnce, true)
+        .await;
+
+    // Back to Active with CONNECT (clean=0): the buffered message is delivered.
+    dev.connect("keeper", false, 60).await;
+    let Message::Publish(p) = dev.recv().await else {
+        panic!("expected the buffered PUBLISH")
+    };
+    assert_eq!(
+        (p.topic, &p.data[..]),
+        (TopicRef::Id(s.topic_id), &b"v2"[..])
+    );
+    dev.send(Message::Puback(codec::Puback {
+        topic_id: s.topic_id,
+        msg_id: p.msg_id,
+        return_code: ReturnCode::Accepted,
+    }))
+    .await;
+    // The subscription is still there after the sleep.
+    publisher
+        .publish("cfg/keeper", b"v3", mqtt::QoS::AtMostOnce, false)
+        .await;
+    let Message::Publish(p) = dev.recv().await else {
+        panic!("expected a live PUBLISH")
+    };
+    assert_eq!(&p.data[..], b"v3");
+    // And the retained value is what a new subscriber sees.
+    let mut late = MqttClient::connect(broker.addr(), "late-cfg").await;
+    late.subscribe("cfg/keeper", mqtt::QoS::AtMostOnce).await;
+    let r = late.next_publish(WAIT).await.expect("retained");
+    assert!(r.retain);
+    assert_eq!(&r.payload[..], b"v2");
+    gw.shutdown().await;
+}
