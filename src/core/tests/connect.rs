@@ -324,14 +324,37 @@ fn takeover_from_new_address_moves_the_session() {
     assert_eq!(w.take_to_device(&b), vec![connack(ReturnCode::Accepted)]);
     assert!(w.take_to_device(&a).is_empty());
 
-    // Downlink follows the device to its new address (id known again after REGISTER).
+    // Downlink follows the device to its new address. The session was resumed (clean=0), so
+    // the id is kept but told to the device again before use (spec §6.10).
     w.broker(
         s2,
         mqtt_publish(mqtt::QoS::AtMostOnce, false, "cmd/dev1", None, b"on"),
     );
-    let down = w.take_to_device(&b);
-    assert!(!down.is_empty(), "downlink goes to the new address");
     assert!(w.take_to_device(&a).is_empty());
+    let down = w.take_to_device(&b);
+    let [Message::Register(r)] = down.as_slice() else {
+        panic!("{down:?}")
+    };
+    assert_eq!((r.topic_id, r.topic_name.as_str()), (topic, "cmd/dev1"));
+    w.device_send(
+        &b,
+        Message::Regack(codec::Regack {
+            topic_id: topic,
+            msg_id: r.msg_id,
+            return_code: ReturnCode::Accepted,
+        }),
+    );
+    assert_eq!(
+        w.take_to_device(&b),
+        vec![sn_publish(
+            false,
+            QoS::AtMostOnce,
+            false,
+            TopicRef::Id(topic),
+            0,
+            b"on"
+        )]
+    );
     // The old address has no session any more.
     w.device_send(&a, Message::PingReq { client_id: None });
     assert_eq!(
@@ -528,4 +551,33 @@ fn will_update_refused_by_broker_disconnects_the_device() {
         w.take_to_device(&a),
         vec![Message::Disconnect { duration: None }]
     );
+}
+
+#[test]
+fn connect_resent_while_awaiting_the_broker_opens_no_second_session() {
+    let mut w = World::new();
+    let a = addr(1);
+    w.device_send(&a, connect_msg("dev1", true, false, 60));
+    w.device_send(&a, connect_msg("dev1", true, false, 60));
+    let opened = w.opened();
+    assert_eq!(opened.len(), 1);
+    w.broker_connack(opened[0].0);
+    assert_eq!(w.take_to_device(&a), vec![connack(ReturnCode::Accepted)]);
+    w.assert_quiet();
+}
+
+#[test]
+fn will_prompting_that_stalls_times_out_without_opening_a_session() {
+    let mut w = World::new();
+    let a = addr(1);
+    w.device_send(&a, connect_msg("dev1", true, true, 60));
+    assert_eq!(w.take_to_device(&a), vec![Message::WillTopicReq]);
+    w.advance(Duration::from_secs(3600));
+    assert!(w.opened().is_empty());
+    assert_ne!(
+        w.gw.device_state("dev1"),
+        Some(super::super::DeviceState::AwaitWillTopic)
+    );
+    // The device can start over.
+    w.connect(&a, "dev1", true, None);
 }

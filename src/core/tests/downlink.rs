@@ -367,3 +367,194 @@ fn downlink_queue_bound_drops_and_acks_beyond_the_limit() {
     );
     w.assert_quiet();
 }
+
+#[test]
+fn downlink_too_large_for_a_frame_is_silently_dropped_and_acked() {
+    let mut w = World::with(Settings {
+        max_frame_size: 32,
+        ..settings()
+    });
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    let id = w.subscribe(
+        &a,
+        s,
+        "cmd/led",
+        QoS::AtLeastOnce,
+        mqtt::QoS::AtLeastOnce,
+        1,
+    );
+    w.broker(
+        s,
+        mqtt_publish(
+            mqtt::QoS::AtLeastOnce,
+            false,
+            "cmd/led",
+            Some(3),
+            &[7u8; 64],
+        ),
+    );
+    assert!(
+        w.take_to_device(&a).is_empty(),
+        "silently aborted (spec §6.10)"
+    );
+    assert_eq!(
+        w.take_upstream(s),
+        vec![mqtt::Packet::PubAck { packet_id: 3 }]
+    );
+    assert_eq!(w.gw.stats().downlink_dropped, 1);
+    // The next one that fits still goes.
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(4), b"ok"),
+    );
+    let p = one_publish(w.take_to_device(&a));
+    assert_eq!(
+        (p.topic, p.data),
+        (TopicRef::Id(id), Bytes::from_static(b"ok"))
+    );
+}
+
+#[test]
+fn device_puback_invalid_topic_id_reregisters_once_and_resends() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    let id = w.subscribe(
+        &a,
+        s,
+        "cmd/led",
+        QoS::AtLeastOnce,
+        mqtt::QoS::AtLeastOnce,
+        1,
+    );
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(8), b"on"),
+    );
+    let p = one_publish(w.take_to_device(&a));
+    w.device_send(
+        &a,
+        Message::Puback(codec::Puback {
+            topic_id: id,
+            msg_id: p.msg_id,
+            return_code: ReturnCode::InvalidTopicId,
+        }),
+    );
+    let down = w.take_to_device(&a);
+    let [Message::Register(r)] = down.as_slice() else {
+        panic!("{down:?}")
+    };
+    assert_eq!((r.topic_id, r.topic_name.as_str()), (id, "cmd/led"));
+    assert!(w.take_upstream(s).is_empty());
+    w.device_send(
+        &a,
+        Message::Regack(codec::Regack {
+            topic_id: id,
+            msg_id: r.msg_id,
+            return_code: ReturnCode::Accepted,
+        }),
+    );
+    let p2 = one_publish(w.take_to_device(&a));
+    assert_eq!((p2.topic, p2.qos), (TopicRef::Id(id), QoS::AtLeastOnce));
+    w.device_send(&a, puback(id, p2.msg_id));
+    assert_eq!(
+        w.take_upstream(s),
+        vec![mqtt::Packet::PubAck { packet_id: 8 }]
+    );
+}
+
+#[test]
+fn broker_redelivery_of_a_held_message_is_not_queued_twice() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    let id = w.subscribe(
+        &a,
+        s,
+        "cmd/led",
+        QoS::AtLeastOnce,
+        mqtt::QoS::AtLeastOnce,
+        1,
+    );
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(8), b"on"),
+    );
+    let p = one_publish(w.take_to_device(&a));
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(8), b"on"),
+    );
+    w.device_send(&a, puback(id, p.msg_id));
+    assert_eq!(
+        w.take_upstream(s),
+        vec![mqtt::Packet::PubAck { packet_id: 8 }]
+    );
+    w.assert_quiet();
+}
+
+#[test]
+fn downlink_publish_to_a_predefined_and_a_short_subscription() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    for (n, topic) in [
+        codec::TopicFilter::Predefined(7),
+        codec::TopicFilter::Short(*b"zz"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        w.device_send(
+            &a,
+            Message::Subscribe(codec::Subscribe {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                msg_id: n as u16 + 1,
+                topic,
+            }),
+        );
+        let up = w.take_upstream(s);
+        let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
+            panic!("{up:?}")
+        };
+        w.broker(
+            s,
+            mqtt::Packet::SubAck {
+                packet_id: *packet_id,
+                codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtMostOnce)],
+            },
+        );
+        w.take_to_device(&a);
+    }
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtMostOnce, false, "zz", None, b"s"),
+    );
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtMostOnce, false, "pre/seven", None, b"p"),
+    );
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![
+            sn_publish(
+                false,
+                QoS::AtMostOnce,
+                false,
+                TopicRef::Short(*b"zz"),
+                0,
+                b"s"
+            ),
+            sn_publish(
+                false,
+                QoS::AtMostOnce,
+                false,
+                TopicRef::Predefined(7),
+                0,
+                b"p"
+            ),
+        ]
+    );
+}

@@ -365,3 +365,15 @@ fn unsubscribe_gets_unsuback_after_broker_unsuback() {
         vec![Message::Unsuback { msg_id: 0x2222 }]
     );
 }
+
+#[test]
+fn subscribe_resent_before_suback_goes_upstream_once() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    let sub = subscribe_msg(codec::TopicFilter::Name("a/b".into()), QoS::AtMostOnce, 5);
+    w.device_send(&a, sub.clone());
+    w.device_send(&a, sub);
+    let up = w.take_upstream(s);
+    assert_eq!(up.len(), 1, "{up:?}");
+}

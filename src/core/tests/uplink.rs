@@ -202,3 +202,32 @@ fn qos_minus_one_on_a_normal_topic_id_is_dropped() {
     w.assert_quiet();
     assert_eq!(w.gw.stats().uplink_publishes, 0);
 }
+
+#[test]
+fn qos_minus_one_session_refused_is_retried_after_t_retry() {
+    let mut w = World::new();
+    let a = addr(10);
+    w.device_send(
+        &a,
+        publish(QoS::MinusOne, TopicRef::Predefined(7), 0, b"one"),
+    );
+    let s1 = w.opened()[0].0;
+    w.broker_closed(s1);
+    assert!(w.opened().is_empty(), "no immediate retry");
+    w.advance(std::time::Duration::from_secs(10));
+    let opened = w.opened();
+    assert_eq!(opened.len(), 1);
+    let s2 = opened[0].0;
+    assert_ne!(s1, s2);
+    w.broker_connack(s2);
+    assert_eq!(
+        w.take_upstream(s2),
+        vec![mqtt_publish(
+            mqtt::QoS::AtMostOnce,
+            false,
+            "pre/seven",
+            None,
+            b"one"
+        )]
+    );
+}
