@@ -1118,6 +1118,9 @@ impl Device {
         if code != mqtt::ConnectReturnCode::Accepted {
             info!(client_id = %self.client_id, ?code, "broker refused the session carrying the new will");
             ctx.close(s, false);
+            // The old session is already gone: treat the refusal like the broker closing the
+            // device's only session, so the device is told to CONNECT again.
+            self.session = Some(s);
             self.on_upstream_closed(ctx, s);
             return;
         }

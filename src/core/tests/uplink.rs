@@ -1,0 +1,233 @@
+//! Device -> broker publishes (§6.6) at QoS 0/1/2 and the connectionless QoS -1 (§6.8).
+
+use super::*;
+
+fn puback(topic_id: u16, msg_id: u16, rc: ReturnCode) -> Message {
+    Message::Puback(codec::Puback {
+        topic_id,
+        msg_id,
+        return_code: rc,
+    })
+}
+
+fn one_publish(up: Vec<mqtt::Packet>) -> mqtt::Publish {
+    match up.as_slice() {
+        [mqtt::Packet::Publish(p)] => p.clone(),
+        other => panic!("expected one PUBLISH upstream, got {other:?}"),
+    }
+}
+
+#[test]
+fn uplink_qos0_is_forwarded_with_retain() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    let id = w.register(&a, "sensors/t", 1);
+    w.device_send(
+        &a,
+        sn_publish(false, QoS::AtMostOnce, true, TopicRef::Id(id), 0, b"21.5"),
+    );
+    assert_eq!(
+        w.take_upstream(s),
+        vec![mqtt_publish(
+            mqtt::QoS::AtMostOnce,
+            true,
+            "sensors/t",
+            None,
+            b"21.5"
+        )]
+    );
+    assert!(w.take_to_device(&a).is_empty());
+    assert_eq!(w.gw.stats().uplink_publishes, 1);
+}
+
+#[test]
+fn uplink_qos1_maps_msg_id_to_packet_id_and_puback_carries_device_ids() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    let id = w.register(&a, "sensors/t", 1);
+    w.device_send(
+        &a,
+        sn_publish(
+            false,
+            QoS::AtLeastOnce,
+            true,
+            TopicRef::Id(id),
+            0xBEEF,
+            b"1",
+        ),
+    );
+    let p = one_publish(w.take_upstream(s));
+    assert_eq!(p.qos, mqtt::QoS::AtLeastOnce);
+    assert!(p.retain);
+    assert_eq!(p.topic, "sensors/t");
+    assert_eq!(p.payload, Bytes::from_static(b"1"));
+    let pkid = p.packet_id.expect("QoS 1 has a packet id");
+    assert_ne!(pkid, 0xBEEF, "the upstream id space is the gateway's own");
+    assert!(
+        w.take_to_device(&a).is_empty(),
+        "PUBACK waits for the broker"
+    );
+    w.broker(s, mqtt::Packet::PubAck { packet_id: pkid });
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![puback(id, 0xBEEF, ReturnCode::Accepted)]
+    );
+    // A stray broker PUBACK is ignored.
+    w.broker(s, mqtt::Packet::PubAck { packet_id: pkid });
+    w.assert_quiet();
+}
+
+#[test]
+fn uplink_qos2_full_flow_and_dup_resends_forward_exactly_once() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    let id = w.register(&a, "sensors/t", 1);
+    let msg = |dup| {
+        sn_publish(
+            dup,
+            QoS::ExactlyOnce,
+            false,
+            TopicRef::Id(id),
+            0x0033,
+            b"q2",
+        )
+    };
+    w.device_send(&a, msg(false));
+    let p = one_publish(w.take_upstream(s));
+    assert_eq!(p.qos, mqtt::QoS::ExactlyOnce);
+    let pkid = p.packet_id.unwrap();
+
+    // DUP before the broker's PUBREC: not forwarded again, nothing to the device yet.
+    w.device_send(&a, msg(true));
+    assert!(w.take_upstream(s).is_empty());
+    assert!(w.take_to_device(&a).is_empty());
+
+    w.broker(s, mqtt::Packet::PubRec { packet_id: pkid });
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::Pubrec { msg_id: 0x0033 }]
+    );
+
+    // DUP after PUBREC: PUBREC again, still not forwarded.
+    w.device_send(&a, msg(true));
+    assert!(w.take_upstream(s).is_empty());
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::Pubrec { msg_id: 0x0033 }]
+    );
+
+    w.device_send(&a, Message::Pubrel { msg_id: 0x0033 });
+    assert_eq!(
+        w.take_upstream(s),
+        vec![mqtt::Packet::PubRel { packet_id: pkid }]
+    );
+    w.broker(s, mqtt::Packet::PubComp { packet_id: pkid });
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::Pubcomp { msg_id: 0x0033 }]
+    );
+    assert_eq!(w.gw.stats().uplink_publishes, 1);
+
+    // A PUBREL re-sent after completion gets PUBCOMP again without going upstream.
+    w.device_send(&a, Message::Pubrel { msg_id: 0x0033 });
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::Pubcomp { msg_id: 0x0033 }]
+    );
+    w.assert_quiet();
+}
+
+// ---------------------------------------------------------------- QoS -1
+
+#[test]
+fn qos_minus_one_opens_one_gateway_session_and_sends_held_messages_in_order() {
+    let mut w = World::new();
+    let (a, b) = (addr(10), addr(11));
+    w.device_send(
+        &a,
+        publish(QoS::MinusOne, TopicRef::Predefined(7), 0, b"one"),
+    );
+    w.device_send(
+        &b,
+        publish(QoS::MinusOne, TopicRef::Short(*b"sh"), 0, b"two"),
+    );
+    let opened = w.opened();
+    assert_eq!(opened.len(), 1, "one gateway-owned session");
+    let (s, c) = &opened[0];
+    assert!(c.clean_session);
+    assert_eq!(c.will, None);
+    assert!(w.take_upstream(*s).is_empty(), "held until CONNACK");
+    assert!(w.take_to_device(&a).is_empty(), "no reply to QoS -1");
+    assert!(w.take_to_device(&b).is_empty());
+    w.broker_connack(*s);
+    assert_eq!(
+        w.take_upstream(*s),
+        vec![
+            mqtt_publish(mqtt::QoS::AtMostOnce, false, "pre/seven", None, b"one"),
+            mqtt_publish(mqtt::QoS::AtMostOnce, false, "sh", None, b"two"),
+        ]
+    );
+    // Later ones go straight through on the same session.
+    w.device_send(
+        &a,
+        publish(QoS::MinusOne, TopicRef::Predefined(7), 0, b"three"),
+    );
+    assert_eq!(
+        w.take_upstream(*s),
+        vec![mqtt_publish(
+            mqtt::QoS::AtMostOnce,
+            false,
+            "pre/seven",
+            None,
+            b"three"
+        )]
+    );
+    assert!(w.opened().is_empty());
+    assert_eq!(
+        w.gw.device_count(),
+        0,
+        "QoS -1 senders get no device record"
+    );
+    w.assert_quiet();
+}
+
+#[test]
+fn qos_minus_one_on_a_normal_topic_id_is_dropped() {
+    let mut w = World::new();
+    let a = addr(10);
+    w.device_send(&a, publish(QoS::MinusOne, TopicRef::Id(1), 0, b"x"));
+    w.assert_quiet();
+    assert_eq!(w.gw.stats().uplink_publishes, 0);
+}
+
+#[test]
+fn qos_minus_one_session_refused_is_retried_after_t_retry() {
+    let mut w = World::new();
+    let a = addr(10);
+    w.device_send(
+        &a,
+        publish(QoS::MinusOne, TopicRef::Predefined(7), 0, b"one"),
+    );
+    let s1 = w.opened()[0].0;
+    w.broker_closed(s1);
+    assert!(w.opened().is_empty(), "no immediate retry");
+    w.advance(std::time::Duration::from_secs(10));
+    let opened = w.opened();
+    assert_eq!(opened.len(), 1);
+    let s2 = opened[0].0;
+    assert_ne!(s1, s2);
+    w.broker_connack(s2);
+    assert_eq!(
+        w.take_upstream(s2),
+        vec![mqtt_publish(
+            mqtt::QoS::AtMostOnce,
+            false,
+            "pre/seven",
+            None,
+            b"one"
+        )]
+    );
+}
