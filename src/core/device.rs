@@ -1293,6 +1293,7 @@ impl Device {
                 return;
             }
             Room::LeaveWithBroker => {
+                ctx.stats.downlink_dropped += 1;
                 debug!(client_id = %self.client_id, topic = %p.topic, state = ?self.state, "no room; left unacknowledged at the broker");
                 return;
             }
