@@ -1204,7 +1204,13 @@ impl Device {
     /// all, by config). A QoS 1/2 message that does not fit is left unacknowledged at the
     /// broker, which keeps it and redelivers it when the session resumes: nothing the gateway
     /// acknowledged is ever dropped.
-    fn make_room(&mut self, ctx: &mut Ctx, item: &Down, topic_len: usize) -> Room {
+    fn make_room(
+        &mut self,
+        ctx: &mut Ctx,
+        item: &Down,
+        topic_len: usize,
+        registers: usize,
+    ) -> Room {
         let Down::Publish { qos, data, ack, .. } = item else {
             return Room::Fits;
         };
@@ -1215,8 +1221,8 @@ impl Device {
                 ctx.stats.sleep_buffer_dropped += 1;
                 return Room::Drop;
             }
-            // The message and possibly its REGISTER.
-            let (count, bytes) = (2, data.len() + topic_len + 16);
+            let count = 1 + registers;
+            let bytes = data.len() + 8 + registers * (topic_len + 8);
             let fits = |d: &Device| {
                 d.queue.len() + count <= ctx.settings.sleep_buffer_messages
                     && d.queued_bytes() + bytes <= ctx.settings.sleep_buffer_bytes
@@ -1237,7 +1243,7 @@ impl Device {
             }
             !fits(self)
         } else {
-            self.queue.len() >= ctx.settings.max_queued_per_device
+            self.queue.len() + registers >= ctx.settings.max_queued_per_device
         };
         if !full {
             return Room::Fits;
@@ -1277,15 +1283,42 @@ impl Device {
         if ack != BrokerAck::None && self.already_queued(ack) {
             return; // the broker re-sent a message we still hold
         }
-        let mut publish = Down::Publish {
-            topic: TopicRef::Id(0),
+        // Resolve the topic first: a topic the device does not know needs a REGISTER ahead.
+        let mut register = None;
+        let topic = if let Some((id, known)) = self.topics.id_of(&p.topic) {
+            if !known && !self.register_pending(id) {
+                register = Some(id);
+            }
+            Some(TopicRef::Id(id))
+        } else if let Some(id) = ctx.predefined_by_name.get(&p.topic) {
+            Some(TopicRef::Predefined(*id))
+        } else if let Ok(s) = <[u8; 2]>::try_from(p.topic.as_bytes()) {
+            Some(TopicRef::Short(s))
+        } else {
+            let limit = ctx.settings.max_topics_per_device;
+            self.topics
+                .get_or_insert(&p.topic, false, limit)
+                .ok()
+                .map(|id| {
+                    register = Some(id);
+                    TopicRef::Id(id)
+                })
+        };
+        let publish = Down::Publish {
+            topic: topic.unwrap_or(TopicRef::Id(0)),
             qos: to_sn_qos(qos),
             retain: p.retain,
             data: p.payload,
             ack,
             reregistered: false,
         };
-        match self.make_room(ctx, &publish, p.topic.len()) {
+        if topic.is_none() {
+            debug!(client_id = %self.client_id, topic = %p.topic, "topic table full; dropping");
+            self.drop_down(ctx, publish);
+            return;
+        }
+        let extra = usize::from(register.is_some());
+        match self.make_room(ctx, &publish, p.topic.len(), extra) {
             Room::Fits => {}
             Room::Drop => {
                 debug!(client_id = %self.client_id, topic = %p.topic, state = ?self.state, "no room for a QoS 0 message to the device; dropped");
@@ -1298,39 +1331,11 @@ impl Device {
                 return;
             }
         }
-        let topic = if let Some((id, known)) = self.topics.id_of(&p.topic) {
-            if !known && !self.register_pending(id) {
-                self.queue.push_back(Down::Register {
-                    topic_id: id,
-                    name: p.topic.clone(),
-                });
-            }
-            TopicRef::Id(id)
-        } else if let Some(id) = ctx.predefined_by_name.get(&p.topic) {
-            TopicRef::Predefined(*id)
-        } else if let Ok(s) = <[u8; 2]>::try_from(p.topic.as_bytes()) {
-            TopicRef::Short(s)
-        } else {
-            match self
-                .topics
-                .get_or_insert(&p.topic, false, ctx.settings.max_topics_per_device)
-            {
-                Ok(id) => {
-                    self.queue.push_back(Down::Register {
-                        topic_id: id,
-                        name: p.topic.clone(),
-                    });
-                    TopicRef::Id(id)
-                }
-                Err(_) => {
-                    debug!(client_id = %self.client_id, topic = %p.topic, "topic table full; dropping");
-                    self.drop_down(ctx, publish);
-                    return;
-                }
-            }
-        };
-        if let Down::Publish { topic: t, .. } = &mut publish {
-            *t = topic;
+        if let Some(topic_id) = register {
+            self.queue.push_back(Down::Register {
+                topic_id,
+                name: p.topic,
+            });
         }
         self.queue.push_back(publish);
         self.pump(ctx, now);
