@@ -38,6 +38,8 @@ pub enum DeviceState {
 
 /// Why an uplink QoS 1/2 flow waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Each variant names what the flow awaits; the shared prefix is the point.
+#[allow(clippy::enum_variant_names)]
 enum UpStage {
     /// Forwarded; waiting for the broker's PUBACK (QoS 1) or PUBREC (QoS 2).
     AwaitBroker,
