@@ -248,7 +248,10 @@ impl Gateway {
         if dev.addr != from {
             // Same ClientId from a new address (NAT rebinding, new IP): the session moves.
             info!(client_id = %c.client_id, old = %dev.addr, new = %from, "device moved");
-            self.by_addr.remove(&dev.addr);
+            // The old address may belong to another device by now (NAT reuse).
+            if self.by_addr.get(&dev.addr) == Some(&id) {
+                self.by_addr.remove(&dev.addr);
+            }
             dev.addr = from.clone();
         }
         self.by_addr.insert(from, id);
