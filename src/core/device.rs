@@ -558,7 +558,10 @@ impl Device {
 
     /// Messages a device may send while Active. Returns false when the message is not one.
     pub fn on_active_message(&mut self, ctx: &mut Ctx, now: Instant, msg: Message) -> bool {
-        if self.will_update.as_ref().is_some_and(|w| w.new_session.is_some())
+        if self
+            .will_update
+            .as_ref()
+            .is_some_and(|w| w.new_session.is_some())
             && matches!(
                 msg,
                 Message::Publish(_)
@@ -789,11 +792,10 @@ impl Device {
                     return;
                 }
                 if mqtt::valid_topic_name(name) {
-                    match self.topics.get_or_insert(
-                        name,
-                        true,
-                        ctx.settings.max_topics_per_device,
-                    ) {
+                    match self
+                        .topics
+                        .get_or_insert(name, true, ctx.settings.max_topics_per_device)
+                    {
                         Ok(id) => (name.clone(), id),
                         Err(_) => {
                             nack(ctx, &self.addr, 0, ReturnCode::Congestion);
@@ -941,13 +943,17 @@ impl Device {
                 self.will_msg = Bytes::new();
             }
         }
-        self.will_update.get_or_insert_with(Default::default).respond_topic = true;
+        self.will_update
+            .get_or_insert_with(Default::default)
+            .respond_topic = true;
         self.request_will_update(ctx, now);
     }
 
     fn on_will_msg_upd(&mut self, ctx: &mut Ctx, now: Instant, msg: Bytes) {
         self.will_msg = msg;
-        self.will_update.get_or_insert_with(Default::default).respond_msg = true;
+        self.will_update
+            .get_or_insert_with(Default::default)
+            .respond_msg = true;
         self.request_will_update(ctx, now);
     }
 
@@ -964,9 +970,8 @@ impl Device {
     /// Replaces the upstream session to carry the new will, once no QoS flow is open on the
     /// old one (so nothing in flight is lost or doubled).
     fn try_will_update(&mut self, ctx: &mut Ctx, _now: Instant) {
-        let idle = self.up.is_empty()
-            && self.pending_subs.is_empty()
-            && !self.broker_acks_outstanding();
+        let idle =
+            self.up.is_empty() && self.pending_subs.is_empty() && !self.broker_acks_outstanding();
         let Some(w) = self.will_update.as_mut() else {
             return;
         };
@@ -1295,7 +1300,9 @@ impl Device {
             self.topics.remove(topic_id);
             self.drop_topic(ctx, topic_id);
             if let Some(session) = self.session {
-                if mqtt::valid_topic_filter(&name) && self.upstream_busy() < ctx.settings.max_queued_per_device {
+                if mqtt::valid_topic_filter(&name)
+                    && self.upstream_busy() < ctx.settings.max_queued_per_device
+                {
                     let pkid = self.alloc_pkid();
                     self.pending_subs.insert(pkid, PendingSub::Internal);
                     ctx.send(
