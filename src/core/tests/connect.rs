@@ -662,3 +662,32 @@ fn publish_held_during_a_will_update_is_forwarded_on_the_new_session() {
         })]
     );
 }
+
+#[test]
+fn will_update_session_not_accepted_in_time_disconnects_the_device() {
+    let mut w = World::new(); // upstream_connect_timeout 10 s
+    let a = addr(1);
+    let s1 = w.connect(&a, "dev1", false, Some(WILL));
+    w.device_send(
+        &a,
+        Message::WillMsgUpd {
+            msg: Bytes::from_static(b"dead"),
+        },
+    );
+    let (s2, _) = expect_session_switch(&mut w, s1);
+    w.advance(Duration::from_millis(9_999));
+    assert!(w.take_to_device(&a).is_empty());
+    w.advance(Duration::from_millis(1));
+    assert_eq!(w.closed(), vec![s2]);
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::Disconnect { duration: None }]
+    );
+    assert_eq!(
+        w.gw.device_state("dev1"),
+        Some(super::super::DeviceState::Disconnected)
+    );
+    // A late CONNACK on the abandoned session is ignored.
+    w.broker_connack(s2);
+    w.assert_quiet();
+}
