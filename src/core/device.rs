@@ -53,7 +53,8 @@ impl DeviceState {
 
 /// Why an uplink QoS 1/2 flow waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(clippy::enum_variant_names)] // the spec names each stage by what it awaits
+// Each variant names what the flow awaits; the shared prefix is the point.
+#[allow(clippy::enum_variant_names)]
 enum UpStage {
     /// Forwarded; waiting for the broker's PUBACK (QoS 1) or PUBREC (QoS 2).
     AwaitBroker,
@@ -497,6 +498,20 @@ impl Device {
                     DeviceState::AwaitBroker => {
                         info!(client_id = %self.client_id, "broker did not accept in time");
                         self.fail_connect(ctx, ReturnCode::Congestion);
+                    }
+                    DeviceState::Active
+                        if self
+                            .will_update
+                            .as_ref()
+                            .is_some_and(|w| w.new_session.is_some()) =>
+                    {
+                        info!(client_id = %self.client_id, "broker did not accept the will update in time");
+                        self.finish_will_update(
+                            ctx,
+                            now,
+                            mqtt::ConnectReturnCode::ServerUnavailable,
+                        );
+                        return self.state != DeviceState::Active;
                     }
                     _ => {}
                 }
@@ -1091,7 +1106,7 @@ impl Device {
 
     /// Replaces the upstream session to carry the new will, once no QoS flow is open on the
     /// old one (so nothing in flight is lost or doubled).
-    fn try_will_update(&mut self, ctx: &mut Ctx, _now: Instant) {
+    fn try_will_update(&mut self, ctx: &mut Ctx, now: Instant) {
         let idle =
             self.up.is_empty() && self.pending_subs.is_empty() && !self.broker_acks_outstanding();
         let Some(w) = self.will_update.as_mut() else {
@@ -1108,6 +1123,9 @@ impl Device {
         if let Some(w) = self.will_update.as_mut() {
             w.new_session = Some(s);
         }
+        // Bounded like the first CONNECT: without it a silent broker leaves the device
+        // Active with no upstream session for as long as it keeps pinging.
+        self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
     }
 
     fn finish_will_update(&mut self, ctx: &mut Ctx, now: Instant, code: mqtt::ConnectReturnCode) {
@@ -1125,6 +1143,7 @@ impl Device {
             return;
         }
         self.session = Some(s);
+        self.stage_deadline = None;
         if self.clean_session {
             // A clean session ended with the old connection: subscribe again.
             for (filter, qos) in self.subs.clone() {

@@ -30,6 +30,8 @@ struct QosMinusOne {
     held: VecDeque<mqtt::Publish>,
     /// No new attempt before this, after a failed one.
     retry_at: Option<Instant>,
+    /// The opening session must be accepted by then.
+    connect_deadline: Option<Instant>,
 }
 
 /// The sans-IO MQTT-SN gateway. See the module docs for the call pattern.
@@ -89,6 +91,7 @@ impl Gateway {
             self.timers.next_deadline(),
             self.next_advertise,
             self.qos_m1.retry_at,
+            self.qos_m1.connect_deadline,
         ]
         .into_iter()
         .flatten()
@@ -263,7 +266,10 @@ impl Gateway {
         if dev.addr != from {
             // Same ClientId from a new address (NAT rebinding, new IP): the session moves.
             info!(client_id = %c.client_id, old = %dev.addr, new = %from, "device moved");
-            self.by_addr.remove(&dev.addr);
+            // The old address may belong to another device by now (NAT reuse).
+            if self.by_addr.get(&dev.addr) == Some(&id) {
+                self.by_addr.remove(&dev.addr);
+            }
             dev.addr = from.clone();
         }
         self.by_addr.insert(from, id);
@@ -341,6 +347,7 @@ impl Gateway {
             return;
         }
         q.retry_at = None;
+        q.connect_deadline = Some(now + self.ctx.settings.upstream_connect_timeout);
         let client_id = format!("mqttsn-gw-{}-qos-1", self.ctx.settings.gateway_id);
         let connect = self.ctx.connect_packet(&client_id, true, None);
         q.session = Some(self.ctx.open(None, connect));
@@ -350,6 +357,7 @@ impl Gateway {
     pub fn handle_upstream(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
         if self.qos_m1.session == Some(session) {
             if let mqtt::Packet::ConnAck { code, .. } = packet {
+                self.qos_m1.connect_deadline = None;
                 if code == mqtt::ConnectReturnCode::Accepted {
                     self.qos_m1.connected = true;
                     for p in std::mem::take(&mut self.qos_m1.held) {
@@ -391,6 +399,7 @@ impl Gateway {
         let q = &mut self.qos_m1;
         q.session = None;
         q.connected = false;
+        q.connect_deadline = None;
         if !q.held.is_empty() {
             q.retry_at = Some(now + self.ctx.settings.retry_interval);
         }
@@ -423,6 +432,13 @@ impl Gateway {
                 }
             }
         }
+        if self.qos_m1.connect_deadline.is_some_and(|t| t <= now) {
+            info!("the broker did not accept the gateway's QoS -1 session in time");
+            if let Some(s) = self.qos_m1.session {
+                self.ctx.close(s, false);
+            }
+            self.qos_m1_failed(now);
+        }
         if self.qos_m1.retry_at.is_some_and(|t| t <= now) {
             self.qos_m1.retry_at = None;
             if !self.qos_m1.held.is_empty() {
@@ -440,7 +456,7 @@ impl Gateway {
         };
         // Only an earlier deadline needs a new heap entry; a later one is found when the
         // current entry fires and the device reschedules itself.
-        if dev.scheduled.is_none_or(|s| next < s) {
+        if dev.scheduled.map_or(true, |s| next < s) {
             dev.scheduled = Some(next);
             self.timers.push(next, id);
         }

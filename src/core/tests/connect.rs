@@ -355,6 +355,7 @@ fn takeover_from_new_address_moves_the_session() {
             b"on"
         )]
     );
+    assert_eq!(w.gw.stats().devices_active, 1);
     // The old address has no session any more.
     w.device_send(&a, Message::PingReq { client_id: None });
     assert_eq!(
@@ -580,4 +581,113 @@ fn will_prompting_that_stalls_times_out_without_opening_a_session() {
     );
     // The device can start over.
     w.connect(&a, "dev1", true, None);
+}
+
+#[test]
+fn device_returning_from_a_new_address_leaves_the_new_owner_of_its_old_address_alone() {
+    let mut w = World::new();
+    let (a, b) = (addr(1), addr(2));
+    let s1 = w.connect(&a, "dev1", true, None);
+    w.device_send(&a, Message::Disconnect { duration: None });
+    w.take_upstream(s1);
+    w.closed();
+    w.take_to_device(&a);
+    // NAT churn: dev2 now has dev1's old address, and dev1 comes back from another one.
+    let s2 = w.connect(&a, "dev2", true, None);
+    w.connect(&b, "dev1", true, None);
+    // dev2 must still be reachable at its address.
+    w.device_send(
+        &a,
+        publish(QoS::AtMostOnce, TopicRef::Predefined(7), 0, b"still here"),
+    );
+    assert!(
+        w.take_to_device(&a).is_empty(),
+        "dev2 was told to reconnect"
+    );
+    assert_eq!(
+        w.take_upstream(s2),
+        vec![mqtt_publish(
+            mqtt::QoS::AtMostOnce,
+            false,
+            "pre/seven",
+            None,
+            b"still here"
+        )]
+    );
+    assert_eq!(w.gw.stats().devices_active, 2);
+}
+
+#[test]
+fn publish_held_during_a_will_update_is_forwarded_on_the_new_session() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s1 = w.connect(&a, "dev1", false, Some(WILL));
+    w.device_send(
+        &a,
+        Message::WillMsgUpd {
+            msg: Bytes::from_static(b"dead"),
+        },
+    );
+    let (s2, _) = expect_session_switch(&mut w, s1);
+    w.device_send(
+        &a,
+        publish(QoS::AtLeastOnce, TopicRef::Predefined(7), 9, b"v"),
+    );
+    assert!(w.take_upstream(s1).is_empty());
+    assert!(w.take_upstream(s2).is_empty(), "held until the new CONNACK");
+    w.broker_connack(s2);
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::WillMsgResp {
+            return_code: ReturnCode::Accepted
+        }]
+    );
+    let up = w.take_upstream(s2);
+    let [mqtt::Packet::Publish(p)] = up.as_slice() else {
+        panic!("{up:?}")
+    };
+    assert_eq!(p.topic, "pre/seven");
+    w.broker(
+        s2,
+        mqtt::Packet::PubAck {
+            packet_id: p.packet_id.unwrap(),
+        },
+    );
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::Puback(codec::Puback {
+            topic_id: 7,
+            msg_id: 9,
+            return_code: ReturnCode::Accepted
+        })]
+    );
+}
+
+#[test]
+fn will_update_session_not_accepted_in_time_disconnects_the_device() {
+    let mut w = World::new(); // upstream_connect_timeout 10 s
+    let a = addr(1);
+    let s1 = w.connect(&a, "dev1", false, Some(WILL));
+    w.device_send(
+        &a,
+        Message::WillMsgUpd {
+            msg: Bytes::from_static(b"dead"),
+        },
+    );
+    let (s2, _) = expect_session_switch(&mut w, s1);
+    w.advance(Duration::from_millis(9_999));
+    assert!(w.take_to_device(&a).is_empty());
+    w.advance(Duration::from_millis(1));
+    assert_eq!(w.closed(), vec![s2]);
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::Disconnect { duration: None }]
+    );
+    assert_eq!(
+        w.gw.device_state("dev1"),
+        Some(super::super::DeviceState::Disconnected)
+    );
+    // A late CONNACK on the abandoned session is ignored.
+    w.broker_connack(s2);
+    w.assert_quiet();
 }

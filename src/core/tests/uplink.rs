@@ -231,3 +231,23 @@ fn qos_minus_one_session_refused_is_retried_after_t_retry() {
         )]
     );
 }
+
+#[test]
+fn qos_minus_one_session_not_accepted_in_time_is_closed_and_retried() {
+    let mut w = World::new();
+    let a = addr(10);
+    w.device_send(
+        &a,
+        publish(QoS::MinusOne, TopicRef::Predefined(7), 0, b"one"),
+    );
+    let s1 = w.opened()[0].0;
+    // The broker accepts TCP but never answers CONNECT: closed after the connect timeout...
+    w.advance(std::time::Duration::from_secs(10));
+    assert!(w.closed().contains(&s1));
+    // ...and tried again after T_RETRY, still holding the message.
+    w.advance(std::time::Duration::from_secs(10));
+    let opened = w.opened();
+    assert_eq!(opened.len(), 1);
+    w.broker_connack(opened[0].0);
+    assert_eq!(w.take_upstream(opened[0].0).len(), 1);
+}
