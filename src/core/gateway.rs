@@ -456,7 +456,7 @@ impl Gateway {
         };
         // Only an earlier deadline needs a new heap entry; a later one is found when the
         // current entry fires and the device reschedules itself.
-        if dev.scheduled.map_or(true, |s| next < s) {
+        if dev.scheduled.is_none_or(|s| next < s) {
             dev.scheduled = Some(next);
             self.timers.push(next, id);
         }
