@@ -75,6 +75,11 @@ struct Args {
     /// bounded and the rate measured is a sustained one. 0 = no window (pure blast).
     #[arg(long, default_value_t = 20000)]
     window: u64,
+    /// Also run the uplink QoS 0 test closed-loop: devices pause while more than this many
+    /// PUBLISHes are neither received by the subscriber nor counted as dropped by the
+    /// gateway's UDP socket. 0 = skip; the open-loop blast always runs.
+    #[arg(long, default_value_t = 200)]
+    udp_window: u64,
     /// Leave mosquitto's Nagle algorithm on (its default); by default the bench sets
     /// `set_tcp_nodelay true` so latency is not dominated by Nagle + delayed ACK.
     #[arg(long)]
@@ -782,6 +787,7 @@ async fn uplink_qos0(
     gw: SocketAddr,
     devs: &[(Arc<UdpSocket>, u16)],
     ceiling: Option<f64>,
+    window: u64,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     eprintln!(
@@ -792,6 +798,18 @@ async fn uplink_qos0(
     let sub = Subscriber::start(broker, "bench-up0-sub", PHASE_UP0).await?;
     let drops0 = udp_drops(gw.port()).unwrap_or(0);
     let sent = Arc::new(AtomicU64::new(0));
+    // Received by the subscriber plus dropped by the gateway's socket, for the window.
+    let accounted = Arc::new(AtomicU64::new(0));
+    let monitor = {
+        let (acc, live, port) = (accounted.clone(), sub.live.clone(), gw.port());
+        tokio::spawn(async move {
+            loop {
+                let d = udp_drops(port).unwrap_or(0).saturating_sub(drops0);
+                acc.store(live.load(Ordering::Relaxed) + d, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.secs);
@@ -800,9 +818,11 @@ async fn uplink_qos0(
         let (sock, sent, errors) = (sock.clone(), sent.clone(), errors.clone());
         let mut frame = sn_publish_frame(*tid, codec::QoS::AtMostOnce, 0, a.payload)?;
         let payload = a.payload;
+        let accounted = accounted.clone();
         set.spawn(async move {
             let mut seq = 0u32;
             while Instant::now() < end {
+                gate(window, sent.load(Ordering::Relaxed), &accounted).await;
                 for _ in 0..8 {
                     stamp(&mut frame, payload, PHASE_UP0, i as u32, seq);
                     seq += 1;
@@ -817,14 +837,21 @@ async fn uplink_qos0(
     }
     while set.join_next().await.is_some() {}
     let r = sub.finish().await?;
+    monitor.abort();
     let drops = udp_drops(gw.port()).unwrap_or(0).saturating_sub(drops0);
     let sent = sent.load(Ordering::Relaxed);
     let d = r.last.map(|l| l - start).unwrap_or_default();
     let rt = rate(r.count, d);
     rows.push(row(
         format!(
-            "2. Uplink QoS 0: {} devices -> gateway -> 1 subscriber",
-            devs.len()
+            "2{}. Uplink QoS 0: {} devices -> gateway -> 1 subscriber, {}",
+            if window == 0 { "" } else { "w" },
+            devs.len(),
+            if window == 0 {
+                "open-loop blast".to_string()
+            } else {
+                format!("closed loop, window {window}")
+            }
         ),
         format!("{} msg/s", fmt_rate(rt)),
         "—",
@@ -840,7 +867,11 @@ async fn uplink_qos0(
     if let Some(c) = ceiling {
         let ratio = 100.0 * rt / c;
         rows.push(row(
-            "2b. Uplink QoS 0 / ceiling",
+            if window == 0 {
+                "2b. Uplink QoS 0 blast / ceiling"
+            } else {
+                "2wb. Uplink QoS 0 closed loop / ceiling"
+            },
             format!("{ratio:.0} %"),
             ">= 80 %",
             if ratio >= 80.0 { "met" } else { "MISSED" },
@@ -1398,7 +1429,10 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
         }
         if a.wants("up0") {
             let socks = share(&mut devs);
-            uplink_qos0(a, broker, gw, &socks, ceil, &mut rows).await?;
+            uplink_qos0(a, broker, gw, &socks, ceil, 0, &mut rows).await?;
+            if a.udp_window > 0 {
+                uplink_qos0(a, broker, gw, &socks, ceil, a.udp_window, &mut rows).await?;
+            }
             unshare(&mut devs, socks, gw);
         }
         if a.wants("up1") {
