@@ -21,3 +21,4 @@ pub mod config;
 pub mod core;
 pub mod mqtt;
 pub mod shell;
+pub mod transport;
