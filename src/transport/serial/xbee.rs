@@ -426,6 +426,47 @@ mod tests {
         assert_eq!(&out[..], &[0x7E, 0x00, 0x04, 0x08, 0x01, 0x4E, 0x4A, 0x5E]);
     }
 
+    /// The hex examples in docs/serial.md.
+    #[test]
+    fn documented_examples() {
+        let hex = |s: &str| -> Vec<u8> {
+            s.split_whitespace()
+                .map(|b| u8::from_str_radix(b, 16).unwrap())
+                .collect()
+        };
+        let mut out = BytesMut::new();
+        encode_receive_packet(ApiMode::Unescaped, A, 0x7d33, CONNECT, &mut out);
+        assert_eq!(
+            out.to_vec(),
+            hex("7E 00 16 90 00 13 A2 00 41 52 7E 11 7D 33 01 0A 04 04 01 00 3C 64 65 76 31 28")
+        );
+        out.clear();
+        encode_receive_packet(ApiMode::Escaped, A, 0x7d33, CONNECT, &mut out);
+        assert_eq!(
+            out.to_vec(),
+            hex("7E 00 16 90 00 7D 33 A2 00 41 52 7D 5E 7D 31 7D 5D 33 01 0A 04 04 01 00 3C 64 65 76 31 28")
+        );
+        out.clear();
+        encode_transmit_request(ApiMode::Escaped, A, 0x7d33, &[0x03, 0x05, 0x00], &mut out);
+        assert_eq!(
+            out.to_vec(),
+            hex("7E 00 7D 31 10 00 00 7D 33 A2 00 41 52 7D 5E 7D 31 7D 5D 33 00 00 03 05 00 60")
+        );
+        out.clear();
+        let advertise = [0x05, 0x00, 0x01, 0x03, 0x84];
+        encode_transmit_request(
+            ApiMode::Unescaped,
+            BROADCAST_64,
+            UNKNOWN_16,
+            &advertise,
+            &mut out,
+        );
+        assert_eq!(
+            out.to_vec(),
+            hex("7E 00 13 10 00 00 00 00 00 00 00 FF FF FF FE 00 00 05 00 01 03 84 67")
+        );
+    }
+
     #[test]
     fn transmit_request_bytes_as_documented() {
         let mut out = BytesMut::new();
