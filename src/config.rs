@@ -70,13 +70,15 @@ impl Default for GatewaySection {
     }
 }
 
-/// `transports`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// `transports`. At least one transport of any kind; checked inside the mapping's visitor so
+/// the error names `transports` and its line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Transports {
-    /// `transports.udp[]`: one UDP socket per entry; at least one, no duplicates.
-    #[serde(deserialize_with = "udp_transports")]
+    /// `transports.udp[]`: one UDP socket per entry; no duplicates. May be empty when
+    /// `serial` is not. Absent: one socket on `0.0.0.0:1884`.
     pub udp: Vec<UdpTransport>,
+    /// `transports.serial[]`: one serial port per entry; no path twice.
+    pub serial: Vec<SerialTransport>,
 }
 
 impl Default for Transports {
@@ -85,7 +87,52 @@ impl Default for Transports {
             udp: vec![UdpTransport {
                 bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1884),
             }],
+            serial: Vec::new(),
         }
+    }
+}
+
+/// `transports` as written, before the "at least one transport" check.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct TransportLists {
+    #[serde(deserialize_with = "udp_transports")]
+    udp: Vec<UdpTransport>,
+    #[serde(deserialize_with = "serial_transports")]
+    serial: Vec<SerialTransport>,
+}
+
+impl Default for TransportLists {
+    fn default() -> Self {
+        let Transports { udp, serial } = Transports::default();
+        TransportLists { udp, serial }
+    }
+}
+
+impl<'de> Deserialize<'de> for Transports {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TransportsVisitor)
+    }
+}
+
+struct TransportsVisitor;
+
+impl<'de> de::Visitor<'de> for TransportsVisitor {
+    type Value = Transports;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping with `udp` and/or `serial`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Transports, A::Error> {
+        let TransportLists { udp, serial } =
+            TransportLists::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        if udp.is_empty() && serial.is_empty() {
+            return Err(de::Error::custom(
+                "no transport: `udp` is empty and `serial` has no entries; at least one is needed",
+            ));
+        }
+        Ok(Transports { udp, serial })
     }
 }
 
@@ -96,6 +143,120 @@ pub struct UdpTransport {
     /// `bind`: local address and port, e.g. `0.0.0.0:1884` or `"[::]:1884"`.
     #[serde(deserialize_with = "socket_addr")]
     pub bind: SocketAddr,
+}
+
+/// One entry of `transports.serial[]`: a UART with a radio (or a forwarder) on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialTransport {
+    /// `path`: the device node, e.g. `/dev/ttyUSB0` or `/dev/serial/by-id/...`. Required.
+    #[serde(deserialize_with = "serial_path")]
+    pub path: PathBuf,
+    /// `baud`: line speed in bit/s, 50..=4000000.
+    #[serde(default = "default_baud", deserialize_with = "baud")]
+    pub baud: u32,
+    /// `framing`: how MQTT-SN frames are delimited on the line.
+    #[serde(default)]
+    pub framing: SerialFraming,
+    /// `xbee_api_mode`: 1 (unescaped) or 2 (escaped); the radio's `AP` setting. Only for
+    /// `framing: xbee`.
+    #[serde(default = "default_xbee_api_mode", deserialize_with = "xbee_api_mode")]
+    pub xbee_api_mode: u8,
+    /// `data_bits`: 5..=8.
+    #[serde(default = "default_data_bits", deserialize_with = "data_bits")]
+    pub data_bits: u8,
+    /// `parity`: `none`, `even` or `odd`.
+    #[serde(default)]
+    pub parity: SerialParity,
+    /// `stop_bits`: 1 or 2.
+    #[serde(default = "default_stop_bits", deserialize_with = "stop_bits")]
+    pub stop_bits: u8,
+    /// `flow_control`: `none`, `software` (XON/XOFF) or `hardware` (RTS/CTS).
+    #[serde(default)]
+    pub flow_control: SerialFlowControl,
+    /// `frame_timeout`: a frame half-received and then silent this long is dropped.
+    #[serde(
+        default = "default_frame_timeout",
+        serialize_with = "duration::serialize",
+        deserialize_with = "positive_duration"
+    )]
+    pub frame_timeout: Duration,
+    /// `required`: `true`: a port that cannot be opened at start stops the gateway; `false`:
+    /// a warning, and the port is retried with back-off.
+    #[serde(default = "default_required")]
+    pub required: bool,
+}
+
+impl SerialTransport {
+    /// An entry for `path` with every other key at its default.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SerialTransport {
+            path: path.into(),
+            baud: default_baud(),
+            framing: SerialFraming::default(),
+            xbee_api_mode: default_xbee_api_mode(),
+            data_bits: default_data_bits(),
+            parity: SerialParity::default(),
+            stop_bits: default_stop_bits(),
+            flow_control: SerialFlowControl::default(),
+            frame_timeout: default_frame_timeout(),
+            required: default_required(),
+        }
+    }
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_xbee_api_mode() -> u8 {
+    1
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_frame_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_required() -> bool {
+    true
+}
+
+/// `transports.serial[].framing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialFraming {
+    /// Frames delimited by the MQTT-SN Length field alone.
+    #[default]
+    Raw,
+    /// Digi XBee API frames (receive packet 0x90 in, transmit request 0x10 out).
+    Xbee,
+    /// SLIP (RFC 1055) with a CRC-16/CCITT-FALSE trailer.
+    Slip,
+}
+
+/// `transports.serial[].parity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialParity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+/// `transports.serial[].flow_control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialFlowControl {
+    #[default]
+    None,
+    /// XON/XOFF.
+    Software,
+    /// RTS/CTS.
+    Hardware,
 }
 
 /// `discovery`.
@@ -772,13 +933,14 @@ fn advertise_interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Dura
     duration::deserialize_checked(deserializer, |value| whole_seconds_u16(value, false))
 }
 
+/// An empty list is allowed here; [`Transports`] checks that some transport is left.
 fn udp_transports<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<UdpTransport>, D::Error> {
     let list = unique_list(
         deserializer,
         "a list of `{ bind: ADDR:PORT }`",
-        false,
+        true,
         |earlier: &[UdpTransport], entry: &UdpTransport| match earlier
             .iter()
             .position(|e| e.bind == entry.bind)
@@ -791,6 +953,58 @@ fn udp_transports<'de, D: Deserializer<'de>>(
         },
     )?;
     Ok(list.unwrap_or_else(|| Transports::default().udp))
+}
+
+fn serial_transports<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<SerialTransport>, D::Error> {
+    let list = unique_list(
+        deserializer,
+        "a list of `{ path: /dev/ttyUSB0, baud: 9600, framing: raw }`",
+        true,
+        |earlier: &[SerialTransport], entry: &SerialTransport| match earlier
+            .iter()
+            .position(|e| e.path == entry.path)
+        {
+            Some(i) => Err(format!(
+                "path {} is already used by transports.serial[{i}]",
+                entry.path.display()
+            )),
+            None => Ok(()),
+        },
+    )?;
+    Ok(list.unwrap_or_default())
+}
+
+fn serial_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    checked_str(deserializer, "a device path like /dev/ttyUSB0", |path| {
+        if path.trim().is_empty() || path.contains('\0') {
+            Err("path is empty or contains NUL".to_owned())
+        } else {
+            Ok(path.to_owned())
+        }
+    })
+    .map(PathBuf::from)
+}
+
+fn baud<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let baud = checked_int(deserializer, 50, 4_000_000, |_| Ok(()))?;
+    Ok(baud as u32) // checked above
+}
+
+fn xbee_api_mode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let mode = checked_int(deserializer, 1, 2, |_| Ok(()))?;
+    Ok(mode as u8) // checked above
+}
+
+fn data_bits<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let bits = checked_int(deserializer, 5, 8, |_| Ok(()))?;
+    Ok(bits as u8) // checked above
+}
+
+fn stop_bits<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let bits = checked_int(deserializer, 1, 2, |_| Ok(()))?;
+    Ok(bits as u8) // checked above
 }
 
 fn predefined_topics<'de, D: Deserializer<'de>>(

@@ -11,7 +11,8 @@
 //! | [`mqtt`] | sans-IO | the MQTT 3.1.1 packets the gateway speaks toward the broker |
 //! | [`core`] | sans-IO | the `Gateway` state machine: devices, topic tables, QoS flows, timers |
 //! | [`config`] | edge | `gateway.yaml`: typed, validated, with defaults |
-//! | [`shell`] | tokio | sockets, upstream TCP sessions, the driver task that owns the core |
+//! | [`transport`] | sans-IO | link framings: serial raw, SLIP + CRC-16, XBee API frames <-> MQTT-SN frames |
+//! | [`shell`] | tokio | sockets, serial ports, upstream TCP sessions, the driver task that owns the core |
 //!
 //! `codec`, `mqtt` and `core` never touch a socket, a file or the clock: time comes in as an
 //! argument and effects go out as values. See `docs/architecture.md`.
@@ -21,3 +22,4 @@ pub mod config;
 pub mod core;
 pub mod mqtt;
 pub mod shell;
+pub mod transport;

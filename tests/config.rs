@@ -272,8 +272,10 @@ fn other_out_of_range_numbers() {
 
 #[test]
 fn transports_need_an_entry_and_no_duplicates() {
+    // Empty UDP list and no serial port: no transport at all. (UDP may be empty when a
+    // serial port is configured; see `serial_transports_with_defaults_and_checks`.)
     let (_, _, key, text) = invalid("transports:\n  udp: []\n");
-    assert_eq!(key, "transports.udp");
+    assert_eq!(key, "transports");
     assert!(text.contains("empty"), "{text}");
     let (line, _, key, _) =
         invalid("transports:\n  udp:\n    - bind: 0.0.0.0:1\n    - bind: 0.0.0.0:1\n");
@@ -426,4 +428,50 @@ fn duration_format_round_trips() {
         assert_eq!(duration::format(value), text);
         assert_eq!(duration::parse(text), Ok(value));
     }
+}
+
+#[test]
+fn serial_transports_with_defaults_and_checks() {
+    use mqttsn_gateway::config::{SerialFlowControl, SerialFraming, SerialParity};
+    let yaml = "transports:\n  udp: []\n  serial:\n    - path: /dev/ttyUSB0\n    - { path: /dev/ttyAMA0, baud: 115200, framing: xbee, xbee_api_mode: 2, data_bits: 7, parity: even, stop_bits: 2, flow_control: hardware, frame_timeout: 2s, required: false }\n";
+    let c = Config::from_yaml_str(yaml, "t").unwrap();
+    assert!(c.transports.udp.is_empty());
+    let s0 = &c.transports.serial[0];
+    assert_eq!(s0.path.to_str(), Some("/dev/ttyUSB0"));
+    assert_eq!(
+        (s0.baud, s0.framing, s0.data_bits, s0.parity, s0.stop_bits),
+        (9600, SerialFraming::Raw, 8, SerialParity::None, 1)
+    );
+    assert_eq!(s0.flow_control, SerialFlowControl::None);
+    assert!(s0.required);
+    let s1 = &c.transports.serial[1];
+    assert_eq!(
+        (s1.baud, s1.framing, s1.xbee_api_mode, s1.data_bits),
+        (115200, SerialFraming::Xbee, 2, 7)
+    );
+    assert_eq!(
+        (s1.parity, s1.stop_bits, s1.flow_control, s1.required),
+        (SerialParity::Even, 2, SerialFlowControl::Hardware, false)
+    );
+    assert_eq!(s1.frame_timeout, Duration::from_secs(2));
+    // Round trip through `check`'s output.
+    assert_eq!(Config::from_yaml_str(&c.to_yaml(), "t").unwrap(), c);
+    // Absent `udp` keeps the default UDP socket beside the serial port.
+    let c = Config::from_yaml_str("transports:\n  serial:\n    - path: /dev/x\n", "t").unwrap();
+    assert_eq!(c.transports.udp.len(), 1);
+
+    let (line, _, key, _) =
+        invalid("transports:\n  serial:\n    - path: /dev/x\n    - path: /dev/x\n");
+    assert_eq!((line, key.as_str()), (Some(4), "transports.serial[1]"));
+    let (_, _, key, _) =
+        invalid("transports:\n  serial:\n    - path: /dev/x\n      framing: hdlc\n");
+    assert_eq!(key, "transports.serial[0].framing");
+    let (_, _, key, _) =
+        invalid("transports:\n  serial:\n    - path: /dev/x\n      data_bits: 9\n");
+    assert_eq!(key, "transports.serial[0].data_bits");
+    let (_, _, key, _) =
+        invalid("transports:\n  serial:\n    - path: /dev/x\n      xbee_api_mode: 0\n");
+    assert_eq!(key, "transports.serial[0].xbee_api_mode");
+    let (_, _, _, text) = invalid("transports:\n  serial:\n    - baud: 9600\n");
+    assert!(text.contains("path"), "{text}");
 }

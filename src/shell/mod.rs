@@ -5,11 +5,15 @@
 //! is the core's. No lock is held across `.await`; every channel is bounded
 //! (`limits.channel_depth`).
 
+mod serial;
 mod udp;
 mod upstream;
 
+pub use serial::SerialOut;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +50,11 @@ pub enum ShellError {
     BindUdp {
         addr: SocketAddr,
         source: std::io::Error,
+    },
+    #[error("cannot open serial port {}: {source} (set transports.serial[].required: false to start without it and retry)", .path.display())]
+    OpenSerial {
+        path: PathBuf,
+        source: tokio_serial::Error,
     },
     #[error("cannot resolve broker address {host}:{port}: {reason}")]
     ResolveBroker {
@@ -160,7 +169,27 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     let (events_tx, events_rx) = mpsc::channel(depth);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let mut sockets = Vec::new();
+    // Open the serial ports first: a required one that fails stops the start before any task
+    // is spawned.
+    let mut serial_ports = Vec::new();
+    for t in &config.transports.serial {
+        let port = match serial::open(t) {
+            Ok(port) => Some(port),
+            Err(source) if t.required => {
+                return Err(ShellError::OpenSerial {
+                    path: t.path.clone(),
+                    source,
+                })
+            }
+            Err(e) => {
+                warn!(path = %t.path.display(), error = %e, "cannot open serial port; retrying with back-off (required: false)");
+                None
+            }
+        };
+        serial_ports.push((t, port));
+    }
+
+    let mut transports = Vec::new();
     let mut udp_addrs = Vec::new();
     for (i, t) in config.transports.udp.iter().enumerate() {
         let sock = UdpSocket::bind(t.bind)
@@ -186,8 +215,29 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
             config.limits.max_frame_size,
             shutdown_rx.clone(),
         ));
-        sockets.push(sock);
+        transports.push(Transport::Udp(sock));
         udp_addrs.push(local);
+    }
+    // Serial transports follow the UDP ones, in config order.
+    for (t, port) in serial_ports {
+        let transport = TransportId(u16::try_from(transports.len()).unwrap_or(u16::MAX));
+        if port.is_some() {
+            info!(transport = transport.0, path = %t.path.display(), baud = t.baud, framing = ?t.framing, "serial transport open");
+        }
+        let (tx, rx) = mpsc::channel(depth);
+        tokio::spawn(serial::run(
+            serial::PortParams {
+                transport,
+                config: t.clone(),
+                max_frame_size: config.limits.max_frame_size,
+                max_peers: config.limits.max_devices,
+            },
+            port,
+            rx,
+            events_tx.clone(),
+            shutdown_rx.clone(),
+        ));
+        transports.push(Transport::Serial(tx));
     }
 
     let settings = settings_from(config);
@@ -195,7 +245,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     let (stats_tx, stats_rx) = watch::channel(Stats::default());
     let driver = Driver {
         gateway,
-        sockets,
+        transports,
         sessions: HashMap::new(),
         broker,
         connect_timeout: config.broker.upstream.connect_timeout,
@@ -244,10 +294,18 @@ async fn wait_for_signal() {
     }
 }
 
+/// Where a [`TransportId`] leads: its index in [`Driver::transports`].
+enum Transport {
+    Udp(Arc<UdpSocket>),
+    /// The port's task, which frames and writes.
+    Serial(mpsc::Sender<SerialOut>),
+}
+
 /// The one task that owns the [`Gateway`].
 struct Driver {
     gateway: Gateway,
-    sockets: Vec<Arc<UdpSocket>>,
+    /// UDP sockets first, then serial ports, in config order.
+    transports: Vec<Transport>,
     sessions: HashMap<SessionId, mpsc::Sender<mqtt::Packet>>,
     broker: SocketAddr,
     connect_timeout: Duration,
@@ -304,10 +362,21 @@ impl Driver {
     async fn flush(&mut self) {
         while let Some(out) = self.gateway.poll_output() {
             match out {
-                Output::Transmit { to, frame } => self.transmit(&to, &frame).await,
+                Output::Transmit { to, frame } => self.transmit(&to, frame).await,
                 Output::Broadcast { frame } => {
+                    for t in &self.transports {
+                        if let Transport::Serial(tx) = t {
+                            let msg = SerialOut::Broadcast {
+                                frame: frame.clone(),
+                            };
+                            if tx.try_send(msg).is_err() {
+                                debug!("serial port backlog full; broadcast dropped");
+                            }
+                        }
+                    }
                     if let Some(addr) = self.advertise {
-                        for s in &self.sockets {
+                        for t in &self.transports {
+                            let Transport::Udp(s) = t else { continue };
                             let same_family =
                                 s.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4());
                             if same_family {
@@ -352,14 +421,25 @@ impl Driver {
         }
     }
 
-    async fn transmit(&self, to: &DeviceAddr, frame: &[u8]) {
-        let Some(sock) = self.sockets.get(usize::from(to.transport.0)) else {
-            return;
-        };
-        if let PeerAddr::Udp(addr) = &to.peer {
-            if let Err(e) = sock.send_to(frame, addr).await {
-                debug!(peer = %to, error = %e, "send to device failed");
+    async fn transmit(&self, to: &DeviceAddr, frame: Bytes) {
+        match (self.transports.get(usize::from(to.transport.0)), &to.peer) {
+            (Some(Transport::Udp(sock)), PeerAddr::Udp(addr)) => {
+                if let Err(e) = sock.send_to(&frame, addr).await {
+                    debug!(peer = %to, error = %e, "send to device failed");
+                }
             }
+            (Some(Transport::Serial(tx)), PeerAddr::Link(link)) => {
+                let msg = SerialOut::To {
+                    link: link.clone(),
+                    frame,
+                };
+                // A full backlog means the line is slower than the core: drop, the core
+                // retransmits what needs it.
+                if tx.try_send(msg).is_err() {
+                    debug!(peer = %to, "serial port backlog full; frame dropped");
+                }
+            }
+            _ => {}
         }
     }
 }
