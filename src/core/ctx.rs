@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use tracing::debug;
 
 use super::settings::Settings;
-use super::types::{DeviceAddr, Output, SessionId, Stats};
+use super::types::{DeviceAddr, Output, PersistOp, SessionId, Stats};
 use super::DeviceId;
 use crate::codec::{Encapsulation, Frame, Message};
 use crate::mqtt;
@@ -22,6 +22,16 @@ pub(crate) struct Ctx {
     pub predefined_by_id: HashMap<u16, String>,
     pub predefined_by_name: HashMap<String, u16>,
     scratch: BytesMut,
+    /// Changes to make durable, emitted as one `Output::Persist` per input.
+    batch: Vec<PersistOp>,
+    /// Sequence number of the batch being built.
+    seq: u64,
+    /// Effects that promise durability, released once their batch is confirmed.
+    pending: VecDeque<(u64, Output)>,
+    /// Sessions with a deferred packet: later packets on them wait too, to keep their order.
+    held: HashMap<SessionId, usize>,
+    /// Highest batch the store confirmed.
+    confirmed: u64,
 }
 
 impl Ctx {
@@ -42,6 +52,76 @@ impl Ctx {
             predefined_by_id,
             predefined_by_name,
             scratch: BytesMut::with_capacity(256),
+            batch: Vec::new(),
+            seq: 1,
+            pending: VecDeque::new(),
+            held: HashMap::new(),
+            confirmed: 0,
+        }
+    }
+
+    pub fn persistent(&self) -> bool {
+        self.settings.persistent
+    }
+
+    /// Adds a change to the current durable batch (nothing when persistence is off).
+    pub fn persist(&mut self, op: PersistOp) {
+        if self.settings.persistent {
+            self.batch.push(op);
+        }
+    }
+
+    /// Emits `out` once everything persisted so far is durable (at once when persistence is
+    /// off). Design rule 2: an acknowledgement that promises durability waits for the store.
+    pub fn after_persist(&mut self, out: Output) {
+        if !self.settings.persistent {
+            self.out.push_back(out);
+            return;
+        }
+        if let Output::Send { session, .. } = &out {
+            *self.held.entry(*session).or_insert(0) += 1;
+        }
+        self.pending.push_back((self.seq, out));
+    }
+
+    /// Closes the current batch: emits it as `Output::Persist`. Deferred effects of an input
+    /// that persisted nothing wait only for the batches before it.
+    pub fn flush_persist(&mut self) {
+        if self.batch.is_empty() {
+            let prev = self.seq - 1;
+            if self.confirmed >= prev {
+                self.confirm(self.seq);
+            } else {
+                for (s, _) in self.pending.iter_mut().rev() {
+                    if *s != self.seq {
+                        break;
+                    }
+                    *s = prev;
+                }
+            }
+            return;
+        }
+        let ops = std::mem::take(&mut self.batch);
+        self.out.push_back(Output::Persist { seq: self.seq, ops });
+        self.seq += 1;
+    }
+
+    /// The store made batch `seq` (and every earlier one) durable: release what waited on it.
+    pub fn confirm(&mut self, seq: u64) {
+        self.confirmed = self.confirmed.max(seq.min(self.seq - 1));
+        while self.pending.front().is_some_and(|(s, _)| *s <= seq) {
+            let Some((_, out)) = self.pending.pop_front() else {
+                break;
+            };
+            if let Output::Send { session, .. } = &out {
+                if let Some(n) = self.held.get_mut(session) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.held.remove(session);
+                    }
+                }
+            }
+            self.out.push_back(out);
         }
     }
 
@@ -87,7 +167,12 @@ impl Ctx {
     }
 
     pub fn send(&mut self, session: SessionId, packet: mqtt::Packet) {
-        self.out.push_back(Output::Send { session, packet });
+        if self.held.contains_key(&session) {
+            // An earlier packet on this session waits for the store: keep the order.
+            self.after_persist(Output::Send { session, packet });
+        } else {
+            self.out.push_back(Output::Send { session, packet });
+        }
     }
 
     /// Allocates a session id and queues its opening for `owner` (None: the gateway's own).

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use super::ctx::Ctx;
+use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
 use super::topics::TopicTable;
-use super::types::{DeviceAddr, SessionId};
+use super::types::{DeviceAddr, Output, PersistOp, SessionId, Table};
 use super::DeviceId;
 use crate::codec::{
     self, Message, Puback, Publish, Regack, Register, ReturnCode, Suback, Subscribe, TopicFilter,
@@ -69,6 +70,11 @@ struct UpFlow {
     msg_id: u16,
     topic_id: u16,
     stage: UpStage,
+    qos: codec::QoS,
+    /// The session that carried it ended before the broker answered (reconnect, restart):
+    /// the device's re-sent PUBLISH goes upstream again with the same packet id and DUP, so a
+    /// broker that already has it recognises it.
+    orphaned: bool,
 }
 
 /// What the broker is owed once the device has a downlink message.
@@ -93,6 +99,9 @@ enum Down {
         ack: BrokerAck,
         /// Already re-registered once after the device said "invalid topic id".
         reregistered: bool,
+        /// Sequence of its durable copy (a sleeping device's message already acknowledged to
+        /// the broker); deleted once the device has it.
+        stored: Option<u64>,
     },
 }
 
@@ -182,6 +191,8 @@ pub(crate) struct Device {
     retry_interval: Duration,
     /// The Duration of the last DISCONNECT(Duration), while Asleep/Awake.
     sleep_duration: Duration,
+    /// Sequence for the next durable sleep-buffer record.
+    next_buffer_seq: u64,
     /// When an Asleep device is lost unless it is heard from (spec §6.14, §7.2 tolerance).
     sleep_deadline: Option<Instant>,
 }
@@ -227,6 +238,7 @@ impl Device {
         Device {
             retry_interval,
             sleep_duration: Duration::ZERO,
+            next_buffer_seq: 1,
             sleep_deadline: None,
             id,
             client_id,
@@ -297,7 +309,172 @@ impl Device {
         if state != DeviceState::Asleep {
             self.sleep_deadline = None;
         }
+        let stored_before = self.record_state();
         self.state = state;
+        if self.record_state() != stored_before {
+            self.save(ctx);
+        }
+    }
+
+    fn record_state(&self) -> StoredState {
+        match self.state {
+            DeviceState::Active => StoredState::Active,
+            DeviceState::Asleep | DeviceState::Awake => StoredState::Asleep(
+                u16::try_from(self.sleep_duration.as_secs()).unwrap_or(u16::MAX),
+            ),
+            _ => StoredState::Offline,
+        }
+    }
+
+    // ---------------------------------------------------------------- persistence
+
+    /// Only persistent sessions (clean session 0) outlive the process.
+    fn persistent(&self, ctx: &Ctx) -> bool {
+        ctx.persistent() && !self.clean_session
+    }
+
+    pub fn record(&self) -> DeviceRecord {
+        DeviceRecord {
+            client_id: self.client_id.clone(),
+            addr: persist::AddrRecord::from_addr(&self.addr),
+            state: self.record_state(),
+            keep_alive: u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX),
+            will: self.will_topic.as_ref().map(|w| persist::WillRecord {
+                topic: w.topic.clone(),
+                qos: to_mqtt_qos(w.qos) as u8,
+                retain: w.retain,
+                msg: persist::Hex(self.will_msg.to_vec()),
+            }),
+            subs: self
+                .subs
+                .iter()
+                .map(|(f, q)| (f.clone(), *q as u8))
+                .collect(),
+            topics: self.topics.entries(),
+        }
+    }
+
+    /// Writes the session record (persistent sessions only).
+    fn save(&self, ctx: &mut Ctx) {
+        if self.persistent(ctx) {
+            let key = persist::device_prefix(&self.client_id);
+            ctx.persist(persist::put(Table::Device, key, &self.record()));
+        }
+    }
+
+    /// Deletes everything stored for this ClientId.
+    pub fn forget(&self, ctx: &mut Ctx) {
+        let prefix = persist::device_prefix(&self.client_id);
+        ctx.persist(PersistOp::Delete {
+            table: Table::Device,
+            key: prefix.clone(),
+        });
+        for table in [Table::Buffer, Table::Uplink] {
+            ctx.persist(PersistOp::DeletePrefix {
+                table,
+                prefix: prefix.clone(),
+            });
+        }
+    }
+
+    /// Rebuilds a device from its stored record; reopens its upstream session (clean session
+    /// 0, same will) when it was active or asleep. Timers restart from `now`.
+    pub fn restore(
+        id: DeviceId,
+        r: DeviceRecord,
+        addr: DeviceAddr,
+        ctx: &mut Ctx,
+        now: Instant,
+    ) -> Self {
+        let mut d = Device::new(id, r.client_id, addr, now, ctx.settings.retry_interval);
+        d.clean_session = false;
+        d.keep_alive = Duration::from_secs(u64::from(r.keep_alive));
+        d.will_topic = r.will.as_ref().map(|w| WillTopic {
+            qos: to_sn_qos(mqtt::QoS::try_from(w.qos).unwrap_or(mqtt::QoS::AtMostOnce)),
+            retain: w.retain,
+            topic: w.topic.clone(),
+        });
+        d.will_msg = r.will.map(|w| Bytes::from(w.msg.0)).unwrap_or_default();
+        d.subs = r
+            .subs
+            .into_iter()
+            .filter_map(|(f, q)| Some((f, mqtt::QoS::try_from(q).ok()?)))
+            .collect();
+        for (tid, name, known) in r.topics {
+            d.topics.restore(tid, name, known);
+        }
+        let live = match r.state {
+            StoredState::Offline => None,
+            StoredState::Active => Some(DeviceState::Active),
+            StoredState::Asleep(secs) => {
+                d.sleep_duration = Duration::from_secs(u64::from(secs));
+                Some(DeviceState::Asleep)
+            }
+        };
+        if let Some(state) = live {
+            let connect = ctx.connect_packet(&d.client_id, false, d.last_will());
+            d.session = Some(ctx.open(Some(id), connect));
+            if state == DeviceState::Asleep {
+                d.go_to_sleep(ctx, now);
+            } else {
+                d.set_state(ctx, state);
+            }
+        }
+        d
+    }
+
+    /// Puts back a buffered message (already acknowledged to the broker) in sequence order.
+    pub fn restore_buffered(&mut self, ctx: &mut Ctx, n: u64, r: persist::BufferedRecord) {
+        self.next_buffer_seq = self.next_buffer_seq.max(n + 1);
+        let qos = to_sn_qos(mqtt::QoS::try_from(r.qos).unwrap_or(mqtt::QoS::AtMostOnce));
+        // Already acknowledged upstream: the table limit must not lose it.
+        let Some((topic, register)) = self.resolve_downlink(ctx, &r.topic, usize::MAX) else {
+            return;
+        };
+        if let Some(topic_id) = register {
+            self.queue.push_back(Down::Register {
+                topic_id,
+                name: r.topic.clone(),
+            });
+        }
+        self.queue.push_back(Down::Publish {
+            topic,
+            qos,
+            retain: r.retain,
+            data: Bytes::from(r.data.0),
+            ack: BrokerAck::None,
+            reregistered: false,
+            stored: Some(n),
+        });
+    }
+
+    /// Puts back an uplink QoS 2 flow: the device's re-sent PUBLISH or PUBREL continues it
+    /// under the same packet id.
+    pub fn restore_uplink(&mut self, r: UplinkRecord) {
+        if let UplinkRecord::Qos2 {
+            msg_id,
+            pkid,
+            topic_id,
+            released,
+        } = r
+        {
+            self.next_pkid = self.next_pkid.max(pkid);
+            self.up_by_msg.insert(msg_id, pkid);
+            self.up.insert(
+                pkid,
+                UpFlow {
+                    msg_id,
+                    topic_id,
+                    stage: if released {
+                        UpStage::AwaitPubrel
+                    } else {
+                        UpStage::AwaitBroker
+                    },
+                    qos: codec::QoS::ExactlyOnce,
+                    orphaned: true,
+                },
+            );
+        }
     }
 
     // ---------------------------------------------------------------- sleep (§6.14)
@@ -382,6 +559,9 @@ impl Device {
         self.reset_flows(ctx);
         self.clean_session = c.clean_session;
         if c.clean_session {
+            // A clean session starts from nothing, in the store too.
+            self.forget(ctx);
+            self.queue.clear();
             self.topics.clear();
             self.subs.clear();
             self.will_topic = None;
@@ -622,15 +802,46 @@ impl Device {
         }
     }
 
+    /// The upstream session ends (reconnect, loss, disconnect): flows tied to it are void,
+    /// except what a persistent session still owes: messages already acknowledged to the
+    /// broker for the device, and uplink flows the broker may hold under their packet ids.
     fn reset_flows(&mut self, ctx: &mut Ctx) {
-        self.up.clear();
-        self.up_by_msg.clear();
+        if self.clean_session {
+            self.up.clear();
+            self.up_by_msg.clear();
+            if ctx.persistent() {
+                ctx.persist(PersistOp::DeletePrefix {
+                    table: Table::Uplink,
+                    prefix: persist::device_prefix(&self.client_id),
+                });
+            }
+        } else {
+            // QoS 1 may be repeated; only QoS 2 flows must keep their packet ids.
+            self.up.retain(|_, f| f.qos == codec::QoS::ExactlyOnce);
+            self.up_by_msg.retain(|_, pkid| self.up.contains_key(pkid));
+            for f in self.up.values_mut() {
+                f.orphaned = true;
+            }
+        }
+        let owned = self
+            .inflight
+            .take()
+            .map(|f| f.item)
+            .into_iter()
+            .chain(self.queue.drain(..))
+            .filter(|d| {
+                matches!(
+                    d,
+                    Down::Publish {
+                        stored: Some(_),
+                        ..
+                    }
+                )
+            });
+        self.queue = owned.collect();
         self.pending_subs.clear();
-        self.queue.clear();
-        self.inflight = None;
         self.held.clear();
         self.will_update = None;
-        let _ = ctx;
     }
 
     // ---------------------------------------------------------------- upstream packets
@@ -655,6 +866,15 @@ impl Device {
         match packet {
             mqtt::Packet::ConnAck { code, .. } if self.state == DeviceState::AwaitBroker => {
                 self.on_connack(ctx, now, code)
+            }
+            mqtt::Packet::ConnAck { code, .. } => {
+                // A session reopened after a restart: nothing to tell the device unless the
+                // broker refused it.
+                if code != mqtt::ConnectReturnCode::Accepted {
+                    info!(client_id = %self.client_id, ?code, "broker refused the restored session");
+                    ctx.close(session, false);
+                    self.on_upstream_closed(ctx, session);
+                }
             }
             mqtt::Packet::Publish(p) => self.on_broker_publish(ctx, now, p),
             mqtt::Packet::PubAck { packet_id } => self.on_broker_puback(ctx, now, packet_id),
@@ -747,6 +967,9 @@ impl Device {
             Ok(id) => (id, ReturnCode::Accepted),
             Err(rc) => (0, rc),
         };
+        if return_code == ReturnCode::Accepted {
+            self.save(ctx);
+        }
         ctx.transmit(
             &self.addr,
             Message::Regack(Regack {
@@ -808,18 +1031,40 @@ impl Device {
                 );
             }
             codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => {
-                if let Some(pkid) = self.up_by_msg.get(&p.msg_id) {
+                if let Some(&pkid) = self.up_by_msg.get(&p.msg_id) {
                     // A re-send of a flow we already carry: never forward it twice.
-                    if let Some(f) = self.up.get(pkid) {
+                    if let Some(f) = self.up.get_mut(&pkid) {
                         if p.qos == codec::QoS::ExactlyOnce && f.stage == UpStage::AwaitPubrel {
                             ctx.transmit(&self.addr, Message::Pubrec { msg_id: p.msg_id });
+                        } else if f.orphaned && f.stage == UpStage::AwaitBroker {
+                            f.orphaned = false;
+                            ctx.send(
+                                session,
+                                mqtt::Packet::Publish(mqtt::Publish {
+                                    dup: true,
+                                    qos: to_mqtt_qos(p.qos),
+                                    retain: p.retain,
+                                    topic,
+                                    packet_id: Some(pkid),
+                                    payload: p.data,
+                                }),
+                            );
                         }
                     }
                     return;
                 }
                 if self.upstream_busy() >= ctx.settings.max_queued_per_device {
-                    reject(ctx, &self.addr, ReturnCode::Congestion);
-                    return;
+                    // Flows orphaned by an old session give way to new ones.
+                    let orphan = self.up.iter().find(|(_, f)| f.orphaned).map(|(k, _)| *k);
+                    match orphan {
+                        Some(pkid) => {
+                            self.finish_up(ctx, pkid);
+                        }
+                        None => {
+                            reject(ctx, &self.addr, ReturnCode::Congestion);
+                            return;
+                        }
+                    }
                 }
                 let pkid = self.alloc_pkid();
                 self.up.insert(
@@ -828,21 +1073,31 @@ impl Device {
                         msg_id: p.msg_id,
                         topic_id,
                         stage: UpStage::AwaitBroker,
+                        qos: p.qos,
+                        orphaned: false,
                     },
                 );
                 self.up_by_msg.insert(p.msg_id, pkid);
                 ctx.stats.uplink_publishes += 1;
-                ctx.send(
-                    session,
-                    mqtt::Packet::Publish(mqtt::Publish {
-                        dup: false,
-                        qos: to_mqtt_qos(p.qos),
-                        retain: p.retain,
-                        topic,
-                        packet_id: Some(pkid),
-                        payload: p.data,
-                    }),
-                );
+                let publish = mqtt::Packet::Publish(mqtt::Publish {
+                    dup: false,
+                    qos: to_mqtt_qos(p.qos),
+                    retain: p.retain,
+                    topic,
+                    packet_id: Some(pkid),
+                    payload: p.data,
+                });
+                if p.qos == codec::QoS::ExactlyOnce && self.persistent(ctx) {
+                    // Exactly once across a restart: the MsgId -> packet id map is durable
+                    // before the broker can see the message.
+                    self.save_qos2(ctx, pkid);
+                    ctx.after_persist(Output::Send {
+                        session,
+                        packet: publish,
+                    });
+                } else {
+                    ctx.send(session, publish);
+                }
             }
         }
     }
@@ -865,14 +1120,35 @@ impl Device {
         }
     }
 
-    fn finish_up(&mut self, pkid: u16) -> Option<UpFlow> {
+    fn finish_up(&mut self, ctx: &mut Ctx, pkid: u16) -> Option<UpFlow> {
         let f = self.up.remove(&pkid)?;
         self.up_by_msg.remove(&f.msg_id);
+        if f.qos == codec::QoS::ExactlyOnce && self.persistent(ctx) {
+            ctx.persist(PersistOp::Delete {
+                table: Table::Uplink,
+                key: persist::numbered_key(&self.client_id, u64::from(pkid)),
+            });
+        }
         Some(f)
     }
 
+    fn save_qos2(&self, ctx: &mut Ctx, pkid: u16) {
+        let Some(f) = self.up.get(&pkid) else { return };
+        let record = UplinkRecord::Qos2 {
+            msg_id: f.msg_id,
+            pkid,
+            topic_id: f.topic_id,
+            released: f.stage != UpStage::AwaitBroker,
+        };
+        ctx.persist(persist::put(
+            Table::Uplink,
+            persist::numbered_key(&self.client_id, u64::from(pkid)),
+            &record,
+        ));
+    }
+
     fn on_broker_puback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
-        if let Some(f) = self.finish_up(pkid) {
+        if let Some(f) = self.finish_up(ctx, pkid) {
             ctx.transmit(
                 &self.addr,
                 Message::Puback(Puback {
@@ -886,17 +1162,29 @@ impl Device {
     }
 
     fn on_broker_pubrec(&mut self, ctx: &mut Ctx, pkid: u16) {
-        if let Some(f) = self.up.get_mut(&pkid) {
-            if f.stage == UpStage::AwaitBroker {
-                f.stage = UpStage::AwaitPubrel;
+        let Some(f) = self.up.get_mut(&pkid) else {
+            return;
+        };
+        let msg_id = f.msg_id;
+        if f.stage == UpStage::AwaitBroker {
+            f.stage = UpStage::AwaitPubrel;
+            if self.persistent(ctx) {
+                // PUBREC promises the device it will not be delivered twice: durable first.
+                self.save_qos2(ctx, pkid);
+                if let Some(frame) = ctx.encode(&self.addr, Message::Pubrec { msg_id }) {
+                    ctx.after_persist(Output::Transmit {
+                        to: self.addr.clone(),
+                        frame,
+                    });
+                }
+                return;
             }
-            let msg_id = f.msg_id;
-            ctx.transmit(&self.addr, Message::Pubrec { msg_id });
         }
+        ctx.transmit(&self.addr, Message::Pubrec { msg_id });
     }
 
     fn on_broker_pubcomp(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
-        if let Some(f) = self.finish_up(pkid) {
+        if let Some(f) = self.finish_up(ctx, pkid) {
             ctx.transmit(&self.addr, Message::Pubcomp { msg_id: f.msg_id });
         }
         self.try_will_update(ctx, now);
@@ -1003,6 +1291,7 @@ impl Device {
                         Some(entry) => entry.1 = *q,
                         None => self.subs.push((filter, *q)),
                     }
+                    self.save(ctx);
                     (to_sn_qos(*q), topic_id, ReturnCode::Accepted)
                 }
                 _ => (codec::QoS::AtMostOnce, 0, ReturnCode::NotSupported),
@@ -1055,6 +1344,7 @@ impl Device {
     fn on_broker_unsuback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
         if let Some(PendingSub::Unsubscribe { msg_id, filter }) = self.pending_subs.remove(&pkid) {
             self.subs.retain(|(f, _)| *f != filter);
+            self.save(ctx);
             ctx.transmit(&self.addr, Message::Unsuback { msg_id });
         }
         self.try_will_update(ctx, now);
@@ -1144,6 +1434,7 @@ impl Device {
         }
         self.session = Some(s);
         self.stage_deadline = None;
+        self.save(ctx);
         if self.clean_session {
             // A clean session ended with the old connection: subscribe again.
             for (filter, qos) in self.subs.clone() {
@@ -1209,13 +1500,25 @@ impl Device {
         }
     }
 
+    /// The device has the message, or never will: owe the broker nothing more and forget the
+    /// durable copy.
+    fn release(&self, ctx: &mut Ctx, item: &Down) {
+        if let Down::Publish { ack, stored, .. } = item {
+            self.ack_broker(ctx, *ack);
+            if let Some(n) = stored {
+                ctx.persist(PersistOp::Delete {
+                    table: Table::Buffer,
+                    key: persist::numbered_key(&self.client_id, *n),
+                });
+            }
+        }
+    }
+
     fn drop_down(&self, ctx: &mut Ctx, item: Down) {
         ctx.stats.downlink_dropped += 1;
-        if let Down::Publish { ack, .. } = item {
-            // Acknowledge so the broker's in-flight window does not stall on a message the
-            // device can never take.
-            self.ack_broker(ctx, ack);
-        }
+        // Acknowledged so the broker's in-flight window does not stall on a message the device
+        // can never take.
+        self.release(ctx, &item);
     }
 
     /// Whether a new downlink message (plus a REGISTER it may need) fits. While the device
@@ -1302,26 +1605,10 @@ impl Device {
         if ack != BrokerAck::None && self.already_queued(ack) {
             return; // the broker re-sent a message we still hold
         }
-        // Resolve the topic first: a topic the device does not know needs a REGISTER ahead.
-        let mut register = None;
-        let topic = if let Some((id, known)) = self.topics.id_of(&p.topic) {
-            if !known && !self.register_pending(id) {
-                register = Some(id);
-            }
-            Some(TopicRef::Id(id))
-        } else if let Some(id) = ctx.predefined_by_name.get(&p.topic) {
-            Some(TopicRef::Predefined(*id))
-        } else if let Ok(s) = <[u8; 2]>::try_from(p.topic.as_bytes()) {
-            Some(TopicRef::Short(s))
-        } else {
-            let limit = ctx.settings.max_topics_per_device;
-            self.topics
-                .get_or_insert(&p.topic, false, limit)
-                .ok()
-                .map(|id| {
-                    register = Some(id);
-                    TopicRef::Id(id)
-                })
+        let limit = ctx.settings.max_topics_per_device;
+        let (topic, register) = match self.resolve_downlink(ctx, &p.topic, limit) {
+            Some((t, r)) => (Some(t), r),
+            None => (None, None),
         };
         let publish = Down::Publish {
             topic: topic.unwrap_or(TopicRef::Id(0)),
@@ -1330,6 +1617,7 @@ impl Device {
             data: p.payload,
             ack,
             reregistered: false,
+            stored: None,
         };
         if topic.is_none() {
             debug!(client_id = %self.client_id, topic = %p.topic, "topic table full; dropping");
@@ -1350,6 +1638,7 @@ impl Device {
                 return;
             }
         }
+        let publish = self.store_for_sleeper(ctx, publish, &p.topic);
         if let Some(topic_id) = register {
             self.queue.push_back(Down::Register {
                 topic_id,
@@ -1358,6 +1647,70 @@ impl Device {
         }
         self.queue.push_back(publish);
         self.pump(ctx, now);
+    }
+
+    /// With a store, a sleeping device's QoS 1/2 message is written down and acknowledged to
+    /// the broker once durable (so the broker's in-flight window does not cap the buffer).
+    fn store_for_sleeper(&mut self, ctx: &mut Ctx, mut item: Down, topic: &str) -> Down {
+        let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
+        let (Some(session), true) = (self.session, sleeping && self.persistent(ctx)) else {
+            return item;
+        };
+        if let Down::Publish {
+            ack,
+            stored,
+            qos,
+            retain,
+            data,
+            ..
+        } = &mut item
+        {
+            let packet = match *ack {
+                BrokerAck::None => return item,
+                BrokerAck::PubAck(packet_id) => mqtt::Packet::PubAck { packet_id },
+                BrokerAck::PubRec(packet_id) => mqtt::Packet::PubRec { packet_id },
+            };
+            let n = self.next_buffer_seq;
+            self.next_buffer_seq += 1;
+            let record = persist::BufferedRecord {
+                topic: topic.to_owned(),
+                qos: to_mqtt_qos(*qos) as u8,
+                retain: *retain,
+                data: persist::Hex(data.to_vec()),
+            };
+            ctx.persist(persist::put(
+                Table::Buffer,
+                persist::numbered_key(&self.client_id, n),
+                &record,
+            ));
+            ctx.after_persist(Output::Send { session, packet });
+            *ack = BrokerAck::None;
+            *stored = Some(n);
+        }
+        item
+    }
+
+    /// How a downlink topic is named to the device: its table id, a predefined id or a short
+    /// name; and the id to REGISTER first when the device does not know it yet. None when the
+    /// table is full.
+    fn resolve_downlink(
+        &mut self,
+        ctx: &Ctx,
+        topic: &str,
+        table_limit: usize,
+    ) -> Option<(TopicRef, Option<u16>)> {
+        if let Some((id, known)) = self.topics.id_of(topic) {
+            let register = (!known && !self.register_pending(id)).then_some(id);
+            return Some((TopicRef::Id(id), register));
+        }
+        if let Some(id) = ctx.predefined_by_name.get(topic) {
+            return Some((TopicRef::Predefined(*id), None));
+        }
+        if let Ok(s) = <[u8; 2]>::try_from(topic.as_bytes()) {
+            return Some((TopicRef::Short(s), None));
+        }
+        let id = self.topics.get_or_insert(topic, false, table_limit).ok()?;
+        Some((TopicRef::Id(id), Some(id)))
     }
 
     fn already_queued(&self, ack: BrokerAck) -> bool {
@@ -1423,11 +1776,7 @@ impl Device {
                                 retries: 0,
                             });
                         }
-                        _ => {
-                            if let Down::Publish { ack, .. } = item {
-                                self.ack_broker(ctx, ack);
-                            }
-                        }
+                        _ => self.release(ctx, &item),
                     }
                 }
             }
@@ -1462,22 +1811,10 @@ impl Device {
     /// Drops queued publishes on `topic_id` (the device rejected or cannot take the topic).
     fn drop_topic(&mut self, ctx: &mut Ctx, topic_id: u16) {
         let mut kept = VecDeque::with_capacity(self.queue.len());
-        for d in self.queue.drain(..) {
+        let queued: Vec<Down> = self.queue.drain(..).collect();
+        for d in queued {
             if matches!(&d, Down::Publish { topic: TopicRef::Id(t), .. } if *t == topic_id) {
-                ctx.stats.downlink_dropped += 1;
-                if let Down::Publish { ack, .. } = d {
-                    if let Some(session) = self.session {
-                        match ack {
-                            BrokerAck::PubAck(packet_id) => {
-                                ctx.send(session, mqtt::Packet::PubAck { packet_id })
-                            }
-                            BrokerAck::PubRec(packet_id) => {
-                                ctx.send(session, mqtt::Packet::PubRec { packet_id })
-                            }
-                            BrokerAck::None => {}
-                        }
-                    }
-                }
+                self.drop_down(ctx, d);
             } else {
                 kept.push_back(d);
             }
@@ -1505,10 +1842,12 @@ impl Device {
         };
         if r.return_code == ReturnCode::Accepted {
             self.topics.mark_known(topic_id);
+            self.save(ctx);
         } else {
             // A rejected REGISTER is an unsubscribe from that name (spec §6.10).
             info!(client_id = %self.client_id, topic = %name, rc = ?r.return_code, "device rejected REGISTER");
             self.topics.remove(topic_id);
+            self.save(ctx);
             self.drop_topic(ctx, topic_id);
             if let Some(session) = self.session {
                 if mqtt::valid_topic_filter(&name)
@@ -1533,7 +1872,7 @@ impl Device {
         if !self.inflight_matches(p.msg_id, DownStage::Puback) {
             if p.return_code == ReturnCode::InvalidTopicId {
                 // The device lost a normal id (e.g. on a QoS 0 PUBLISH): register it again next time.
-                self.forget_known(p.topic_id);
+                self.topics.mark_unknown(p.topic_id);
             } else {
                 ctx.stats.wrong_state += 1;
             }
@@ -1543,11 +1882,7 @@ impl Device {
             return;
         };
         match p.return_code {
-            ReturnCode::Accepted => {
-                if let Down::Publish { ack, .. } = f.item {
-                    self.ack_broker(ctx, ack);
-                }
-            }
+            ReturnCode::Accepted => self.release(ctx, &f.item),
             ReturnCode::Congestion => {
                 // Keep it in flight; it goes again after T_RETRY.
                 self.inflight = Some(Inflight { sent_at: now, ..f });
@@ -1558,48 +1893,21 @@ impl Device {
         self.pump(ctx, now);
     }
 
-    fn forget_known(&mut self, topic_id: u16) {
-        if let Some(name) = self.topics.name(topic_id).map(str::to_owned) {
-            self.topics.remove(topic_id);
-            let _ = self.topics.get_or_insert(&name, false, usize::MAX);
-        }
-    }
-
     /// PUBACK "invalid topic id" for a downlink PUBLISH: re-register a normal id once, else drop.
-    fn on_rejected_publish(&mut self, ctx: &mut Ctx, item: Down) {
+    fn on_rejected_publish(&mut self, ctx: &mut Ctx, mut item: Down) {
         if let Down::Publish {
             topic: TopicRef::Id(id),
-            qos,
-            retain,
-            data,
-            ack,
-            reregistered: false,
-        } = item
+            reregistered: reregistered @ false,
+            ..
+        } = &mut item
         {
-            if let Some(name) = self.topics.name(id).map(str::to_owned) {
-                self.queue.push_front(Down::Publish {
-                    topic: TopicRef::Id(id),
-                    qos,
-                    retain,
-                    data,
-                    ack,
-                    reregistered: true,
-                });
-                self.queue.push_front(Down::Register { topic_id: id, name });
+            if let Some(name) = self.topics.name(*id).map(str::to_owned) {
+                *reregistered = true;
+                let topic_id = *id;
+                self.queue.push_front(item);
+                self.queue.push_front(Down::Register { topic_id, name });
                 return;
             }
-            self.drop_down(
-                ctx,
-                Down::Publish {
-                    topic: TopicRef::Id(id),
-                    qos,
-                    retain,
-                    data,
-                    ack,
-                    reregistered: true,
-                },
-            );
-            return;
         }
         self.drop_down(ctx, item);
     }
@@ -1614,15 +1922,17 @@ impl Device {
             ctx.stats.wrong_state += 1;
             return;
         }
-        if let Some(f) = self.inflight.as_mut() {
-            if let Down::Publish { ack, .. } = &mut f.item {
-                // The device has the message: the broker may forget it.
-                let owed = std::mem::replace(ack, BrokerAck::None);
-                f.stage = DownStage::Pubcomp;
-                f.sent_at = now;
-                f.retries = 0;
-                self.ack_broker(ctx, owed);
+        if let Some(mut f) = self.inflight.take() {
+            // The device has the message: the broker may forget it.
+            self.release(ctx, &f.item);
+            if let Down::Publish { ack, stored, .. } = &mut f.item {
+                *ack = BrokerAck::None;
+                *stored = None;
             }
+            f.stage = DownStage::Pubcomp;
+            f.sent_at = now;
+            f.retries = 0;
+            self.inflight = Some(f);
         }
         ctx.transmit(&self.addr, Message::Pubrel { msg_id });
     }

@@ -15,9 +15,10 @@ use tracing::{debug, info};
 
 use super::ctx::Ctx;
 use super::device::{short_name, Device, DeviceState};
+use super::persist::{self, DeviceRecord};
 use super::settings::Settings;
 use super::timers::TimerQueue;
-use super::types::{DeviceAddr, Output, SessionId, Stats};
+use super::types::{DeviceAddr, Output, SessionId, Stats, Table};
 use super::DeviceId;
 use crate::codec::{self, Message, TopicRef};
 use crate::mqtt;
@@ -32,6 +33,16 @@ struct QosMinusOne {
     retry_at: Option<Instant>,
     /// The opening session must be accepted by then.
     connect_deadline: Option<Instant>,
+}
+
+/// What [`Gateway::restore`] brought back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub devices: usize,
+    pub buffered: usize,
+    pub uplink: usize,
+    /// Records that did not parse or belong to no device.
+    pub skipped: usize,
 }
 
 /// The sans-IO MQTT-SN gateway. See the module docs for the call pattern.
@@ -102,6 +113,11 @@ impl Gateway {
 
     /// One frame (datagram or de-framed serial message) from a device.
     pub fn handle_frame(&mut self, now: Instant, from: DeviceAddr, frame: Bytes) {
+        self.frame_in(now, from, frame);
+        self.ctx.flush_persist();
+    }
+
+    fn frame_in(&mut self, now: Instant, from: DeviceAddr, frame: Bytes) {
         self.ctx.stats.frames_in += 1;
         if frame.len() > self.ctx.settings.max_frame_size {
             self.ctx.stats.oversized += 1;
@@ -300,6 +316,7 @@ impl Gateway {
 
     fn remove_device(&mut self, id: DeviceId) {
         if let Some(d) = self.devices.remove(&id) {
+            d.forget(&mut self.ctx);
             if self.by_addr.get(&d.addr) == Some(&id) {
                 self.by_addr.remove(&d.addr);
             }
@@ -355,6 +372,11 @@ impl Gateway {
 
     /// A packet decoded from an upstream session.
     pub fn handle_upstream(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
+        self.upstream_in(now, session, packet);
+        self.ctx.flush_persist();
+    }
+
+    fn upstream_in(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
         if self.qos_m1.session == Some(session) {
             if let mqtt::Packet::ConnAck { code, .. } = packet {
                 self.qos_m1.connect_deadline = None;
@@ -382,6 +404,11 @@ impl Gateway {
 
     /// The upstream session's connection ended (refused, reset, or closed by the broker).
     pub fn handle_upstream_closed(&mut self, now: Instant, session: SessionId) {
+        self.upstream_closed(now, session);
+        self.ctx.flush_persist();
+    }
+
+    fn upstream_closed(&mut self, now: Instant, session: SessionId) {
         if self.qos_m1.session == Some(session) {
             self.qos_m1_failed(now);
             return;
@@ -407,6 +434,92 @@ impl Gateway {
 
     /// Timers: keep-alive supervision, retransmissions, connect stages, ADVERTISE.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.timeout(now);
+        self.ctx.flush_persist();
+    }
+
+    /// The store made batch `seq` (and all before it) durable: acknowledgements that waited
+    /// for it go out now.
+    pub fn handle_persisted(&mut self, _now: Instant, seq: u64) {
+        self.ctx.confirm(seq);
+    }
+
+    /// Rebuilds persistent sessions from the store's records, before any other input. Devices
+    /// that were active or asleep get their upstream session reopened (clean session 0); the
+    /// timers restart from `now`. Records that do not parse are skipped and counted.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        records: impl IntoIterator<Item = (Table, Vec<u8>, Vec<u8>)>,
+    ) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        let mut rest = Vec::new();
+        for (table, key, value) in records {
+            if table != Table::Device {
+                rest.push((table, key, value));
+                continue;
+            }
+            let record: Option<DeviceRecord> = persist::decode(&value);
+            let Some((record, addr)) = record.and_then(|r| {
+                let a = r.addr.to_addr()?;
+                Some((r, a))
+            }) else {
+                report.skipped += 1;
+                continue;
+            };
+            if self.by_client_id.contains_key(&record.client_id)
+                || self.devices.len() >= self.ctx.settings.max_devices
+            {
+                report.skipped += 1;
+                continue;
+            }
+            let id = DeviceId(self.next_device);
+            self.next_device += 1;
+            let dev = Device::restore(id, record, addr, &mut self.ctx, now);
+            self.by_addr.insert(dev.addr.clone(), id);
+            self.by_client_id.insert(dev.client_id.clone(), id);
+            self.devices.insert(id, dev);
+            report.devices += 1;
+        }
+        // Keys sort by device then sequence, so buffers come back in order.
+        rest.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (table, key, value) in rest {
+            let dev = persist::split_numbered_key(&key)
+                .and_then(|(client_id, n)| Some((*self.by_client_id.get(&client_id)?, n)));
+            let Some((id, n)) = dev else {
+                report.skipped += 1;
+                continue;
+            };
+            let Some(dev) = self.devices.get_mut(&id) else {
+                continue;
+            };
+            match table {
+                Table::Buffer => match persist::decode(&value) {
+                    Some(r) => {
+                        dev.restore_buffered(&mut self.ctx, n, r);
+                        report.buffered += 1;
+                    }
+                    None => report.skipped += 1,
+                },
+                Table::Uplink => match persist::decode(&value) {
+                    Some(r) => {
+                        dev.restore_uplink(r);
+                        report.uplink += 1;
+                    }
+                    None => report.skipped += 1,
+                },
+                Table::Device => {}
+            }
+        }
+        let ids: Vec<DeviceId> = self.devices.keys().copied().collect();
+        for id in ids {
+            self.reschedule(id);
+        }
+        info!(?report, "restored persistent sessions");
+        report
+    }
+
+    fn timeout(&mut self, now: Instant) {
         while let Some((at, id)) = self.timers.pop_due(now) {
             let Some(dev) = self.devices.get_mut(&id) else {
                 continue;

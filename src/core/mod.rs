@@ -8,6 +8,7 @@
 mod ctx;
 mod device;
 mod gateway;
+pub mod persist;
 pub mod settings;
 mod timers;
 pub mod topics;
@@ -17,9 +18,9 @@ pub mod types;
 mod tests;
 
 pub use device::{with_tolerance, DeviceState};
-pub use gateway::Gateway;
+pub use gateway::{Gateway, RestoreReport};
 pub use settings::Settings;
-pub use types::{DeviceAddr, Output, PeerAddr, SessionId, Stats, TransportId};
+pub use types::{DeviceAddr, Output, PeerAddr, PersistOp, SessionId, Stats, Table, TransportId};
 
 /// The gateway's handle for one device's record. Never reused within a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -42,6 +42,10 @@ pub struct Settings {
     pub sleep_buffer_bytes: usize,
     /// Keep QoS 0 messages for sleeping devices (else they are dropped and counted).
     pub sleep_keep_qos0: bool,
+    /// A durable store is attached: persistent sessions, sleep buffers and uplink QoS 2 state
+    /// are written with `Output::Persist`, and acknowledgements that promise durability wait
+    /// for `Gateway::handle_persisted`.
+    pub persistent: bool,
 }
 
 impl Default for Settings {
@@ -65,6 +69,7 @@ impl Default for Settings {
             sleep_buffer_messages: 100,
             sleep_buffer_bytes: 64 * 1024,
             sleep_keep_qos0: true,
+            persistent: false,
         }
     }
 }

@@ -93,6 +93,13 @@ impl TopicTable {
         }
     }
 
+    /// The device no longer knows `id` (it said "invalid topic id"): register it again.
+    pub fn mark_unknown(&mut self, id: u16) {
+        if let Some(e) = self.by_id.get_mut(&id) {
+            e.known_by_device = false;
+        }
+    }
+
     /// Forgets every device-side acknowledgement, e.g. after the device reconnects: ids stay
     /// stable, but each is registered again before its next PUBLISH.
     pub fn mark_all_unknown(&mut self) {
@@ -105,6 +112,33 @@ impl TopicTable {
         let e = self.by_id.remove(&id)?;
         self.by_name.remove(&e.name);
         Some(e.name)
+    }
+
+    /// Every entry as (id, name, known by the device), sorted by id, for the store.
+    pub fn entries(&self) -> Vec<(u16, String, bool)> {
+        let mut v: Vec<_> = self
+            .by_id
+            .iter()
+            .map(|(id, e)| (*id, e.name.clone(), e.known_by_device))
+            .collect();
+        v.sort_unstable_by_key(|e| e.0);
+        v
+    }
+
+    /// Puts back an entry read from the store.
+    pub fn restore(&mut self, id: u16, name: String, known_by_device: bool) {
+        if id == 0 || id == 0xFFFF || self.by_name.contains_key(&name) {
+            return;
+        }
+        self.by_name.insert(name.clone(), id);
+        self.by_id.insert(
+            id,
+            Entry {
+                name,
+                known_by_device,
+            },
+        );
+        self.next_id = self.next_id.max(id);
     }
 
     pub fn clear(&mut self) {

@@ -75,6 +75,58 @@ pub enum Output {
     /// Flush what was sent and close the session's connection. Without a DISCONNECT sent
     /// before it, the broker publishes the session's will.
     Close { session: SessionId },
+    /// Make these changes durable, atomically and in order, then report `seq` with
+    /// `Gateway::handle_persisted`. Only emitted when `Settings::persistent` is on.
+    Persist { seq: u64, ops: Vec<PersistOp> },
+}
+
+/// What the core keeps durable, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// One record per persistent device session (clean session 0), keyed by ClientId.
+    Device,
+    /// Messages buffered for a sleeping device, keyed by ClientId then sequence.
+    Buffer,
+    /// Uplink QoS 2 flows and parked uplink messages, keyed by ClientId then id.
+    Uplink,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Device => "device",
+            Table::Buffer => "buffer",
+            Table::Uplink => "uplink",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Table> {
+        match name {
+            "device" => Some(Table::Device),
+            "buffer" => Some(Table::Buffer),
+            "uplink" => Some(Table::Uplink),
+            _ => None,
+        }
+    }
+}
+
+/// One change to durable state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersistOp {
+    Put {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: Table,
+        key: Vec<u8>,
+    },
+    /// Every key of `table` starting with `prefix`.
+    DeletePrefix {
+        table: Table,
+        prefix: Vec<u8>,
+    },
 }
 
 /// Plain counters kept by the core; the shell exports them.

@@ -94,6 +94,7 @@ pub fn settings_from(config: &Config) -> Settings {
         sleep_buffer_messages: config.sleep.buffer_messages,
         sleep_buffer_bytes: config.sleep.buffer_bytes,
         sleep_keep_qos0: config.sleep.keep_qos0,
+        persistent: false,
     }
 }
 
@@ -417,6 +418,7 @@ impl Driver {
                 Output::Close { session } => {
                     self.sessions.remove(&session);
                 }
+                Output::Persist { .. } => {}
             }
         }
     }

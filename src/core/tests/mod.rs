@@ -14,6 +14,7 @@ use crate::mqtt;
 mod connect;
 mod downlink;
 mod lifecycle;
+mod persist;
 mod sleep;
 mod topics;
 mod uplink;
@@ -22,6 +23,10 @@ pub(super) struct World {
     pub gw: Gateway,
     pub now: Instant,
     pub out: Vec<Output>,
+    /// What the store has made durable (persistence tests).
+    pub store: std::collections::BTreeMap<(crate::core::Table, Vec<u8>), Vec<u8>>,
+    /// Batches emitted but not yet confirmed by the (simulated) store.
+    pub unconfirmed: Vec<(u64, Vec<crate::core::PersistOp>)>,
 }
 
 pub(super) fn addr(n: u8) -> DeviceAddr {
@@ -131,12 +136,17 @@ impl World {
             gw: Gateway::new(settings, now),
             now,
             out: Vec::new(),
+            store: Default::default(),
+            unconfirmed: Vec::new(),
         }
     }
 
     fn drain(&mut self) {
         while let Some(o) = self.gw.poll_output() {
-            self.out.push(o);
+            match o {
+                Output::Persist { seq, ops } => self.unconfirmed.push((seq, ops)),
+                o => self.out.push(o),
+            }
         }
     }
 
