@@ -348,14 +348,14 @@ impl Mqtt {
             stream,
             buf: BytesMut::with_capacity(64 * 1024),
         };
-        c.send(&mqtt::Packet::Connect(mqtt::Connect {
+        c.send(&mqtt::Packet::Connect(Box::new(mqtt::Connect {
             client_id: client_id.into(),
             clean_session: true,
             keep_alive: 600,
             will: None,
             username: None,
             password: None,
-        }))
+        })))
         .await?;
         match c.recv(WAIT).await? {
             mqtt::Packet::ConnAck {

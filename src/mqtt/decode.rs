@@ -113,7 +113,7 @@ fn check_flags(packet_type: u8, flags: u8) -> Result<(), DecodeError> {
 
 fn parse_body(header: FixedHeader, mut r: Reader) -> Result<Packet, DecodeError> {
     let packet = match header.kind {
-        kind::CONNECT => Packet::Connect(parse_connect(&mut r)?),
+        kind::CONNECT => Packet::Connect(Box::new(parse_connect(&mut r)?)),
         kind::CONNACK => {
             let ack_flags = r.u8()?;
             if ack_flags & 0xFE != 0 {
@@ -366,7 +366,7 @@ mod tests {
         bytes.extend_from_slice(b"\x00\x04MQTT\x04\xee\x00\x3c");
         bytes.extend_from_slice(b"\x00\x04gw-1\x00\x0cdev/1/status\x00\x07offline");
         bytes.extend_from_slice(b"\x00\x04user\x00\x02pw");
-        let expected = Packet::Connect(Connect {
+        let expected = Packet::Connect(Box::new(Connect {
             client_id: "gw-1".into(),
             clean_session: true,
             keep_alive: 60,
@@ -378,7 +378,7 @@ mod tests {
             }),
             username: Some("user".into()),
             password: Some(Bytes::from_static(b"pw")),
-        });
+        }));
         assert_eq!(decode_all(&bytes), Ok(Some(expected)));
     }
 

@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn connect_with_will_username_password_vector() {
-        let packet = Packet::Connect(Connect {
+        let packet = Packet::Connect(Box::new(Connect {
             client_id: "gw-1".into(),
             clean_session: true,
             keep_alive: 60,
@@ -333,7 +333,7 @@ mod tests {
             }),
             username: Some("user".into()),
             password: Some(Bytes::from_static(b"pw")),
-        });
+        }));
         let mut expected = vec![0x10, 49];
         expected.extend_from_slice(b"\x00\x04MQTT\x04");
         // username | password | will retain | will QoS 1 | will | clean session
@@ -350,14 +350,14 @@ mod tests {
 
     #[test]
     fn connect_minimal_vector() {
-        let packet = Packet::Connect(Connect {
+        let packet = Packet::Connect(Box::new(Connect {
             client_id: String::new(),
             clean_session: true,
             keep_alive: 0,
             will: None,
             username: None,
             password: None,
-        });
+        }));
         assert_eq!(
             encode(&packet),
             b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x00\x00\x00".to_vec()
@@ -555,14 +555,14 @@ mod tests {
             })
         };
         let connect = |username: Option<&str>, password: Option<&'static [u8]>| {
-            Packet::Connect(Connect {
+            Packet::Connect(Box::new(Connect {
                 client_id: "c".into(),
                 clean_session: true,
                 keep_alive: 0,
                 will: None,
                 username: username.map(Into::into),
                 password: password.map(Bytes::from_static),
-            })
+            }))
         };
         let long = "a".repeat(65_536);
         let cases = vec![

@@ -136,7 +136,9 @@ impl SubackCode {
 /// Every MQTT 3.1.1 control packet, client-to-server and server-to-client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
-    Connect(Connect),
+    /// Boxed: CONNECT is rare and large, and every queued packet is as big as the largest
+    /// variant.
+    Connect(Box<Connect>),
     ConnAck {
         session_present: bool,
         code: ConnectReturnCode,

@@ -24,23 +24,23 @@ fn samples() -> Vec<Packet> {
         retain: false,
     };
     vec![
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             client_id: "gw-1".into(),
             clean_session: true,
             keep_alive: 60,
             will: Some(will.clone()),
             username: Some("user".into()),
             password: Some(Bytes::from_static(b"\x00\xffsecret")),
-        }),
-        Packet::Connect(Connect {
+        })),
+        Packet::Connect(Box::new(Connect {
             client_id: String::new(),
             clean_session: false,
             keep_alive: u16::MAX,
             will: None,
             username: Some("only-user".into()),
             password: None,
-        }),
-        Packet::Connect(Connect {
+        })),
+        Packet::Connect(Box::new(Connect {
             client_id: "ü".into(),
             clean_session: true,
             keep_alive: 0,
@@ -51,7 +51,7 @@ fn samples() -> Vec<Packet> {
             }),
             username: None,
             password: None,
-        }),
+        })),
         Packet::ConnAck {
             session_present: true,
             code: ConnectReturnCode::Accepted,
@@ -236,14 +236,14 @@ fn packet() -> impl Strategy<Value = Packet> {
                     Some((user, password)) => (Some(user), password.map(Bytes::from)),
                     None => (None, None),
                 };
-                Packet::Connect(Connect {
+                Packet::Connect(Box::new(Connect {
                     client_id,
                     clean_session,
                     keep_alive,
                     will,
                     username,
                     password,
-                })
+                }))
             },
         );
     let return_code = (0..=5u8).prop_filter_map("valid", |c| ConnectReturnCode::try_from(c).ok());

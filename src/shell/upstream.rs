@@ -54,14 +54,15 @@ async fn drive(
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.split();
-    let mut out = BytesMut::with_capacity(512);
-    mqtt::Packet::Connect(p.connect)
+    let mut out = BytesMut::with_capacity(128);
+    mqtt::Packet::Connect(Box::new(p.connect))
         .encode(&mut out)
         .map_err(|e| format!("encode CONNECT: {e}"))?;
     wr.write_all(&out).await.map_err(|e| e.to_string())?;
     out.clear();
 
-    let mut inbuf = BytesMut::with_capacity(4096);
+    // Small to start: most sessions carry little; the buffer grows for a large packet.
+    let mut inbuf = BytesMut::with_capacity(256);
     let mut last_write = Instant::now();
     let mut last_read = Instant::now();
     // Half the keep-alive leaves room for a PINGRESP before the broker's 1.5x deadline.

@@ -304,14 +304,14 @@ impl MqttClient {
             buf: BytesMut::new(),
             next_id: 0,
         };
-        c.send(mqtt::Packet::Connect(mqtt::Connect {
+        c.send(mqtt::Packet::Connect(Box::new(mqtt::Connect {
             client_id: client_id.into(),
             clean_session: true,
             keep_alive: 60,
             will: None,
             username: None,
             password: None,
-        }))
+        })))
         .await;
         match c.recv().await {
             mqtt::Packet::ConnAck { code, .. } => {
