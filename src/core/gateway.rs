@@ -417,7 +417,7 @@ impl Gateway {
             return;
         };
         if let Some(dev) = self.devices.get_mut(&id) {
-            dev.on_upstream_closed(&mut self.ctx, session);
+            dev.on_upstream_closed(&mut self.ctx, now, session);
             self.reschedule(id);
         }
     }
@@ -503,7 +503,7 @@ impl Gateway {
                 },
                 Table::Uplink => match persist::decode(&value) {
                     Some(r) => {
-                        dev.restore_uplink(r);
+                        dev.restore_uplink(n, r);
                         report.uplink += 1;
                     }
                     None => report.skipped += 1,

@@ -108,6 +108,12 @@ pub enum UplinkRecord {
         qos: u8,
         retain: bool,
         data: Hex,
+        /// The packet id it went upstream with, once forwarded (re-sent with DUP under it).
+        #[serde(default)]
+        pkid: Option<u16>,
+        /// QoS 2: the broker sent PUBREC and we sent PUBREL.
+        #[serde(default)]
+        released: bool,
     },
 }
 

@@ -144,6 +144,8 @@ pub struct Stats {
     pub wrong_state: u64,
     /// PUBLISH forwarded from devices to the broker (all QoS, including -1).
     pub uplink_publishes: u64,
+    /// QoS 0 PUBLISH from devices dropped while their broker session was away.
+    pub uplink_dropped: u64,
     /// PUBLISH sent to devices (first transmissions).
     pub downlink_publishes: u64,
     /// Messages for a device dropped: queue full, too large for a frame, topic rejected.

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info};
 
+mod outage;
+
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
 use super::topics::TopicTable;
@@ -193,6 +195,8 @@ pub(crate) struct Device {
     sleep_duration: Duration,
     /// Sequence for the next durable sleep-buffer record.
     next_buffer_seq: u64,
+    /// Riding out a broker outage (persistent sessions with a store).
+    outage: outage::Outage,
     /// When an Asleep device is lost unless it is heard from (spec §6.14, §7.2 tolerance).
     sleep_deadline: Option<Instant>,
 }
@@ -239,6 +243,7 @@ impl Device {
             retry_interval,
             sleep_duration: Duration::ZERO,
             next_buffer_seq: 1,
+            outage: outage::Outage::default(),
             sleep_deadline: None,
             id,
             client_id,
@@ -283,6 +288,9 @@ impl Device {
             if let Some(d) = self.sleep_deadline {
                 consider(d);
             }
+        }
+        if let Some(t) = self.outage.reconnect_at() {
+            consider(t);
         }
         if let Some(f) = &self.inflight {
             // A sleeping radio hears nothing: retransmissions pause while Asleep.
@@ -450,7 +458,11 @@ impl Device {
 
     /// Puts back an uplink QoS 2 flow: the device's re-sent PUBLISH or PUBREL continues it
     /// under the same packet id.
-    pub fn restore_uplink(&mut self, r: UplinkRecord) {
+    pub fn restore_uplink(&mut self, n: u64, r: UplinkRecord) {
+        if matches!(r, UplinkRecord::Parked { .. }) {
+            self.restore_parked(n, r);
+            return;
+        }
         if let UplinkRecord::Qos2 {
             msg_id,
             pkid,
@@ -549,13 +561,7 @@ impl Device {
             // The device restarted its connection: end the old session without its will.
             ctx.close(old, true);
         }
-        if let Some(WillUpdate {
-            new_session: Some(s),
-            ..
-        }) = self.will_update.take()
-        {
-            ctx.close(s, true);
-        }
+        self.drop_will_update(ctx, true);
         self.reset_flows(ctx);
         self.clean_session = c.clean_session;
         if c.clean_session {
@@ -667,6 +673,9 @@ impl Device {
 
     /// Stage deadlines and keep-alive; retransmissions. Returns true when the device is lost.
     pub fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) -> bool {
+        if self.outage.reconnect_at().is_some_and(|t| t <= now) {
+            self.reconnect(ctx, now);
+        }
         if let Some(d) = self.stage_deadline {
             if d <= now {
                 self.stage_deadline = None;
@@ -736,13 +745,7 @@ impl Device {
         if let Some(s) = self.session.take() {
             ctx.close(s, false);
         }
-        if let Some(WillUpdate {
-            new_session: Some(s),
-            ..
-        }) = self.will_update.take()
-        {
-            ctx.close(s, false);
-        }
+        self.drop_will_update(ctx, false);
         self.reset_flows(ctx);
         self.set_state(ctx, DeviceState::Lost);
         self.stage_deadline = None;
@@ -754,13 +757,7 @@ impl Device {
         if let Some(s) = self.session.take() {
             ctx.close(s, true);
         }
-        if let Some(WillUpdate {
-            new_session: Some(s),
-            ..
-        }) = self.will_update.take()
-        {
-            ctx.close(s, true);
-        }
+        self.drop_will_update(ctx, true);
         self.reset_flows(ctx);
         self.set_state(ctx, DeviceState::Disconnected);
         self.stage_deadline = None;
@@ -772,7 +769,7 @@ impl Device {
     }
 
     /// The broker closed the device's session (or could not be reached).
-    pub fn on_upstream_closed(&mut self, ctx: &mut Ctx, session: SessionId) {
+    pub fn on_upstream_closed(&mut self, ctx: &mut Ctx, now: Instant, session: SessionId) {
         if self.will_update.as_ref().and_then(|w| w.new_session) == Some(session)
             || self.session == Some(session)
         {
@@ -782,24 +779,41 @@ impl Device {
                     info!(client_id = %self.client_id, "broker unreachable; CONNACK congestion");
                     self.fail_connect(ctx, ReturnCode::Congestion);
                 }
-                _ => {
-                    info!(client_id = %self.client_id, "broker closed the session; telling the device");
-                    // The session ended without our DISCONNECT; forget both sides of it.
+                state if state.is_live() && self.persistent(ctx) => {
+                    // A persistent session with a store rides the outage out: the device stays
+                    // connected, its QoS 1/2 messages are parked, the session is resumed.
                     self.session = None;
-                    if let Some(WillUpdate {
-                        new_session: Some(s),
-                        ..
-                    }) = self.will_update.take()
-                    {
-                        ctx.close(s, false);
-                    }
+                    self.drop_will_update(ctx, false);
                     self.reset_flows(ctx);
-                    self.set_state(ctx, DeviceState::Disconnected);
-                    self.stage_deadline = None;
-                    ctx.transmit(&self.addr, Message::Disconnect { duration: None });
+                    self.start_outage(now);
+                }
+                _ => {
+                    self.session = None;
+                    self.broker_ended_session(ctx);
                 }
             }
         }
+    }
+
+    /// Abandons a will update in progress, closing its replacement session.
+    fn drop_will_update(&mut self, ctx: &mut Ctx, graceful: bool) {
+        if let Some(WillUpdate {
+            new_session: Some(s),
+            ..
+        }) = self.will_update.take()
+        {
+            ctx.close(s, graceful);
+        }
+    }
+
+    /// The broker ended the device's session and it cannot be resumed: tell the device.
+    pub(super) fn broker_ended_session(&mut self, ctx: &mut Ctx) {
+        info!(client_id = %self.client_id, "broker closed the session; telling the device");
+        self.drop_will_update(ctx, false);
+        self.reset_flows(ctx);
+        self.set_state(ctx, DeviceState::Disconnected);
+        self.stage_deadline = None;
+        ctx.transmit(&self.addr, Message::Disconnect { duration: None });
     }
 
     /// The upstream session ends (reconnect, loss, disconnect): flows tied to it are void,
@@ -868,13 +882,9 @@ impl Device {
                 self.on_connack(ctx, now, code)
             }
             mqtt::Packet::ConnAck { code, .. } => {
-                // A session reopened after a restart: nothing to tell the device unless the
-                // broker refused it.
-                if code != mqtt::ConnectReturnCode::Accepted {
-                    info!(client_id = %self.client_id, ?code, "broker refused the restored session");
-                    ctx.close(session, false);
-                    self.on_upstream_closed(ctx, session);
-                }
+                // A session reopened after a restart or an outage: nothing to tell the device
+                // unless the broker refused it for good.
+                self.on_resumed(ctx, now, session, code);
             }
             mqtt::Packet::Publish(p) => self.on_broker_publish(ctx, now, p),
             mqtt::Packet::PubAck { packet_id } => self.on_broker_puback(ctx, now, packet_id),
@@ -903,6 +913,7 @@ impl Device {
             if self.next_pkid != 0
                 && !self.up.contains_key(&self.next_pkid)
                 && !self.pending_subs.contains_key(&self.next_pkid)
+                && !self.outage.uses_pkid(self.next_pkid)
             {
                 return self.next_pkid;
             }
@@ -910,7 +921,7 @@ impl Device {
     }
 
     fn upstream_busy(&self) -> usize {
-        self.up.len() + self.pending_subs.len()
+        self.up.len() + self.pending_subs.len() + self.outage.in_flight()
     }
 
     /// Messages a device may send while Active. Returns false when the message is not one.
@@ -992,7 +1003,10 @@ impl Device {
     }
 
     fn on_publish(&mut self, ctx: &mut Ctx, p: Publish) {
-        let Some(session) = self.session else { return };
+        let Some(session) = self.session else {
+            self.park(ctx, p);
+            return;
+        };
         let topic_id = match p.topic {
             TopicRef::Id(i) | TopicRef::Predefined(i) => i,
             TopicRef::Short(s) => u16::from_be_bytes(s),
@@ -1103,6 +1117,10 @@ impl Device {
     }
 
     fn on_pubrel(&mut self, ctx: &mut Ctx, msg_id: u16) {
+        if self.outage.release(msg_id) {
+            ctx.transmit(&self.addr, Message::Pubcomp { msg_id });
+            return;
+        }
         let Some(session) = self.session else { return };
         match self.up_by_msg.get(&msg_id).copied() {
             Some(pkid) => {
@@ -1148,6 +1166,9 @@ impl Device {
     }
 
     fn on_broker_puback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
+        if self.parked_acked(ctx, pkid) {
+            return;
+        }
         if let Some(f) = self.finish_up(ctx, pkid) {
             ctx.transmit(
                 &self.addr,
@@ -1162,6 +1183,9 @@ impl Device {
     }
 
     fn on_broker_pubrec(&mut self, ctx: &mut Ctx, pkid: u16) {
+        if self.parked_released(ctx, pkid) {
+            return;
+        }
         let Some(f) = self.up.get_mut(&pkid) else {
             return;
         };
@@ -1184,6 +1208,9 @@ impl Device {
     }
 
     fn on_broker_pubcomp(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
+        if self.parked_acked(ctx, pkid) {
+            return;
+        }
         if let Some(f) = self.finish_up(ctx, pkid) {
             ctx.transmit(&self.addr, Message::Pubcomp { msg_id: f.msg_id });
         }
@@ -1429,7 +1456,7 @@ impl Device {
             // The old session is already gone: treat the refusal like the broker closing the
             // device's only session, so the device is told to CONNECT again.
             self.session = Some(s);
-            self.on_upstream_closed(ctx, s);
+            self.on_upstream_closed(ctx, now, s);
             return;
         }
         self.session = Some(s);
