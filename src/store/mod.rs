@@ -14,6 +14,7 @@
 //! crash at any point leaves either all of the slice or none of it.
 
 mod memory;
+mod sqlite;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// The tables the store keeps. A closed set: each is one kind of record the core persists.
 ///

@@ -1,10 +1,44 @@
-//! The [`Store`] contract, run against every implementation.
+//! The [`Store`] contract, run against every implementation, plus helpers the other store tests
+//! share (unique temporary directories).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
 
-/// Runs `test` on every store implementation.
+/// A fresh directory under `std::env::temp_dir()`, removed with everything in it on drop.
+pub(super) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(super) fn new(label: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mqttsn-store-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `test` once on a [`MemoryStore`] and once on a fresh [`SqliteStore`].
 fn each_store(test: impl Fn(&mut dyn Store)) {
     test(&mut MemoryStore::new());
+    let dir = TempDir::new("contract");
+    let mut sqlite = SqliteStore::open(&dir.path().join("gw.db")).expect("open");
+    test(&mut sqlite);
 }
 
 fn put(table: Table, key: &[u8], value: &[u8]) -> Op {
