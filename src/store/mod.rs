@@ -15,6 +15,7 @@
 
 mod memory;
 mod sqlite;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 
 pub use memory::MemoryStore;
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
+pub use writer::{Batch, Writer, WriterFailed, WriterLimits};
 
 /// The tables the store keeps. A closed set: each is one kind of record the core persists.
 ///
