@@ -552,7 +552,13 @@ mod tests {
 
     /// Disk bytes per KiB of committed values: 1,000 puts of 100-byte values (8-byte keys) in
     /// commits of 10. Run alone (it reads this process's I/O counters):
-    /// `cargo test --release store::sqlite::tests::measure_write_amplification -- --ignored --nocapture`
+    /// `cargo test store::sqlite::tests::measure_write_amplification -- --ignored --nocapture --exact`
+    ///
+    /// Measured (ext4, 4 KiB pages; bytes written per KiB of values, before the close checkpoint,
+    /// `wchar` / `write_bytes`): 10 puts per commit 18.8 KiB / 22.9 KiB (the WAL gets ~4.5 page
+    /// frames per commit: leaf, siblings rebalanced by the index b-tree, parent); 1 put per commit
+    /// 62 KiB / 104 KiB; 100 puts per commit 3.4 KiB / 3.8 KiB. The close checkpoint adds ~140 KiB
+    /// (the 35-page file) once. Batching is what keeps SD-card wear down.
     #[test]
     #[ignore = "a measurement, not a check"]
     fn measure_write_amplification() {
