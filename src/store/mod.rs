@@ -27,7 +27,9 @@ pub use memory::MemoryStore;
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 pub use writer::{Batch, Writer, WriterFailed, WriterLimits};
 
-/// The tables the store keeps. A closed set: each is one kind of record the core persists.
+/// The tables the store keeps. A closed set: each is one kind of record the core persists (the
+/// same three, with the same on-disk names, as the core's own `Table`; the shell maps one to the
+/// other).
 ///
 /// An enum rather than a free-form name so a typo cannot create a table, and so [`Store::load`]
 /// can reject a row whose table this version does not know (a [`StoreError::Corrupt`]).
@@ -37,40 +39,24 @@ pub use writer::{Batch, Writer, WriterFailed, WriterLimits};
 /// The derived order (declaration order) is the order [`Store::load`] returns tables in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
-    /// Small records about the gateway itself (e.g. counters the core must not reuse).
-    Meta,
-    /// One record per device session (ClientId, will, keep-alive, sleep state).
+    /// One record per persistent device session.
     Device,
-    /// Per-device topic registrations (TopicId <-> topic name).
-    Topic,
     /// Messages buffered for a sleeping device.
     Buffer,
-    /// In-flight QoS 1/2 messages from devices toward the broker.
+    /// In-flight uplink QoS state and parked uplink messages.
     Uplink,
-    /// In-flight QoS 1/2 messages from the broker toward devices.
-    Downlink,
 }
 
 impl Table {
     /// Every table, in load order.
-    pub const ALL: [Table; 6] = [
-        Table::Meta,
-        Table::Device,
-        Table::Topic,
-        Table::Buffer,
-        Table::Uplink,
-        Table::Downlink,
-    ];
+    pub const ALL: [Table; 3] = [Table::Device, Table::Buffer, Table::Uplink];
 
     /// The name stored on disk. Stable: changing one is a schema change.
     pub const fn name(self) -> &'static str {
         match self {
-            Table::Meta => "meta",
             Table::Device => "device",
-            Table::Topic => "topic",
             Table::Buffer => "buffer",
             Table::Uplink => "uplink",
-            Table::Downlink => "downlink",
         }
     }
 

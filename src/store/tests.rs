@@ -75,17 +75,18 @@ fn load_returns_puts_ordered_by_table_then_key() {
                 put(Table::Uplink, b"b", b"3"),
                 put(Table::Device, b"b", b"2"),
                 put(Table::Device, b"a", b"1"),
-                put(Table::Meta, b"\xff", b"0"),
+                put(Table::Buffer, b"\xff", b"0"),
                 put(Table::Device, b"", b"empty key"),
             ])
             .unwrap();
         assert_eq!(
             store.load().unwrap(),
             vec![
-                (Table::Meta, b"\xff".to_vec(), b"0".to_vec()),
+                // Table order is declaration order, not name order ("buffer" < "device").
                 (Table::Device, b"".to_vec(), b"empty key".to_vec()),
                 (Table::Device, b"a".to_vec(), b"1".to_vec()),
                 (Table::Device, b"b".to_vec(), b"2".to_vec()),
+                (Table::Buffer, b"\xff".to_vec(), b"0".to_vec()),
                 (Table::Uplink, b"b".to_vec(), b"3".to_vec()),
             ]
         );
@@ -245,16 +246,16 @@ fn delete_prefix_handles_edge_prefixes() {
     ];
     for (prefix, survivors) in cases {
         each_store(|store| {
-            let ops: Vec<Op> = all.iter().map(|k| put(Table::Topic, k, b"v")).collect();
+            let ops: Vec<Op> = all.iter().map(|k| put(Table::Uplink, k, b"v")).collect();
             store.commit(&ops).unwrap();
             store
                 .commit(&[put(Table::Device, b"\xff", b"other table")])
                 .unwrap();
             store
-                .commit(&[delete_prefix(Table::Topic, prefix)])
+                .commit(&[delete_prefix(Table::Uplink, prefix)])
                 .unwrap();
             let expected: Vec<Vec<u8>> = survivors.iter().map(|k| k.to_vec()).collect();
-            assert_eq!(keys(store, Table::Topic), expected, "prefix {prefix:02x?}");
+            assert_eq!(keys(store, Table::Uplink), expected, "prefix {prefix:02x?}");
             assert_eq!(keys(store, Table::Device), vec![b"\xff".to_vec()]);
         });
     }
