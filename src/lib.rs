@@ -10,6 +10,7 @@
 //! | [`codec`] | sans-IO | MQTT-SN v1.2 wire format: bytes <-> [`codec::Message`] |
 //! | [`mqtt`] | sans-IO | the MQTT 3.1.1 packets the gateway speaks toward the broker |
 //! | [`core`] | sans-IO | the `Gateway` state machine: devices, topic tables, QoS flows, timers |
+//! | [`store`] | std thread | durable key-value records (SQLite, WAL) and the batching writer |
 //! | [`config`] | edge | `gateway.yaml`: typed, validated, with defaults |
 //! | [`transport`] | sans-IO | link framings: serial raw, SLIP + CRC-16, XBee API frames <-> MQTT-SN frames |
 //! | [`shell`] | tokio | sockets, serial ports, upstream TCP sessions, the driver task that owns the core |
@@ -23,3 +24,4 @@ pub mod core;
 pub mod mqtt;
 pub mod shell;
 pub mod transport;
+pub mod store;
