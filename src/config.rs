@@ -51,6 +51,9 @@ pub struct Config {
     /// `sleep`: buffering for sleeping devices.
     #[serde(deserialize_with = "null_as_default")]
     pub sleep: Sleep,
+    /// `store`: the durable store.
+    #[serde(deserialize_with = "null_as_default")]
+    pub store: StoreSection,
     /// `log`: what is logged.
     #[serde(deserialize_with = "null_as_default")]
     pub log: Log,
@@ -469,6 +472,23 @@ impl Default for Sleep {
             buffer_messages: 100,
             buffer_bytes: 64 * 1024,
             keep_qos0: true,
+        }
+    }
+}
+
+/// `store`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `path`: the SQLite file keeping persistent sessions, sleep buffers and in-flight QoS
+    /// state across restarts; `null` keeps everything in memory only.
+    pub path: Option<std::path::PathBuf>,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: Some(std::path::PathBuf::from("data/gateway.db")),
         }
     }
 }

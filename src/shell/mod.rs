@@ -6,6 +6,7 @@
 //! (`limits.channel_depth`).
 
 mod serial;
+mod persistence;
 mod udp;
 mod upstream;
 
@@ -56,6 +57,9 @@ pub enum ShellError {
         path: PathBuf,
         source: tokio_serial::Error,
     },
+    /// `store.path`: the store cannot be opened (the source names the file and what to do).
+    #[error("store.path: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot resolve broker address {host}:{port}: {reason}")]
     ResolveBroker {
         host: String,
@@ -241,8 +245,20 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         transports.push(Transport::Serial(tx));
     }
 
-    let settings = settings_from(config);
-    let gateway = Gateway::new(settings, std::time::Instant::now());
+    let mut settings = settings_from(config);
+    let now = std::time::Instant::now();
+    let (persistence, records) = match &config.store.path {
+        Some(path) => {
+            let (p, records) = persistence::Persistence::open(path, depth)?;
+            settings.persistent = true;
+            (Some(p), records)
+        }
+        None => (None, Vec::new()),
+    };
+    let mut gateway = Gateway::new(settings, now);
+    if persistence.is_some() {
+        gateway.restore(now, records);
+    }
     let (stats_tx, stats_rx) = watch::channel(Stats::default());
     let driver = Driver {
         gateway,
@@ -254,6 +270,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         events_tx,
         advertise: config.discovery.advertise.as_ref().map(|a| a.address),
         stats: stats_tx,
+        persistence,
     };
     let handle = tokio::spawn(driver.run(events_rx, shutdown_rx));
     Ok(Running {
@@ -314,16 +331,32 @@ struct Driver {
     events_tx: mpsc::Sender<Event>,
     advertise: Option<SocketAddr>,
     stats: watch::Sender<Stats>,
+    /// Taken by `run`, which owns it from then on.
+    persistence: Option<persistence::Persistence>,
+}
+
+/// The next durable sequence, or never when there is no store.
+async fn next_confirmed(p: &mut Option<persistence::Persistence>) -> u64 {
+    match p {
+        Some(p) => p.confirmed().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Driver {
     async fn run(mut self, mut events: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
+        let mut persistence = self.persistence.take();
+        // Sessions reopened by the restore go out first.
+        self.flush(persistence.as_ref()).await;
         // The core's clock is std's; tokio's Instant converts for sleeping.
         loop {
             let wake = self.gateway.poll_timeout();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                seq = next_confirmed(&mut persistence) => {
+                    self.gateway.handle_persisted(std::time::Instant::now(), seq);
+                }
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
                     self.handle(ev);
@@ -339,11 +372,15 @@ impl Driver {
                     self.gateway.handle_timeout(std::time::Instant::now());
                 }
             }
-            self.flush().await;
+            self.flush(persistence.as_ref()).await;
             self.stats.send_replace(self.gateway.stats());
         }
         // Dropping the session senders lets every upstream task flush and close.
         self.sessions.clear();
+        // The writer commits what is queued before the driver ends.
+        if let Some(p) = persistence {
+            p.close().await;
+        }
     }
 
     fn handle(&mut self, ev: Event) {
@@ -360,7 +397,7 @@ impl Driver {
         }
     }
 
-    async fn flush(&mut self) {
+    async fn flush(&mut self, persistence: Option<&persistence::Persistence>) {
         while let Some(out) = self.gateway.poll_output() {
             match out {
                 Output::Transmit { to, frame } => self.transmit(&to, frame).await,
@@ -418,7 +455,11 @@ impl Driver {
                 Output::Close { session } => {
                     self.sessions.remove(&session);
                 }
-                Output::Persist { .. } => {}
+                Output::Persist { seq, ops } => {
+                    if let Some(p) = persistence {
+                        p.submit(seq, ops).await;
+                    }
+                }
             }
         }
     }

@@ -111,6 +111,8 @@ pub fn free_tcp_port() -> u16 {
 /// short timers.
 pub fn test_config(broker_port: u16) -> Config {
     let mut c = Config::default();
+    // Memory only unless a test asks for a store (see `with_store`).
+    c.store.path = None;
     c.transports.udp = vec![UdpTransport {
         bind: "127.0.0.1:0".parse().unwrap(),
     }];

@@ -1,0 +1,140 @@
+//! The store thread: opens the store, hands its records to the core at start, then commits the
+//! core's `Output::Persist` batches on one std thread (the store's `Writer` batches what queues
+//! up into one transaction) and reports the highest durable sequence back.
+//!
+//! Owns the channel to the writer thread and the confirmation watch. The confirmation is a
+//! `watch` of the highest committed sequence, so the writer never blocks on the driver (and the
+//! driver, waiting for room in the writer's bounded queue, can never deadlock with it).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::core::{PersistOp, Table};
+use crate::store::{self, Batch, SqliteStore, Store, StoreError, Writer};
+
+/// Records as the core's restore wants them.
+pub type Records = Vec<(Table, Vec<u8>, Vec<u8>)>;
+
+pub struct Persistence {
+    tx: Option<std_mpsc::SyncSender<Batch>>,
+    confirmed: watch::Receiver<u64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+fn to_store_table(t: Table) -> store::Table {
+    match t {
+        Table::Device => store::Table::Device,
+        Table::Buffer => store::Table::Buffer,
+        Table::Uplink => store::Table::Uplink,
+    }
+}
+
+fn to_core_table(t: store::Table) -> Table {
+    match t {
+        store::Table::Device => Table::Device,
+        store::Table::Buffer => Table::Buffer,
+        store::Table::Uplink => Table::Uplink,
+    }
+}
+
+fn to_store_op(op: PersistOp) -> store::Op {
+    match op {
+        PersistOp::Put { table, key, value } => store::Op::Put {
+            table: to_store_table(table),
+            key,
+            value,
+        },
+        PersistOp::Delete { table, key } => store::Op::Delete {
+            table: to_store_table(table),
+            key,
+        },
+        PersistOp::DeletePrefix { table, prefix } => store::Op::DeletePrefix {
+            table: to_store_table(table),
+            prefix,
+        },
+    }
+}
+
+impl Persistence {
+    /// Opens the store at `path` and reads every record. Fails with the store's own error
+    /// (it names the path and, for a corrupt file, how to move it aside).
+    pub fn open(path: &Path, depth: usize) -> Result<(Persistence, Records), StoreError> {
+        let mut store = SqliteStore::open(path)?;
+        let records = store
+            .load()?
+            .into_iter()
+            .map(|(t, k, v)| (to_core_table(t), k, v))
+            .collect::<Records>();
+        info!(path = %path.display(), records = records.len(), "store opened");
+        let (tx, rx) = std_mpsc::sync_channel::<Batch>(depth);
+        let (confirmed_tx, confirmed) = watch::channel(0u64);
+        let shown = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                let writer = Writer::new(store);
+                let result = writer.run(rx, |seq| {
+                    confirmed_tx.send_replace(seq);
+                });
+                if let Err(failed) = result {
+                    // Nothing more is confirmed: acknowledgements that need the store stay
+                    // withheld, so no device or broker is told something was kept when it was not.
+                    error!(path = %shown.display(), error = %failed.error, unwritten = failed.unwritten.len(), "store writer gave up; durable acknowledgements stop");
+                }
+            })
+            .map_err(|e| StoreError::Io {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            })?;
+        Ok((
+            Persistence {
+                tx: Some(tx),
+                confirmed,
+                thread: Some(thread),
+                path: path.to_path_buf(),
+            },
+            records,
+        ))
+    }
+
+    /// Queues a batch for the writer; waits (without blocking the runtime) while its queue
+    /// is full.
+    pub async fn submit(&self, seq: u64, ops: Vec<PersistOp>) {
+        let Some(tx) = &self.tx else { return };
+        let batch = Batch {
+            seq,
+            ops: ops.into_iter().map(to_store_op).collect(),
+        };
+        match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(std_mpsc::TrySendError::Full(batch)) => {
+                let tx = tx.clone();
+                let _ = tokio::task::spawn_blocking(move || tx.send(batch)).await;
+            }
+            Err(std_mpsc::TrySendError::Disconnected(_)) => {
+                error!(path = %self.path.display(), "store writer is gone; batch not written");
+            }
+        }
+    }
+
+    /// Resolves when the writer confirmed a new sequence; returns the highest durable one.
+    pub async fn confirmed(&mut self) -> u64 {
+        if self.confirmed.changed().await.is_err() {
+            // The writer ended; nothing more will be confirmed.
+            std::future::pending::<()>().await;
+        }
+        *self.confirmed.borrow_and_update()
+    }
+
+    /// Lets the writer finish what is queued and waits for it (the store is flushed).
+    pub async fn close(mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
