@@ -23,5 +23,5 @@ pub mod config;
 pub mod core;
 pub mod mqtt;
 pub mod shell;
-pub mod transport;
 pub mod store;
+pub mod transport;

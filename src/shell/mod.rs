@@ -5,8 +5,8 @@
 //! is the core's. No lock is held across `.await`; every channel is bounded
 //! (`limits.channel_depth`).
 
-mod serial;
 mod persistence;
+mod serial;
 mod udp;
 mod upstream;
 
@@ -283,32 +283,48 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
 
 /// Runs the gateway until ctrl-c (SIGINT) or SIGTERM.
 pub async fn run(config: Config) -> Result<(), ShellError> {
+    // Handlers first: a signal that arrives while the gateway starts still stops it cleanly.
+    let signals = Signals::install();
     let running = start(&config).await?;
-    wait_for_signal().await;
+    signals.wait().await;
     info!("shutting down");
     running.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, listened for from the moment they are installed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: Option<tokio::signal::unix::Signal>,
+    ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        let mut ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+            Box::pin(tokio::signal::ctrl_c());
+        // Polling once registers the SIGINT handler now rather than at the first await.
+        let waker = std::task::Waker::noop();
+        let _ = ctrl_c
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+            ctrl_c,
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some(mut term) = self.term {
+            tokio::select! {
+                _ = self.ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = self.ctrl_c.await;
     }
 }
 
