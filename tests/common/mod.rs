@@ -39,12 +39,23 @@ pub struct Mosquitto {
     pub port: u16,
     child: Child,
     dir: PathBuf,
+    bin: PathBuf,
 }
 
 impl Mosquitto {
     /// Starts mosquitto, or returns None (with a loud message) when it is not installed and
     /// this is not CI. In CI a missing mosquitto fails the test.
     pub fn start() -> Option<Mosquitto> {
+        Self::start_with(false)
+    }
+
+    /// Like [`Mosquitto::start`], with mosquitto's own persistence on (sessions and queued
+    /// messages survive [`Mosquitto::stop`] + [`Mosquitto::resume`]).
+    pub fn start_persistent() -> Option<Mosquitto> {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Option<Mosquitto> {
         let Some(bin) = mosquitto_binary() else {
             if std::env::var_os("CI").is_some() {
                 panic!("mosquitto is not installed but CI is set: install it (apt-get install -y mosquitto)");
@@ -58,27 +69,29 @@ impl Mosquitto {
                 std::env::temp_dir().join(format!("mqttsn-mosq-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let conf = dir.join("mosquitto.conf");
+            let persistence = if persistent {
+                // Started as root, mosquitto would drop to its own user and could not write
+                // the test's directory; `user` is ignored when not started as root.
+                format!(
+                    "persistence true\npersistence_location {}/\nuser root\n",
+                    dir.display()
+                )
+            } else {
+                "persistence false\n".to_string()
+            };
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}"),
             )
             .unwrap();
-            let mut child = Command::new(&bin)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn mosquitto");
-            let deadline = std::time::Instant::now() + WAIT;
-            while std::time::Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(Mosquitto { port, child, dir });
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken meanwhile: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let mut child = spawn_mosquitto(&bin, &conf);
+            if wait_listening(port, &mut child) {
+                return Some(Mosquitto {
+                    port,
+                    child,
+                    dir,
+                    bin,
+                });
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -89,6 +102,49 @@ impl Mosquitto {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+
+    /// Stops the broker with SIGTERM (it saves its persistence file) and waits for it.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same configuration.
+    pub fn resume(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        self.child = spawn_mosquitto(&self.bin, &conf);
+        assert!(
+            wait_listening(self.port, &mut self.child),
+            "mosquitto restarts"
+        );
+    }
+}
+
+fn spawn_mosquitto(bin: &std::path::Path, conf: &std::path::Path) -> Child {
+    Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mosquitto")
+}
+
+/// True once `port` accepts connections; false when the process exited (port taken).
+fn wait_listening(port: u16, child: &mut Child) -> bool {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 impl Drop for Mosquitto {
@@ -300,6 +356,15 @@ pub struct MqttClient {
 
 impl MqttClient {
     pub async fn connect(broker: SocketAddr, client_id: &str) -> MqttClient {
+        Self::connect_with(broker, client_id, true).await
+    }
+
+    /// A client whose session (subscriptions, queued QoS 1/2) the broker keeps.
+    pub async fn connect_persistent(broker: SocketAddr, client_id: &str) -> MqttClient {
+        Self::connect_with(broker, client_id, false).await
+    }
+
+    async fn connect_with(broker: SocketAddr, client_id: &str, clean_session: bool) -> MqttClient {
         let stream = TcpStream::connect(broker).await.unwrap();
         let mut c = MqttClient {
             stream,
@@ -308,7 +373,7 @@ impl MqttClient {
         };
         c.send(mqtt::Packet::Connect(Box::new(mqtt::Connect {
             client_id: client_id.into(),
-            clean_session: true,
+            clean_session,
             keep_alive: 60,
             will: None,
             username: None,
@@ -626,5 +691,84 @@ impl SerialLine {
             .await
             .expect("a frame from the gateway");
         (f.dest, codec::decode_message(f.frame).expect("valid frame"))
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("mqttsn-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The gateway binary as a separate process (so it can be killed with SIGKILL), with its
+/// config in a file; UDP on a free loopback port read back from its log.
+pub struct GatewayProcess {
+    child: Child,
+    pub udp: SocketAddr,
+}
+
+impl GatewayProcess {
+    pub fn start(config: &Config, dir: &std::path::Path) -> GatewayProcess {
+        use std::io::{BufRead, BufReader};
+        let file = dir.join("gateway.yaml");
+        std::fs::write(&file, config.to_yaml()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"))
+            .args(["run", "-c"])
+            .arg(&file)
+            .args(["--log", "info"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the gateway");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .expect("the gateway logs its UDP address");
+            if line.contains("UDP transport listening") {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .expect("addr= in the log line");
+                return GatewayProcess {
+                    child,
+                    udp: addr.parse().unwrap(),
+                };
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -197,6 +197,8 @@ pub(crate) struct Device {
     next_buffer_seq: u64,
     /// Riding out a broker outage (persistent sessions with a store).
     outage: outage::Outage,
+    /// QoS 1/2 messages the buffer had no room for, left unacknowledged at the broker.
+    left_with_broker: u32,
     /// When an Asleep device is lost unless it is heard from (spec §6.14, §7.2 tolerance).
     sleep_deadline: Option<Instant>,
 }
@@ -244,6 +246,7 @@ impl Device {
             sleep_duration: Duration::ZERO,
             next_buffer_seq: 1,
             outage: outage::Outage::default(),
+            left_with_broker: 0,
             sleep_deadline: None,
             id,
             client_id,
@@ -422,6 +425,7 @@ impl Device {
         if let Some(state) = live {
             let connect = ctx.connect_packet(&d.client_id, false, d.last_will());
             d.session = Some(ctx.open(Some(id), connect));
+            d.outage.set_resuming();
             if state == DeviceState::Asleep {
                 d.go_to_sleep(ctx, now);
             } else {
@@ -688,19 +692,20 @@ impl Device {
                         info!(client_id = %self.client_id, "broker did not accept in time");
                         self.fail_connect(ctx, ReturnCode::Congestion);
                     }
-                    DeviceState::Active
-                        if self
-                            .will_update
-                            .as_ref()
-                            .is_some_and(|w| w.new_session.is_some()) =>
+                    state
+                        if state.is_live()
+                            && self
+                                .will_update
+                                .as_ref()
+                                .is_some_and(|w| w.new_session.is_some()) =>
                     {
-                        info!(client_id = %self.client_id, "broker did not accept the will update in time");
+                        info!(client_id = %self.client_id, "broker did not accept the replacement session in time");
                         self.finish_will_update(
                             ctx,
                             now,
                             mqtt::ConnectReturnCode::ServerUnavailable,
                         );
-                        return self.state != DeviceState::Active;
+                        return !self.state.is_live();
                     }
                     _ => {}
                 }
@@ -1003,9 +1008,13 @@ impl Device {
     }
 
     fn on_publish(&mut self, ctx: &mut Ctx, p: Publish) {
-        let Some(session) = self.session else {
-            self.park(ctx, p);
-            return;
+        let session = match self.session {
+            Some(s) if !self.outage.resuming() => s,
+            // The broker is away or the session not yet accepted again.
+            _ => {
+                self.park(ctx, p);
+                return;
+            }
         };
         let topic_id = match p.topic {
             TopicRef::Id(i) | TopicRef::Predefined(i) => i,
@@ -1429,7 +1438,7 @@ impl Device {
         let Some(w) = self.will_update.as_mut() else {
             return;
         };
-        if w.new_session.is_some() || !idle || self.state != DeviceState::Active {
+        if w.new_session.is_some() || !idle || !self.state.is_live() {
             return;
         }
         if let Some(old) = self.session.take() {
@@ -1600,11 +1609,25 @@ impl Device {
         if sleeping {
             ctx.stats.sleep_buffer_dropped += 1;
         }
-        if *ack == BrokerAck::None {
+        if *ack == BrokerAck::None || self.clean_session {
+            // A clean session cannot be resumed to get it again: drop it (counted).
             Room::Drop
         } else {
             Room::LeaveWithBroker
         }
+    }
+
+    /// Messages left unacknowledged at the broker are only re-sent when the session resumes
+    /// (MQTT 3.1.1 §4.4), so once there is room again the session is resumed: the broker
+    /// re-delivers them with DUP (the same switch a will update uses).
+    fn resync_left_with_broker(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.left_with_broker == 0 || !self.queue.is_empty() || self.inflight.is_some() {
+            return;
+        }
+        info!(client_id = %self.client_id, left = self.left_with_broker, "resuming the session to get back messages left with the broker");
+        self.left_with_broker = 0;
+        self.will_update.get_or_insert_with(Default::default);
+        self.try_will_update(ctx, now);
     }
 
     /// The QoS the device gets: the publication's, capped by the best matching grant.
@@ -1661,6 +1684,7 @@ impl Device {
             }
             Room::LeaveWithBroker => {
                 ctx.stats.downlink_dropped += 1;
+                self.left_with_broker += 1;
                 debug!(client_id = %self.client_id, topic = %p.topic, state = ?self.state, "no room; left unacknowledged at the broker");
                 return;
             }
@@ -1808,6 +1832,7 @@ impl Device {
                 }
             }
         }
+        self.resync_left_with_broker(ctx, now);
         if self.state == DeviceState::Awake && self.inflight.is_none() && self.queue.is_empty() {
             // Everything buffered is delivered: PINGRESP closes the transfer, never earlier.
             ctx.transmit(&self.addr, Message::PingResp);

@@ -43,6 +43,9 @@ pub(super) struct Outage {
     unreleased: HashSet<u16>,
     /// Parked messages on their way upstream: packet id -> key.
     forwarded: HashMap<u16, u64>,
+    /// A session is being reopened and not yet accepted: uplink keeps being parked, so
+    /// nothing goes into a session the broker may still refuse.
+    resuming: bool,
     next: u64,
 }
 
@@ -62,6 +65,14 @@ impl Outage {
 
     pub fn in_flight(&self) -> usize {
         self.forwarded.len()
+    }
+
+    pub fn resuming(&self) -> bool {
+        self.resuming
+    }
+
+    pub fn set_resuming(&mut self) {
+        self.resuming = true;
     }
 }
 
@@ -91,6 +102,7 @@ impl Device {
             (o.backoff * 2).min(self.retry_interval * 16)
         };
         o.reconnect_at = Some(now + o.backoff);
+        o.resuming = false;
         // What was on its way upstream goes again once the session is back.
         o.forwarded.clear();
         info!(client_id = %self.client_id, retry_in = ?o.backoff, "broker away; device kept, session will be resumed");
@@ -103,6 +115,7 @@ impl Device {
         }
         let connect = ctx.connect_packet(&self.client_id, false, self.last_will());
         self.session = Some(ctx.open(Some(self.id), connect));
+        self.outage.resuming = true;
     }
 
     /// CONNACK on a session reopened after a restart or an outage.
@@ -113,6 +126,7 @@ impl Device {
         session: SessionId,
         code: mqtt::ConnectReturnCode,
     ) {
+        self.outage.resuming = false;
         match code {
             mqtt::ConnectReturnCode::Accepted => {
                 self.outage.backoff = Duration::ZERO;

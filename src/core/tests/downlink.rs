@@ -332,7 +332,7 @@ fn downlink_queue_bound_leaves_qos1_unacknowledged_at_the_broker() {
         ..settings()
     });
     let a = addr(1);
-    let s = w.connect(&a, "dev1", true, None);
+    let s = w.connect(&a, "dev1", false, None);
     let id = w.subscribe(
         &a,
         s,
@@ -342,7 +342,7 @@ fn downlink_queue_bound_leaves_qos1_unacknowledged_at_the_broker() {
         1,
     );
     // 1 goes in flight; 2 and 3 fill the queue; 4 does not fit: it is not acknowledged, so
-    // the broker keeps it (and redelivers it when the session resumes).
+    // the broker keeps it.
     for pkid in 1..=4u16 {
         w.broker(
             s,
@@ -361,9 +361,44 @@ fn downlink_queue_bound_leaves_qos1_unacknowledged_at_the_broker() {
         acked,
         (1..=3)
             .map(|packet_id| mqtt::Packet::PubAck { packet_id })
+            .chain([mqtt::Packet::Disconnect])
             .collect::<Vec<_>>()
     );
-    w.assert_quiet();
+    // With room again, the session is resumed (clean session 0) so the broker re-sends 4.
+    let opened = w.opened();
+    assert_eq!(opened.len(), 1);
+    assert!(!opened[0].1.clean_session);
+    assert!(w.closed().contains(&s));
+}
+
+#[test]
+fn downlink_queue_bound_on_a_clean_session_drops_and_acks() {
+    let mut w = World::with(Settings {
+        max_queued_per_device: 2,
+        ..settings()
+    });
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", true, None);
+    w.subscribe(
+        &a,
+        s,
+        "cmd/led",
+        QoS::AtLeastOnce,
+        mqtt::QoS::AtLeastOnce,
+        1,
+    );
+    for pkid in 1..=4u16 {
+        w.broker(
+            s,
+            mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(pkid), b"m"),
+        );
+    }
+    // A clean session cannot be resumed to get it back: dropped, counted, acknowledged.
+    assert_eq!(
+        w.take_upstream(s),
+        vec![mqtt::Packet::PubAck { packet_id: 4 }]
+    );
+    assert_eq!(w.gw.stats().downlink_dropped, 1);
 }
 
 #[test]
