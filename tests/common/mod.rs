@@ -742,19 +742,24 @@ impl GatewayProcess {
             }
         });
         let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-                .expect("the gateway logs its UDP address");
+        let udp = loop {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(wait) else {
+                break None;
+            };
             if line.contains("UDP transport listening") {
-                let addr = line
+                break line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("addr="))
-                    .expect("addr= in the log line");
-                return GatewayProcess {
-                    child,
-                    udp: addr.parse().unwrap(),
-                };
+                    .and_then(|a| a.parse().ok());
+            }
+        };
+        match udp {
+            Some(udp) => GatewayProcess { child, udp },
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the gateway did not log its UDP address");
             }
         }
     }
