@@ -728,7 +728,14 @@ impl GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"))
             .args(["run", "-c"])
             .arg(&file)
-            .args(["--log", "info"])
+            .args([
+                "--log",
+                if std::env::var_os("MQTTSN_TEST_LOG").is_some() {
+                    "debug"
+                } else {
+                    "info"
+                },
+            ])
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -738,6 +745,9 @@ impl GatewayProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("MQTTSN_TEST_LOG").is_some() {
+                    eprintln!("[gateway] {line}");
+                }
                 let _ = tx.send(line);
             }
         });

@@ -561,6 +561,18 @@ impl Device {
             self.pump(ctx, now);
             return;
         }
+        if self.outage.resuming() && self.session.is_some() && !c.clean_session && !c.will {
+            // The session is being resumed (after a restart or an outage) and the device asks
+            // for the same session: answer with that session's CONNACK rather than open a
+            // second connection with the same ClientId racing the first at the broker.
+            self.outage.clear_resuming();
+            self.keep_alive = Duration::from_secs(u64::from(c.duration));
+            self.last_heard = now;
+            self.topics.mark_all_unknown();
+            self.set_state(ctx, DeviceState::AwaitBroker);
+            self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
+            return;
+        }
         if let Some(old) = self.session.take() {
             // The device restarted its connection: end the old session without its will.
             ctx.close(old, true);

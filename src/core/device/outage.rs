@@ -74,6 +74,10 @@ impl Outage {
     pub fn set_resuming(&mut self) {
         self.resuming = true;
     }
+
+    pub fn clear_resuming(&mut self) {
+        self.resuming = false;
+    }
 }
 
 impl Device {

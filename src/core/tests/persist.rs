@@ -482,3 +482,38 @@ fn without_a_store_a_broker_outage_disconnects_the_device() {
         vec![Message::Disconnect { duration: None }]
     );
 }
+
+#[test]
+fn uplink_qos2_released_flow_completes_after_restart_and_reconnect() {
+    let mut w = World::with(persistent());
+    let a = addr(1);
+    let s = w.connect(&a, "dev", false, None);
+    let id = w.register(&a, "up/t", 1);
+    w.device_send(&a, publish(QoS::ExactlyOnce, TopicRef::Id(id), 7, b"once"));
+    w.commit_all();
+    let up = w.take_upstream(s);
+    let [mqtt::Packet::Publish(p)] = up.as_slice() else {
+        panic!("{up:?}")
+    };
+    let pkid = p.packet_id.unwrap();
+    w.broker(s, mqtt::Packet::PubRec { packet_id: pkid });
+    w.commit_all();
+    assert_eq!(w.take_to_device(&a), vec![Message::Pubrec { msg_id: 7 }]);
+    w.restart(persistent());
+    let (s2, _) = w.opened()[0].clone();
+    // The device reconnects (clean session 0) from a new address while the restored session
+    // is still being accepted: it gets that session's CONNACK, no second connection races it.
+    let b = addr(2);
+    w.device_send(&b, connect_msg("dev", false, false, 60));
+    assert!(w.opened().is_empty());
+    assert!(w.take_to_device(&b).is_empty());
+    w.broker_connack(s2);
+    assert_eq!(w.take_to_device(&b), vec![connack(ReturnCode::Accepted)]);
+    w.device_send(&b, Message::Pubrel { msg_id: 7 });
+    assert_eq!(
+        w.take_upstream(s2),
+        vec![mqtt::Packet::PubRel { packet_id: pkid }]
+    );
+    w.broker(s2, mqtt::Packet::PubComp { packet_id: pkid });
+    assert_eq!(w.take_to_device(&b), vec![Message::Pubcomp { msg_id: 7 }]);
+}
