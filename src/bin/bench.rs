@@ -1800,6 +1800,54 @@ async fn sleep_test(a: &Args, gw_bin: &Path, dir: &Path, rows: &mut Vec<Row>) ->
         ),
     ));
 
+    // The same through a wildcard subscription: the topic is new to the device, so the
+    // gateway buffers a REGISTER before the first PUBLISH (and counts it against
+    // sleep.buffer_messages). A second PINGREQ shows whether anything was left behind.
+    {
+        let mut wd = sleeper(gw, "bench-wake-w", "bench/wakew/#", SLEEP_DURATION).await?;
+        let mut pw = Qos1Publisher::connect(broker, "bench-wake-pub-w").await?;
+        pw.publish(
+            (0..wake_n as u32).map(|s| ("bench/wakew/t".to_string(), 0, s)),
+            a.payload,
+            PHASE_WAKE,
+        )
+        .await?;
+        let ackedw = pw.acked().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let w = wake(&mut wd, "bench-wake-w", PHASE_WAKE, 0, 0).await?;
+        eprintln!("[sleep] wildcard wake: {w:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let w2 = wake(&mut wd, "bench-wake-w", PHASE_WAKE, 0, w.publishes as u32).await?;
+        eprintln!("[sleep] wildcard wake again: {w2:?}");
+        let mut f = wake_faults(&w, wake_n as u64);
+        if w.registers != 1 {
+            f.push(format!("{} REGISTERs, expected 1", w.registers));
+        }
+        rows.push(row(
+            format!("7c-w. Same, subscribed to a wildcard (REGISTER + {wake_n} PUBLISH)"),
+            match w.took {
+                Some(t) => format!("{:.1} ms", t.as_secs_f64() * 1000.0),
+                None => "NO PINGRESP".into(),
+            },
+            "—",
+            format!(
+                "bench/wakew/# at QoS 1, {wake_n} published to bench/wakew/t ({ackedw} PUBACKed by mosquitto); got {} REGISTER, {} PUBLISHes before the PINGRESP; a second PINGREQ 0.5 s later got {} PUBLISHes{}; {}",
+                w.registers,
+                w.publishes,
+                w2.publishes,
+                w2.took.map_or(" and NO PINGRESP".to_string(), |t| format!(
+                    ", PINGRESP after {:.1} ms",
+                    t.as_secs_f64() * 1000.0
+                )),
+                if f.is_empty() {
+                    "in order, all before the PINGRESP".to_string()
+                } else {
+                    format!("FAULTS: {}", f.join("; "))
+                }
+            ),
+        ));
+    }
+
     if a.sleep_drain {
         // Every device wakes and drains its buffer: first at most `--concurrency` awake at
         // once, then (buffers refilled) all at once.
