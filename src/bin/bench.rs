@@ -1531,7 +1531,7 @@ impl Qos1Publisher {
                 dup: false,
                 qos: mqtt::QoS::AtLeastOnce,
                 retain: false,
-                topic: topic.into(),
+                topic,
                 packet_id: Some(self.packet_id),
                 payload: Bytes::from(vec![0u8; payload]),
             });
@@ -1616,8 +1616,8 @@ fn wake_faults(w: &Wake, expected: u64) -> Vec<String> {
     f
 }
 
-/// 7. Sleeping devices: RSS with messages buffered for many sleeping devices, and the wake-up
-/// (PINGREQ(ClientId) -> buffered PUBLISHes, each PUBACKed -> PINGRESP) of one and of all.
+/// Test 7, sleeping devices: RSS with messages buffered for many sleeping devices, and the
+/// wake-up (PINGREQ(ClientId) -> buffered PUBLISHes, each PUBACKed -> PINGRESP) of one and of all.
 async fn sleep_test(a: &Args, gw_bin: &Path, dir: &Path, rows: &mut Vec<Row>) -> Result<()> {
     let n = a.sleep_devices;
     let per = a.sleep_messages;
