@@ -9,7 +9,10 @@
 //! 3. uplink QoS 1 (one PUBLISH in flight per device, as MQTT-SN requires);
 //! 4. downlink QoS 0: one MQTT publisher -> M subscribed devices;
 //! 5. uplink latency p50/p99 at a paced rate;
-//! 6. gateway RSS idle, and with 1,000 and 10,000 devices connected at once.
+//! 6. gateway RSS idle, and with 1,000 and 10,000 devices connected at once;
+//! 7. sleeping devices (spec §6.14): RSS with 20 QoS 1 messages buffered for each of 1,000
+//!    sleeping devices, the wake-up of one device with 100 buffered (PINGREQ(ClientId) ->
+//!    PUBLISH/PUBACK x 100 -> PINGRESP), and of all 1,000 at once.
 //!
 //! See docs/benchmarks.md. Run: `cargo run --release --bin bench -- --help`.
 
@@ -61,7 +64,22 @@ struct Args {
     /// Outstanding CONNECTs while connecting devices for the RSS test.
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
-    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss.
+    /// Sleeping devices for the sleep test.
+    #[arg(long, default_value_t = 1000)]
+    sleep_devices: usize,
+    /// QoS 1 messages buffered per sleeping device in the sleep test.
+    #[arg(long, default_value_t = 20)]
+    sleep_messages: usize,
+    /// QoS 1 messages buffered for the one device whose wake-up is timed.
+    #[arg(long, default_value_t = 100)]
+    wake_messages: usize,
+    /// Wake-ups of that device (each with a fresh buffer); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    wake_rounds: usize,
+    /// Skip waking all sleeping devices at once (the drain of every buffer).
+    #[arg(long = "no-sleep-drain", action = clap::ArgAction::SetFalse)]
+    sleep_drain: bool,
+    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,sleep.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Gateway binary; default: build and use target/release/mqttsn-gateway next to this one.
@@ -114,7 +132,11 @@ const PHASE_UP1: u8 = 3;
 const PHASE_DOWN: u8 = 4;
 const PHASE_LAT: u8 = 5;
 const PHASE_LAT_DIRECT: u8 = 6;
+const PHASE_SLEEP: u8 = 7;
+const PHASE_WAKE: u8 = 8;
 const PHASE_WARM: u8 = 9;
+/// Sleep duration the sleeping devices ask for (s): far longer than the test.
+const SLEEP_DURATION: u16 = 36000;
 const STAMP: usize = 17;
 
 /// Writes phase, device, sequence and send time into the last `STAMP` octets' place: the
@@ -194,19 +216,26 @@ fn spawn_with_fd_limit(
     Ok(Proc { name, child, log })
 }
 
-fn start_mosquitto(bin: &Path, dir: &Path, nodelay: bool) -> Result<(Proc, u16)> {
+/// `extra` is appended to the config; `tag` names the config and log files.
+fn start_mosquitto(
+    bin: &Path,
+    dir: &Path,
+    nodelay: bool,
+    extra: &str,
+    tag: &str,
+) -> Result<(Proc, u16)> {
     for _ in 0..5 {
         let port = free_tcp_port()?;
-        let conf = dir.join("mosquitto.conf");
+        let conf = dir.join(format!("mosquitto{tag}.conf"));
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_type error\nlog_type warning\nset_tcp_nodelay {nodelay}\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_type error\nlog_type warning\nset_tcp_nodelay {nodelay}\n{extra}"),
         )?;
         let mut p = spawn_with_fd_limit(
             "mosquitto",
             bin,
             &["-c", conf.to_str().unwrap()],
-            dir.join("mosquitto.log"),
+            dir.join(format!("mosquitto{tag}.log")),
         )?;
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline && p.alive() {
@@ -218,7 +247,7 @@ fn start_mosquitto(bin: &Path, dir: &Path, nodelay: bool) -> Result<(Proc, u16)>
     }
     bail!(
         "mosquitto did not start (see {})",
-        dir.join("mosquitto.log").display()
+        dir.join(format!("mosquitto{tag}.log")).display()
     )
 }
 
@@ -597,10 +626,10 @@ impl Device {
         }
     }
 
-    async fn subscribe(&mut self, name: &str) -> Result<u16> {
+    async fn subscribe(&mut self, name: &str, qos: codec::QoS) -> Result<u16> {
         self.send(&Message::Subscribe(codec::Subscribe {
             dup: false,
-            qos: codec::QoS::AtMostOnce,
+            qos,
             msg_id: 2,
             topic: TopicFilter::Name(name.into()),
         }))
@@ -1048,7 +1077,7 @@ async fn downlink(a: &Args, broker: SocketAddr, gw: SocketAddr, rows: &mut Vec<R
             Some(ReturnCode::Accepted) => {}
             other => bail!("downlink device {i}: CONNACK {other:?}"),
         }
-        d.subscribe("bench/down").await?;
+        d.subscribe("bench/down", codec::QoS::AtMostOnce).await?;
         devs.push(d);
     }
     let counts: Vec<Arc<AtomicU64>> = (0..m).map(|_| Arc::new(AtomicU64::new(0))).collect();
@@ -1301,6 +1330,672 @@ async fn rss(
     Ok(())
 }
 
+// ------------------------------------------------------------------ sleeping devices
+
+/// Device number and sequence number of a stamped payload.
+fn read_dev_seq(p: &[u8]) -> Option<(u8, u32, u32)> {
+    if p.len() < STAMP {
+        return None;
+    }
+    Some((
+        p[0],
+        u32::from_le_bytes(p[1..5].try_into().ok()?),
+        u32::from_le_bytes(p[5..9].try_into().ok()?),
+    ))
+}
+
+/// What one device saw between its PINGREQ(ClientId) and the PINGRESP.
+#[derive(Default, Debug)]
+struct Wake {
+    /// PINGREQ sent -> PINGRESP received (or None: no PINGRESP).
+    took: Option<Duration>,
+    /// New PUBLISHes of the expected phase, counted before the PINGRESP.
+    publishes: u64,
+    /// PUBLISHes whose sequence number was not the next one expected (gaps or reordering).
+    out_of_order: u64,
+    /// Re-sent PUBLISHes (DUP, or a sequence number already seen): acknowledged, not counted.
+    dups: u64,
+    registers: u64,
+    /// PUBLISHes that were not QoS 1, or of another phase / device.
+    unexpected: u64,
+    /// PINGREQs re-sent after [`WAKE_RETRY`] without a datagram (§6.14 retransmission).
+    pingreq_resends: u64,
+    /// Datagrams received in the [`AFTER_PINGRESP`] after the PINGRESP.
+    after_pingresp: u64,
+}
+
+const WAKE_RETRY: Duration = Duration::from_secs(5);
+const WAKE_GIVE_UP: Duration = Duration::from_secs(60);
+const AFTER_PINGRESP: Duration = Duration::from_millis(300);
+
+/// Wakes a sleeping device with PINGREQ(ClientId) and takes what the gateway delivered,
+/// answering each PUBLISH with PUBACK and each REGISTER with REGACK at once, until PINGRESP.
+/// Expects PUBLISHes of `phase` for device `dev` with sequence numbers from `first_seq` on.
+async fn wake(
+    d: &mut Device,
+    client_id: &str,
+    phase: u8,
+    dev: u32,
+    first_seq: u32,
+) -> Result<Wake> {
+    let mut w = Wake::default();
+    let ping = Message::PingReq {
+        client_id: Some(client_id.into()),
+    }
+    .to_bytes()?;
+    let t0 = Instant::now();
+    d.sock.send_to(&ping, d.gw).await?;
+    let mut next = first_seq;
+    let mut seen = std::collections::HashSet::new();
+    while t0.elapsed() < WAKE_GIVE_UP {
+        let Some(m) = d.recv(WAKE_RETRY).await? else {
+            w.pingreq_resends += 1;
+            d.sock.send_to(&ping, d.gw).await?;
+            continue;
+        };
+        match m {
+            Message::Publish(p) => {
+                if p.qos == codec::QoS::AtLeastOnce {
+                    let topic_id = match p.topic {
+                        TopicRef::Id(t) | TopicRef::Predefined(t) => t,
+                        _ => 0,
+                    };
+                    d.send(&Message::Puback(codec::Puback {
+                        topic_id,
+                        msg_id: p.msg_id,
+                        return_code: ReturnCode::Accepted,
+                    }))
+                    .await?;
+                } else {
+                    w.unexpected += 1;
+                }
+                match read_dev_seq(&p.data) {
+                    Some((ph, dv, seq)) if ph == phase && dv == dev => {
+                        if p.dup || !seen.insert(seq) {
+                            w.dups += 1;
+                        } else {
+                            w.publishes += 1;
+                            if seq != next {
+                                w.out_of_order += 1;
+                            }
+                            next = seq.wrapping_add(1);
+                        }
+                    }
+                    _ => w.unexpected += 1,
+                }
+            }
+            Message::Register(r) => {
+                w.registers += 1;
+                d.send(&Message::Regack(codec::Regack {
+                    topic_id: r.topic_id,
+                    msg_id: r.msg_id,
+                    return_code: ReturnCode::Accepted,
+                }))
+                .await?;
+            }
+            Message::PingResp => {
+                w.took = Some(t0.elapsed());
+                break;
+            }
+            _ => w.unexpected += 1,
+        }
+    }
+    if w.took.is_some() {
+        while let Some(_m) = d.recv(AFTER_PINGRESP).await? {
+            w.after_pingresp += 1;
+        }
+    }
+    Ok(w)
+}
+
+/// Connects, subscribes `topic` at QoS 1 and goes to sleep (DISCONNECT with a duration).
+async fn sleeper(gw: SocketAddr, client_id: &str, topic: &str, duration: u16) -> Result<Device> {
+    let mut d = Device::new(gw).await?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match d.connect(client_id, Duration::from_secs(5)).await? {
+            Some(ReturnCode::Accepted) => break,
+            None if attempts < 3 => continue,
+            other => bail!("{client_id}: CONNACK {other:?}"),
+        }
+    }
+    d.subscribe(topic, codec::QoS::AtLeastOnce).await?;
+    d.send(&Message::Disconnect {
+        duration: Some(duration),
+    })
+    .await?;
+    loop {
+        match d.recv(WAIT).await? {
+            Some(Message::Disconnect { duration: None }) => return Ok(d),
+            Some(Message::Disconnect { duration: Some(x) }) => {
+                bail!("{client_id}: DISCONNECT answered with a duration ({x})")
+            }
+            Some(_) => continue,
+            None => bail!("{client_id}: no DISCONNECT in answer to the sleep request"),
+        }
+    }
+}
+
+/// One MQTT client publishing QoS 1, with a task counting mosquitto's PUBACKs.
+struct Qos1Publisher {
+    w: tokio::net::tcp::OwnedWriteHalf,
+    acks: Arc<AtomicU64>,
+    reader: tokio::task::JoinHandle<Result<()>>,
+    sent: u64,
+    packet_id: u16,
+}
+
+impl Qos1Publisher {
+    async fn connect(broker: SocketAddr, id: &str) -> Result<Qos1Publisher> {
+        let c = Mqtt::connect(broker, id).await?;
+        let mut buf = c.buf;
+        let (mut r, w) = c.stream.into_split();
+        let acks = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let acks = acks.clone();
+            tokio::spawn(async move {
+                loop {
+                    while let Some(p) = mqtt::decode(&mut buf, 1 << 20)? {
+                        if let mqtt::Packet::PubAck { .. } = p {
+                            acks.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if r.read_buf(&mut buf).await? == 0 {
+                        return Ok(());
+                    }
+                }
+            })
+        };
+        Ok(Qos1Publisher {
+            w,
+            acks,
+            reader,
+            sent: 0,
+            packet_id: 0,
+        })
+    }
+
+    /// Publishes, in this order, every `(topic, device, seq)`, 64 PUBLISHes per write.
+    async fn publish(
+        &mut self,
+        msgs: impl Iterator<Item = (String, u32, u32)>,
+        payload: usize,
+        phase: u8,
+    ) -> Result<()> {
+        let mut batch = BytesMut::new();
+        let mut n = 0;
+        for (topic, dev, seq) in msgs {
+            self.packet_id = self.packet_id.wrapping_add(1).max(1);
+            let p = mqtt::Packet::Publish(mqtt::Publish {
+                dup: false,
+                qos: mqtt::QoS::AtLeastOnce,
+                retain: false,
+                topic,
+                packet_id: Some(self.packet_id),
+                payload: Bytes::from(vec![0u8; payload]),
+            });
+            let mut f = BytesMut::from(&p.to_bytes()?[..]);
+            stamp(&mut f, payload, phase, dev, seq);
+            batch.extend_from_slice(&f);
+            self.sent += 1;
+            n += 1;
+            if n % 64 == 0 {
+                self.w.write_all(&batch).await?;
+                batch.clear();
+            }
+        }
+        self.w.write_all(&batch).await?;
+        Ok(())
+    }
+
+    /// Waits until mosquitto has acknowledged everything sent; the number acknowledged.
+    async fn acked(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        while self.acks.load(Ordering::Relaxed) < self.sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.acks.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Qos1Publisher {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Polls the RSS every 100 ms until it has not changed for `stable` (at most `max`).
+async fn rss_stable(pid: u32, stable: Duration, max: Duration) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut last = rss_kb(pid).unwrap_or(0);
+    let mut since = Instant::now();
+    while start.elapsed() < max {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rss_kb(pid).unwrap_or(0);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= stable {
+            break;
+        }
+    }
+    (last, start.elapsed())
+}
+
+/// Datagrams waiting on a device's socket (the gateway must send nothing to a sleeping device).
+fn pending_datagrams(d: &Device) -> u64 {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while d.sock.try_recv_from(&mut buf).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+fn wake_faults(w: &Wake, expected: u64) -> Vec<String> {
+    let mut f = Vec::new();
+    if w.took.is_none() {
+        f.push("NO PINGRESP".to_string());
+    }
+    if w.publishes != expected {
+        f.push(format!(
+            "{} PUBLISHes before PINGRESP, expected {expected}",
+            w.publishes
+        ));
+    }
+    if w.out_of_order > 0 {
+        f.push(format!("{} out of order", w.out_of_order));
+    }
+    if w.unexpected > 0 {
+        f.push(format!("{} unexpected messages", w.unexpected));
+    }
+    if w.after_pingresp > 0 {
+        f.push(format!("{} datagrams after PINGRESP", w.after_pingresp));
+    }
+    f
+}
+
+/// Test 7, sleeping devices: RSS with messages buffered for many sleeping devices, and the
+/// wake-up (PINGREQ(ClientId) -> buffered PUBLISHes, each PUBACKed -> PINGRESP) of one and of all.
+async fn sleep_test(a: &Args, gw_bin: &Path, dir: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    let n = a.sleep_devices;
+    let per = a.sleep_messages;
+    let wake_n = a.wake_messages;
+    // A mosquitto of its own, so mosquitto's per-client in-flight window (default 20) does not
+    // cap what it hands the gateway for a sleeping device at QoS 1.
+    let inflight = (per.max(wake_n) as u64 * 2).max(1000);
+    let (_mosq, port) = start_mosquitto(
+        &a.mosquitto,
+        dir,
+        !a.mosquitto_nagle,
+        &format!(
+            "max_inflight_messages {inflight}\nmax_queued_messages {}\n",
+            inflight * 2
+        ),
+        "-sleep",
+    )?;
+    let broker: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (mut gwp, gw) = start_gateway(gw_bin, dir, port, n + 100, "sleep").await?;
+    let pid = gwp.pid();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = rss_kb(pid).unwrap_or(0);
+    eprintln!(
+        "[sleep] mosquitto on {broker} (max_inflight_messages {inflight}); gateway RSS idle {}",
+        mb(idle)
+    );
+
+    // The devices: connect, subscribe bench/sleep/<i> QoS 1, DISCONNECT(duration).
+    eprintln!("[sleep] {n} devices connect, subscribe and go to sleep");
+    let t0 = Instant::now();
+    let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        set.spawn(async move {
+            let _permit = permit;
+            let d = sleeper(
+                gw,
+                &format!("bench-sleep-{i}"),
+                &format!("bench/sleep/{i}"),
+                SLEEP_DURATION,
+            )
+            .await?;
+            anyhow::Ok((i, d))
+        });
+    }
+    let mut devs: Vec<Option<Device>> = (0..n).map(|_| None).collect();
+    while let Some(r) = set.join_next().await {
+        let (i, d) = r??;
+        devs[i] = Some(d);
+    }
+    // Each with the sequence number of the next message it expects.
+    let mut devs: Vec<(Device, u32)> = devs.into_iter().map(|d| (d.unwrap(), 0)).collect();
+    let mut one = sleeper(gw, "bench-wake-0", "bench/wake/0", SLEEP_DURATION).await?;
+    let asleep_in = t0.elapsed();
+    let (empty, _) = rss_stable(pid, Duration::from_secs(1), Duration::from_secs(10)).await;
+    eprintln!(
+        "[sleep] {} devices asleep in {:.1} s, RSS {}",
+        n + 1,
+        asleep_in.as_secs_f64(),
+        mb(empty)
+    );
+
+    // The publisher: `per` QoS 1 messages per device, round-robin over the devices.
+    let mut publ = Qos1Publisher::connect(broker, "bench-sleep-pub").await?;
+    let t_pub = Instant::now();
+    publ.publish(
+        (0..per as u32)
+            .flat_map(|s| (0..n as u32).map(move |i| (format!("bench/sleep/{i}"), i, s))),
+        a.payload,
+        PHASE_SLEEP,
+    )
+    .await?;
+    let acked = publ.acked().await;
+    let pub_took = t_pub.elapsed();
+    // Nothing can be delivered while the devices sleep, so the only sign that the gateway has
+    // taken everything is its RSS: wait until it has not moved for 2 s.
+    let (full, waited) = rss_stable(pid, Duration::from_secs(2), Duration::from_secs(30)).await;
+    let early: u64 =
+        devs.iter().map(|(d, _)| pending_datagrams(d)).sum::<u64>() + pending_datagrams(&one);
+    let total = (n * per) as u64;
+    eprintln!(
+        "[sleep] {total} messages published ({acked} PUBACKed by mosquitto) in {:.2} s; RSS {} after {:.1} s",
+        pub_took.as_secs_f64(),
+        mb(full),
+        waited.as_secs_f64()
+    );
+    rows.push(row(
+        format!("7a. Gateway RSS, {n} sleeping devices, nothing buffered"),
+        mb(empty),
+        "—",
+        format!(
+            "idle {}; each connected, subscribed to its own bench/sleep/<i> at QoS 1 and asleep (DISCONNECT duration {SLEEP_DURATION} s) in {:.2} s total",
+            mb(idle),
+            asleep_in.as_secs_f64()
+        ),
+    ));
+    rows.push(row(
+        format!("7b. Gateway RSS, {n} sleeping devices with {per} messages buffered each ({total})"),
+        mb(full),
+        "—",
+        format!(
+            "+{} over 7a, {:.0} B per buffered message (payload {} B, QoS 1, topic bench/sleep/<i>); 1 MQTT publisher, {acked}/{total} PUBACKed by mosquitto in {:.2} s; RSS stable 2 s after {:.1} s; datagrams to sleeping devices {early}{}",
+            mb(full.saturating_sub(empty)),
+            full.saturating_sub(empty) as f64 * 1024.0 / total.max(1) as f64,
+            a.payload,
+            pub_took.as_secs_f64(),
+            waited.as_secs_f64(),
+            if early > 0 { " (SHOULD BE 0)" } else { "" }
+        ),
+    ));
+
+    // One device, `wake_n` buffered messages, woken `wake_rounds` times.
+    let mut times = Vec::new();
+    let mut notes = Vec::new();
+    let mut faults = Vec::new();
+    for round in 0..a.wake_rounds.max(1) {
+        let first = (round * wake_n) as u32;
+        let mut p1 = Qos1Publisher::connect(broker, &format!("bench-wake-pub-{round}")).await?;
+        p1.publish(
+            (first..first + wake_n as u32).map(|s| ("bench/wake/0".to_string(), 0, s)),
+            a.payload,
+            PHASE_WAKE,
+        )
+        .await?;
+        let acked1 = p1.acked().await;
+        // Let the gateway take them from its upstream session.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let w = wake(&mut one, "bench-wake-0", PHASE_WAKE, 0, first).await?;
+        eprintln!("[sleep] wake {round}: {w:?}");
+        if let Some(t) = w.took {
+            times.push(t);
+        }
+        let f = wake_faults(&w, wake_n as u64);
+        if acked1 != wake_n as u64 {
+            faults.push(format!(
+                "round {round}: mosquitto PUBACKed {acked1}/{wake_n}"
+            ));
+        }
+        faults.extend(f.into_iter().map(|x| format!("round {round}: {x}")));
+        notes.push(format!(
+            "{:.1} ms ({} PUBLISH{}{}{})",
+            w.took.map_or(f64::NAN, |t| t.as_secs_f64() * 1000.0),
+            w.publishes,
+            if w.registers > 0 {
+                format!(", {} REGISTER", w.registers)
+            } else {
+                String::new()
+            },
+            if w.dups > 0 {
+                format!(", {} dup", w.dups)
+            } else {
+                String::new()
+            },
+            if w.pingreq_resends > 0 {
+                format!(", {} PINGREQ resent", w.pingreq_resends)
+            } else {
+                String::new()
+            },
+        ));
+    }
+    times.sort_unstable();
+    let median = times.get(times.len() / 2).copied();
+    rows.push(row(
+        format!("7c. Wake-up of 1 device with {wake_n} buffered QoS 1 messages: PINGREQ(ClientId) -> PINGRESP"),
+        match median {
+            Some(t) => format!("{:.1} ms", t.as_secs_f64() * 1000.0),
+            None => "NO PINGRESP".into(),
+        },
+        "—",
+        format!(
+            "median of {} wake-ups: {}; each PUBLISH PUBACKed at once (1 in flight); {}; the other {n} devices asleep with {total} buffered",
+            a.wake_rounds.max(1),
+            notes.join(", "),
+            if faults.is_empty() {
+                format!("every wake-up got exactly {wake_n} PUBLISHes, in order, all before the PINGRESP")
+            } else {
+                format!("FAULTS: {}", faults.join("; "))
+            }
+        ),
+    ));
+
+    // The same through a wildcard subscription: the topic is new to the device, so the
+    // gateway buffers a REGISTER before the first PUBLISH (and counts it against
+    // sleep.buffer_messages). A second PINGREQ shows whether anything was left behind.
+    {
+        let mut wd = sleeper(gw, "bench-wake-w", "bench/wakew/#", SLEEP_DURATION).await?;
+        let mut pw = Qos1Publisher::connect(broker, "bench-wake-pub-w").await?;
+        pw.publish(
+            (0..wake_n as u32).map(|s| ("bench/wakew/t".to_string(), 0, s)),
+            a.payload,
+            PHASE_WAKE,
+        )
+        .await?;
+        let ackedw = pw.acked().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let w = wake(&mut wd, "bench-wake-w", PHASE_WAKE, 0, 0).await?;
+        eprintln!("[sleep] wildcard wake: {w:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let w2 = wake(&mut wd, "bench-wake-w", PHASE_WAKE, 0, w.publishes as u32).await?;
+        eprintln!("[sleep] wildcard wake again: {w2:?}");
+        let mut f = wake_faults(&w, wake_n as u64);
+        if w.registers != 1 {
+            f.push(format!("{} REGISTERs, expected 1", w.registers));
+        }
+        rows.push(row(
+            format!("7c-w. Same, subscribed to a wildcard (REGISTER + {wake_n} PUBLISH)"),
+            match w.took {
+                Some(t) => format!("{:.1} ms", t.as_secs_f64() * 1000.0),
+                None => "NO PINGRESP".into(),
+            },
+            "—",
+            format!(
+                "bench/wakew/# at QoS 1, {wake_n} published to bench/wakew/t ({ackedw} PUBACKed by mosquitto); got {} REGISTER, {} PUBLISHes before the PINGRESP; a second PINGREQ 0.5 s later got {} PUBLISHes{}; {}",
+                w.registers,
+                w.publishes,
+                w2.publishes,
+                w2.took.map_or(" and NO PINGRESP".to_string(), |t| format!(
+                    ", PINGRESP after {:.1} ms",
+                    t.as_secs_f64() * 1000.0
+                )),
+                if f.is_empty() {
+                    "in order, all before the PINGRESP".to_string()
+                } else {
+                    format!("FAULTS: {}", f.join("; "))
+                }
+            ),
+        ));
+    }
+
+    if a.sleep_drain {
+        // Every device wakes and drains its buffer: first at most `--concurrency` awake at
+        // once, then (buffers refilled) all at once.
+        devs = drain_all(devs, gw, per, a.concurrency.max(1), "7d", rows).await?;
+        let (after, _) = rss_stable(pid, Duration::from_secs(1), Duration::from_secs(10)).await;
+        rows.push(row(
+            format!("7e. Gateway RSS after the drain ({n} devices asleep again, buffers empty)"),
+            mb(after),
+            "—",
+            "freed buffers stay with the allocator; RSS is not expected to fall back to 7a",
+        ));
+        let t_pub = Instant::now();
+        publ.publish(
+            (per as u32..2 * per as u32)
+                .flat_map(|s| (0..n as u32).map(move |i| (format!("bench/sleep/{i}"), i, s))),
+            a.payload,
+            PHASE_SLEEP,
+        )
+        .await?;
+        let acked = publ.acked().await;
+        let (refill, waited) =
+            rss_stable(pid, Duration::from_secs(2), Duration::from_secs(30)).await;
+        eprintln!(
+            "[sleep] refilled: {acked}/{} PUBACKed in {:.2} s; RSS {} after {:.1} s",
+            publ.sent,
+            t_pub.elapsed().as_secs_f64(),
+            mb(refill),
+            waited.as_secs_f64()
+        );
+        devs = drain_all(devs, gw, per, n, "7f", rows).await?;
+    }
+    let alive = gwp.alive();
+    let (nw, ex) = log_warnings(&gwp.log);
+    if nw > 0 || !alive {
+        rows.push(row(
+            "7z. Gateway warnings during the sleep test",
+            if alive {
+                nw.to_string()
+            } else {
+                "EXITED".into()
+            },
+            "0",
+            ex.join(" | "),
+        ));
+    }
+    drop(one);
+    drop(devs);
+    Ok(())
+}
+
+/// Wakes every device (at most `concurrency` awake at once) and takes what each had buffered:
+/// `per` PUBLISHes of [`PHASE_SLEEP`] with the sequence numbers following those taken before.
+async fn drain_all(
+    devs: Vec<(Device, u32)>,
+    gw: SocketAddr,
+    per: usize,
+    concurrency: usize,
+    tag: &str,
+    rows: &mut Vec<Row>,
+) -> Result<Vec<(Device, u32)>> {
+    let n = devs.len();
+    let total = (n * per) as u64;
+    eprintln!("[sleep] waking all {n} devices, at most {concurrency} awake at once");
+    let drops0 = udp_drops(gw.port()).unwrap_or(0);
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for (i, (mut d, next)) in devs.into_iter().enumerate() {
+        let permit = sem.clone().acquire_owned().await?;
+        set.spawn(async move {
+            let _permit = permit;
+            let w = wake(
+                &mut d,
+                &format!("bench-sleep-{i}"),
+                PHASE_SLEEP,
+                i as u32,
+                next,
+            )
+            .await?;
+            anyhow::Ok((i, d, next + w.publishes as u32, w, start.elapsed()))
+        });
+    }
+    let (mut got, mut pingresps, mut bad, mut dups, mut resends, mut regs) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut last = Duration::ZERO;
+    let mut per_dev = Vec::new();
+    let mut examples = Vec::new();
+    let mut back: Vec<Option<(Device, u32)>> = (0..n).map(|_| None).collect();
+    while let Some(r) = set.join_next().await {
+        let (i, d, next, w, at) = r??;
+        got += w.publishes;
+        dups += w.dups;
+        resends += w.pingreq_resends;
+        regs += w.registers;
+        per_dev.push(w.took.unwrap_or(Duration::MAX));
+        if w.took.is_some() {
+            pingresps += 1;
+            last = last.max(at);
+        }
+        let f = wake_faults(&w, per as u64);
+        if !f.is_empty() {
+            bad += 1;
+            if examples.len() < 3 {
+                examples.push(format!("device {i}: {}", f.join(", ")));
+            }
+        }
+        back[i] = Some((d, next));
+    }
+    let drops = udp_drops(gw.port()).unwrap_or(0).saturating_sub(drops0);
+    per_dev.sort_unstable();
+    let ms = |d: Duration| {
+        if d == Duration::MAX {
+            "none".to_string()
+        } else {
+            format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+        }
+    };
+    rows.push(row(
+        format!(
+            "{tag}. Wake-up of all {n} devices, {} awake at once, {per} buffered each: all {total} delivered",
+            if concurrency >= n { "all".to_string() } else { format!("at most {concurrency}") }
+        ),
+        format!("{:.2} s ({} msg/s)", last.as_secs_f64(), fmt_rate(rate(got, last))),
+        "—",
+        format!(
+            "{got}/{total} PUBLISHes before the PINGRESPs, {pingresps}/{n} PINGRESPs; per device PINGREQ->PINGRESP p50 {}, p99 {}, max {}; {dups} dup PUBLISHes (gateway resends), {regs} REGISTERs, {resends} PINGREQs resent (after {} s of silence); gateway UDP socket drops {drops}; {}",
+            ms(percentile_d(&per_dev, 0.5)),
+            ms(percentile_d(&per_dev, 0.99)),
+            ms(per_dev.last().copied().unwrap_or(Duration::MAX)),
+            WAKE_RETRY.as_secs(),
+            if bad == 0 {
+                "every device got its messages in order, all before its PINGRESP".to_string()
+            } else {
+                format!("FAULTS at {bad} devices, e.g. {}", examples.join(" | "))
+            }
+        ),
+    ));
+    Ok(back.into_iter().map(|d| d.unwrap()).collect())
+}
+
+fn percentile_d(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::MAX;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 // ------------------------------------------------------------------ main
 
 fn gateway_binary(a: &Args) -> Result<PathBuf> {
@@ -1400,7 +2095,7 @@ async fn main() -> Result<()> {
 
 async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let (mut mosq, port) = start_mosquitto(&a.mosquitto, dir, !a.mosquitto_nagle)?;
+    let (mut mosq, port) = start_mosquitto(&a.mosquitto, dir, !a.mosquitto_nagle, "", "")?;
     let broker: SocketAddr = ([127, 0, 0, 1], port).into();
     eprintln!("mosquitto on {broker} (pid {})", mosq.pid());
 
@@ -1462,6 +2157,9 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
 
     if a.wants("rss") {
         rss(a, gw_bin, dir, broker, mosq.pid(), &mut rows).await?;
+    }
+    if a.wants("sleep") {
+        sleep_test(a, gw_bin, dir, &mut rows).await?;
     }
     if !mosq.alive() {
         bail!("mosquitto exited (see {})", mosq.log.display());
