@@ -256,7 +256,8 @@ fn gateway_config(dir: &Path, max_devices: usize) -> Result<PathBuf> {
     std::fs::write(
         &path,
         format!(
-            "broker:\n  mode: upstream\n  upstream:\n    keep_alive: 600s\nlimits:\n  max_devices: {max_devices}\n"
+            "broker:\n  mode: upstream\n  upstream:\n    keep_alive: 600s\nlimits:\n  max_devices: {max_devices}\nstore:\n  path: {}\n",
+            dir.join("gateway.db").display()
         ),
     )?;
     Ok(path)

@@ -315,7 +315,7 @@ impl Gateway {
     }
 
     fn remove_device(&mut self, id: DeviceId) {
-        if let Some(d) = self.devices.remove(&id) {
+        if let Some(mut d) = self.devices.remove(&id) {
             d.forget(&mut self.ctx);
             if self.by_addr.get(&d.addr) == Some(&id) {
                 self.by_addr.remove(&d.addr);

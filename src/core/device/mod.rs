@@ -199,6 +199,8 @@ pub(crate) struct Device {
     outage: outage::Outage,
     /// QoS 1/2 messages the buffer had no room for, left unacknowledged at the broker.
     left_with_broker: u32,
+    /// Something was written to the store for this ClientId.
+    stored: bool,
     /// When an Asleep device is lost unless it is heard from (spec §6.14, §7.2 tolerance).
     sleep_deadline: Option<Instant>,
 }
@@ -247,6 +249,7 @@ impl Device {
             next_buffer_seq: 1,
             outage: outage::Outage::default(),
             left_with_broker: 0,
+            stored: false,
             sleep_deadline: None,
             id,
             client_id,
@@ -366,15 +369,19 @@ impl Device {
     }
 
     /// Writes the session record (persistent sessions only).
-    fn save(&self, ctx: &mut Ctx) {
+    fn save(&mut self, ctx: &mut Ctx) {
         if self.persistent(ctx) {
+            self.stored = true;
             let key = persist::device_prefix(&self.client_id);
             ctx.persist(persist::put(Table::Device, key, &self.record()));
         }
     }
 
     /// Deletes everything stored for this ClientId.
-    pub fn forget(&self, ctx: &mut Ctx) {
+    pub fn forget(&mut self, ctx: &mut Ctx) {
+        if !std::mem::take(&mut self.stored) {
+            return; // nothing was ever written for it
+        }
         let prefix = persist::device_prefix(&self.client_id);
         ctx.persist(PersistOp::Delete {
             table: Table::Device,
@@ -399,6 +406,7 @@ impl Device {
     ) -> Self {
         let mut d = Device::new(id, r.client_id, addr, now, ctx.settings.retry_interval);
         d.clean_session = false;
+        d.stored = true;
         d.keep_alive = Duration::from_secs(u64::from(r.keep_alive));
         d.will_topic = r.will.as_ref().map(|w| WillTopic {
             qos: to_sn_qos(mqtt::QoS::try_from(w.qos).unwrap_or(mqtt::QoS::AtMostOnce)),
