@@ -414,6 +414,9 @@ pub struct Limits {
     /// `channel_depth`: capacity of each bounded channel in the runtime, at least 1.
     #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
     pub channel_depth: usize,
+    /// `udp_receive_buffer`: kernel receive buffer asked for each UDP socket, octets.
+    #[serde(deserialize_with = "in_range::<_, 4096, { u32::MAX as u64 }>")]
+    pub udp_receive_buffer: usize,
 }
 
 impl Default for Limits {
@@ -425,6 +428,7 @@ impl Default for Limits {
             max_frame_size: 1024,
             max_client_id_len: 64,
             channel_depth: 1024,
+            udp_receive_buffer: 4 * 1024 * 1024,
         }
     }
 }

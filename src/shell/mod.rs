@@ -197,12 +197,12 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     let mut transports = Vec::new();
     let mut udp_addrs = Vec::new();
     for (i, t) in config.transports.udp.iter().enumerate() {
-        let sock = UdpSocket::bind(t.bind)
-            .await
-            .map_err(|source| ShellError::BindUdp {
+        let sock = udp::bind(t.bind, config.limits.udp_receive_buffer).map_err(|source| {
+            ShellError::BindUdp {
                 addr: t.bind,
                 source,
-            })?;
+            }
+        })?;
         if config.discovery.advertise.is_some() {
             let _ = sock.set_broadcast(true);
         }

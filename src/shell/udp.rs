@@ -3,6 +3,7 @@
 //! Owns nothing but the receive buffer. Datagrams larger than `limits.max_frame_size` are
 //! still handed on (truncated reads are detected by size) so the core counts them.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -12,6 +13,24 @@ use tracing::debug;
 
 use super::Event;
 use crate::core::{DeviceAddr, TransportId};
+
+/// Binds a UDP socket asking the kernel for `receive_buffer` octets of receive buffer, so
+/// bursts queue in the kernel rather than being dropped.
+pub fn bind(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(receive_buffer) {
+        debug!(%addr, error = %e, "cannot set the UDP receive buffer");
+    }
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    // Linux reports twice what it grants (bookkeeping); compare against half.
+    if got / 2 < receive_buffer {
+        tracing::info!(%addr, asked = receive_buffer, granted = got / 2, "UDP receive buffer capped by the kernel (net.core.rmem_max)");
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
 
 pub async fn read_loop(
     transport: TransportId,
