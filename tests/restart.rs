@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRef};
+use mqttsn_gateway::codec::{Message, QoS, ReturnCode, TopicFilter, TopicRef};
 use mqttsn_gateway::config::Config;
 use mqttsn_gateway::mqtt;
 
@@ -20,51 +20,20 @@ fn with_store(broker_port: u16, dir: &TempDir) -> Config {
 
 /// Wakes the device until `want` distinct payloads arrived (the broker may still be
 /// redelivering right after a restart); returns payload -> times delivered.
-async fn wake_and_collect(dev: &SnClient, id: &str, want: usize) -> HashMap<Vec<u8>, usize> {
+async fn wake_and_collect(
+    dev: &SnClient,
+    id: &str,
+    mut known: HashMap<u16, String>,
+    want: usize,
+) -> HashMap<Vec<u8>, usize> {
     let mut got: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut known: HashMap<u16, String> = HashMap::new();
     for _round in 0..20 {
         dev.send(Message::PingReq {
             client_id: Some(id.into()),
         })
         .await;
-        loop {
-            match dev.recv().await {
-                Message::PingResp => break,
-                Message::Register(r) => {
-                    known.insert(r.topic_id, r.topic_name.clone());
-                    dev.send(Message::Regack(codec::Regack {
-                        topic_id: r.topic_id,
-                        msg_id: r.msg_id,
-                        return_code: ReturnCode::Accepted,
-                    }))
-                    .await;
-                }
-                Message::Publish(p) => {
-                    *got.entry(p.data.to_vec()).or_default() += 1;
-                    let tid = match p.topic {
-                        TopicRef::Id(t) | TopicRef::Predefined(t) => t,
-                        TopicRef::Short(s) => u16::from_be_bytes(s),
-                    };
-                    match p.qos {
-                        QoS::AtLeastOnce => {
-                            dev.send(Message::Puback(codec::Puback {
-                                topic_id: tid,
-                                msg_id: p.msg_id,
-                                return_code: ReturnCode::Accepted,
-                            }))
-                            .await
-                        }
-                        QoS::ExactlyOnce => {
-                            dev.send(Message::Pubrec { msg_id: p.msg_id }).await;
-                            assert_eq!(dev.recv().await, Message::Pubrel { msg_id: p.msg_id });
-                            dev.send(Message::Pubcomp { msg_id: p.msg_id }).await;
-                        }
-                        _ => {}
-                    }
-                }
-                other => panic!("unexpected while awake: {other:?}"),
-            }
+        for (_, p) in dev.drain_until_pingresp(&mut known).await {
+            *got.entry(p.data.to_vec()).or_default() += 1;
         }
         if got.len() >= want {
             return got;
@@ -112,7 +81,8 @@ async fn sleeping_buffer_survives_kill_9_and_qos2_arrives_exactly_once() {
     let gw = GatewayProcess::start(&config, &dir.0);
     // The device wakes on the new address; it is re-bound by its ClientId.
     let dev = SnClient::new(gw.udp).await;
-    let got = wake_and_collect(&dev, "sleepy", 6).await;
+    let known = HashMap::from([(s.topic_id, "cmd/sleepy".to_string())]);
+    let got = wake_and_collect(&dev, "sleepy", known, 6).await;
     for i in 0..6 {
         let key = format!("m{i}").into_bytes();
         let n = got.get(&key).copied().unwrap_or(0);

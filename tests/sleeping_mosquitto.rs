@@ -19,57 +19,6 @@ macro_rules! broker_or_skip {
     };
 }
 
-/// Acknowledges whatever the gateway sends while awake; returns the PUBLISHes in arrival order
-/// (topic name resolved through REGISTERs and known ids) once PINGRESP arrives.
-async fn drain_until_pingresp(
-    dev: &SnClient,
-    known: &mut Vec<(u16, String)>,
-) -> Vec<(String, QoS, bool, Vec<u8>)> {
-    let mut got = Vec::new();
-    loop {
-        match dev.recv().await {
-            Message::PingResp => return got,
-            Message::Register(r) => {
-                known.push((r.topic_id, r.topic_name.clone()));
-                dev.send(Message::Regack(codec::Regack {
-                    topic_id: r.topic_id,
-                    msg_id: r.msg_id,
-                    return_code: ReturnCode::Accepted,
-                }))
-                .await;
-            }
-            Message::Publish(p) => {
-                let TopicRef::Id(id) = p.topic else {
-                    panic!("unexpected topic {:?}", p.topic)
-                };
-                let name = known
-                    .iter()
-                    .find(|(i, _)| *i == id)
-                    .map(|(_, n)| n.clone())
-                    .expect("PUBLISH before its REGISTER");
-                got.push((name, p.qos, p.retain, p.data.to_vec()));
-                match p.qos {
-                    QoS::AtLeastOnce => {
-                        dev.send(Message::Puback(codec::Puback {
-                            topic_id: id,
-                            msg_id: p.msg_id,
-                            return_code: ReturnCode::Accepted,
-                        }))
-                        .await
-                    }
-                    QoS::ExactlyOnce => {
-                        dev.send(Message::Pubrec { msg_id: p.msg_id }).await;
-                        assert_eq!(dev.recv().await, Message::Pubrel { msg_id: p.msg_id });
-                        dev.send(Message::Pubcomp { msg_id: p.msg_id }).await;
-                    }
-                    _ => {}
-                }
-            }
-            other => panic!("unexpected while awake: {other:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn messages_published_during_sleep_arrive_in_order_after_pingreq_then_pingresp() {
     let broker = broker_or_skip!();
@@ -118,11 +67,11 @@ async fn messages_published_during_sleep_arrive_in_order_after_pingreq_then_ping
         client_id: Some("sleeper".into()),
     })
     .await;
-    let mut known = vec![(s.topic_id, "home/cmd".to_string())];
-    let got = drain_until_pingresp(&woke, &mut known).await;
+    let mut known = std::collections::HashMap::from([(s.topic_id, "home/cmd".to_string())]);
+    let got = woke.drain_until_pingresp(&mut known).await;
     let summary: Vec<(&str, QoS, &[u8])> = got
         .iter()
-        .map(|(t, q, _, d)| (t.as_str(), *q, d.as_slice()))
+        .map(|(t, p)| (t.as_str(), p.qos, &p.data[..]))
         .collect();
     assert_eq!(
         summary,

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use super::ctx::Ctx;
-use super::device::{short_name, Device, DeviceState};
+use super::device::{qos0_publish, short_name, Device, DeviceState};
 use super::persist::{self, DeviceRecord};
 use super::settings::Settings;
 use super::timers::TimerQueue;
@@ -336,14 +336,7 @@ impl Gateway {
             return;
         };
         self.ctx.stats.uplink_publishes += 1;
-        let publish = mqtt::Publish {
-            dup: false,
-            qos: mqtt::QoS::AtMostOnce,
-            retain: p.retain,
-            topic,
-            packet_id: None,
-            payload: p.data,
-        };
+        let publish = qos0_publish(topic, p.retain, p.data);
         let q = &mut self.qos_m1;
         match (q.session, q.connected) {
             (Some(s), true) => self.ctx.send(s, mqtt::Packet::Publish(publish)),

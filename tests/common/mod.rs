@@ -327,6 +327,57 @@ impl SnClient {
         }
     }
 
+    /// While awake: acknowledges every REGISTER and PUBLISH (full QoS handshake) until PINGRESP;
+    /// returns the PUBLISHes in arrival order with their topic names (`known`: id -> name,
+    /// extended by the REGISTERs seen).
+    pub async fn drain_until_pingresp(
+        &self,
+        known: &mut std::collections::HashMap<u16, String>,
+    ) -> Vec<(String, codec::Publish)> {
+        let mut got = Vec::new();
+        loop {
+            match self.recv().await {
+                Message::PingResp => return got,
+                Message::Register(r) => {
+                    known.insert(r.topic_id, r.topic_name.clone());
+                    self.send(Message::Regack(codec::Regack {
+                        topic_id: r.topic_id,
+                        msg_id: r.msg_id,
+                        return_code: codec::ReturnCode::Accepted,
+                    }))
+                    .await;
+                }
+                Message::Publish(p) => {
+                    let codec::TopicRef::Id(id) = p.topic else {
+                        panic!("unexpected topic {:?}", p.topic)
+                    };
+                    let name = known
+                        .get(&id)
+                        .cloned()
+                        .expect("PUBLISH before its REGISTER");
+                    match p.qos {
+                        codec::QoS::AtLeastOnce => {
+                            self.send(Message::Puback(codec::Puback {
+                                topic_id: id,
+                                msg_id: p.msg_id,
+                                return_code: codec::ReturnCode::Accepted,
+                            }))
+                            .await
+                        }
+                        codec::QoS::ExactlyOnce => {
+                            self.send(Message::Pubrec { msg_id: p.msg_id }).await;
+                            assert_eq!(self.recv().await, Message::Pubrel { msg_id: p.msg_id });
+                            self.send(Message::Pubcomp { msg_id: p.msg_id }).await;
+                        }
+                        _ => {}
+                    }
+                    got.push((name, p));
+                }
+                other => panic!("unexpected while awake: {other:?}"),
+            }
+        }
+    }
+
     pub async fn publish(
         &self,
         topic: codec::TopicRef,

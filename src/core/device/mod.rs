@@ -1016,6 +1016,18 @@ impl Device {
         );
     }
 
+    /// The topic name of an uplink PUBLISH; answers PUBACK "invalid topic ID" when it has none.
+    fn uplink_topic(&self, ctx: &mut Ctx, p: &Publish) -> Option<String> {
+        match self.resolve_uplink(ctx, p.topic) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                debug!(client_id = %self.client_id, ?p.topic, "PUBLISH on unknown topic id");
+                ctx.transmit(&self.addr, puback_for(p, ReturnCode::InvalidTopicId));
+                None
+            }
+        }
+    }
+
     /// The topic name of an uplink PUBLISH, or the id to report as invalid.
     fn resolve_uplink(&self, ctx: &Ctx, topic: TopicRef) -> Result<String, u16> {
         match topic {
@@ -1036,41 +1048,19 @@ impl Device {
                 return;
             }
         };
-        let topic_id = match p.topic {
-            TopicRef::Id(i) | TopicRef::Predefined(i) => i,
-            TopicRef::Short(s) => u16::from_be_bytes(s),
+        let Some(topic) = self.uplink_topic(ctx, &p) else {
+            return;
         };
+        let topic_id = puback_topic_id(&p);
         let reject = |ctx: &mut Ctx, addr: &DeviceAddr, rc: ReturnCode| {
-            ctx.transmit(
-                addr,
-                Message::Puback(Puback {
-                    topic_id,
-                    msg_id: p.msg_id,
-                    return_code: rc,
-                }),
-            );
-        };
-        let topic = match self.resolve_uplink(ctx, p.topic) {
-            Ok(t) => t,
-            Err(_) => {
-                debug!(client_id = %self.client_id, ?p.topic, "PUBLISH on unknown topic id");
-                reject(ctx, &self.addr, ReturnCode::InvalidTopicId);
-                return;
-            }
+            ctx.transmit(addr, puback_for(&p, rc));
         };
         match p.qos {
             codec::QoS::MinusOne | codec::QoS::AtMostOnce => {
                 ctx.stats.uplink_publishes += 1;
                 ctx.send(
                     session,
-                    mqtt::Packet::Publish(mqtt::Publish {
-                        dup: false,
-                        qos: mqtt::QoS::AtMostOnce,
-                        retain: p.retain,
-                        topic,
-                        packet_id: None,
-                        payload: p.data,
-                    }),
+                    mqtt::Packet::Publish(qos0_publish(topic, p.retain, p.data)),
                 );
             }
             codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => {
@@ -2016,6 +2006,35 @@ impl Device {
         }
         self.inflight = None;
         self.pump(ctx, now);
+    }
+}
+
+/// The TopicId a PUBACK for `p` carries: the id, or the short name's two octets.
+fn puback_topic_id(p: &Publish) -> u16 {
+    match p.topic {
+        TopicRef::Id(i) | TopicRef::Predefined(i) => i,
+        TopicRef::Short(s) => u16::from_be_bytes(s),
+    }
+}
+
+/// PUBACK for the device's `p` with `rc`.
+pub(super) fn puback_for(p: &Publish, rc: ReturnCode) -> Message {
+    Message::Puback(Puback {
+        topic_id: puback_topic_id(p),
+        msg_id: p.msg_id,
+        return_code: rc,
+    })
+}
+
+/// An MQTT QoS 0 PUBLISH (device QoS 0 and -1 alike).
+pub(crate) fn qos0_publish(topic: String, retain: bool, payload: Bytes) -> mqtt::Publish {
+    mqtt::Publish {
+        dup: false,
+        qos: mqtt::QoS::AtMostOnce,
+        retain,
+        topic,
+        packet_id: None,
+        payload,
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::info;
 
-use super::{to_mqtt_qos, Device};
-use crate::codec::{self, Message, Puback, Publish, ReturnCode};
+use super::{puback_for, to_mqtt_qos, Device};
+use crate::codec::{self, Message, Publish, ReturnCode};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
 use crate::core::types::{Output, PersistOp, SessionId, Table};
@@ -190,24 +190,10 @@ impl Device {
         if !self.state.is_live() || self.clean_session || !ctx.persistent() {
             return;
         }
-        let topic_id = match p.topic {
-            codec::TopicRef::Id(i) | codec::TopicRef::Predefined(i) => i,
-            codec::TopicRef::Short(s) => u16::from_be_bytes(s),
+        let Some(topic) = self.uplink_topic(ctx, &p) else {
+            return;
         };
-        let ack = |rc| {
-            Message::Puback(Puback {
-                topic_id,
-                msg_id: p.msg_id,
-                return_code: rc,
-            })
-        };
-        let topic = match self.resolve_uplink(ctx, p.topic) {
-            Ok(t) => t,
-            Err(_) => {
-                ctx.transmit(&self.addr, ack(ReturnCode::InvalidTopicId));
-                return;
-            }
-        };
+        let ack = |rc| puback_for(&p, rc);
         let reply = match p.qos {
             codec::QoS::MinusOne | codec::QoS::AtMostOnce => {
                 ctx.stats.uplink_dropped += 1;

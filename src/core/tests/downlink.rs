@@ -5,21 +5,6 @@ use std::time::Duration;
 
 use super::*;
 
-fn one_publish(down: Vec<Message>) -> codec::Publish {
-    match down.as_slice() {
-        [Message::Publish(p)] => p.clone(),
-        other => panic!("expected one PUBLISH to the device, got {other:?}"),
-    }
-}
-
-fn puback(topic_id: u16, msg_id: u16) -> Message {
-    Message::Puback(codec::Puback {
-        topic_id,
-        msg_id,
-        return_code: ReturnCode::Accepted,
-    })
-}
-
 #[test]
 fn downlink_on_a_subscribed_name_uses_its_id_without_register_and_keeps_retain() {
     let mut w = World::new();
@@ -152,7 +137,7 @@ fn downlink_qos1_acks_the_broker_only_after_the_device_puback() {
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(300), b"on"),
     );
-    let p = one_publish(w.take_to_device(&a));
+    let p = one_pub(w.take_to_device(&a));
     assert_eq!(
         (p.qos, p.topic, p.dup),
         (QoS::AtLeastOnce, TopicRef::Id(id), false)
@@ -187,7 +172,7 @@ fn downlink_qos2_full_flow() {
         s,
         mqtt_publish(mqtt::QoS::ExactlyOnce, true, "cmd/led", Some(77), b"on"),
     );
-    let p = one_publish(w.take_to_device(&a));
+    let p = one_pub(w.take_to_device(&a));
     assert_eq!(
         (p.qos, p.retain, p.topic),
         (QoS::ExactlyOnce, true, TopicRef::Id(id))
@@ -232,14 +217,14 @@ fn one_qos1_message_in_flight_at_a_time() {
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(2), b"b"),
     );
-    let p1 = one_publish(w.take_to_device(&a));
+    let p1 = one_pub(w.take_to_device(&a));
     assert_eq!(p1.data, Bytes::from_static(b"a"));
     w.device_send(&a, puback(id, p1.msg_id));
     assert_eq!(
         w.take_upstream(s),
         vec![mqtt::Packet::PubAck { packet_id: 1 }]
     );
-    let p2 = one_publish(w.take_to_device(&a));
+    let p2 = one_pub(w.take_to_device(&a));
     assert_eq!(p2.data, Bytes::from_static(b"b"));
     assert_ne!(p2.msg_id, p1.msg_id);
     w.device_send(&a, puback(id, p2.msg_id));
@@ -268,7 +253,7 @@ fn unacked_downlink_qos1_is_resent_with_dup_then_device_is_lost_without_disconne
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(5), b"on"),
     );
-    let p = one_publish(w.take_to_device(&a));
+    let p = one_pub(w.take_to_device(&a));
     for n in 1..=3 {
         w.advance(Duration::from_millis(9_999));
         assert!(
@@ -353,7 +338,7 @@ fn downlink_queue_bound_leaves_qos1_unacknowledged_at_the_broker() {
     assert_eq!(w.gw.stats().downlink_dropped, 1);
     let mut acked = Vec::new();
     for _ in 0..3 {
-        let p = one_publish(w.take_to_device(&a));
+        let p = one_pub(w.take_to_device(&a));
         w.device_send(&a, puback(id, p.msg_id));
         acked.extend(w.take_upstream(s));
     }
@@ -441,7 +426,7 @@ fn downlink_too_large_for_a_frame_is_silently_dropped_and_acked() {
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(4), b"ok"),
     );
-    let p = one_publish(w.take_to_device(&a));
+    let p = one_pub(w.take_to_device(&a));
     assert_eq!(
         (p.topic, p.data),
         (TopicRef::Id(id), Bytes::from_static(b"ok"))
@@ -465,7 +450,7 @@ fn device_puback_invalid_topic_id_reregisters_once_and_resends() {
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(8), b"on"),
     );
-    let p = one_publish(w.take_to_device(&a));
+    let p = one_pub(w.take_to_device(&a));
     w.device_send(
         &a,
         Message::Puback(codec::Puback {
@@ -488,7 +473,7 @@ fn device_puback_invalid_topic_id_reregisters_once_and_resends() {
             return_code: ReturnCode::Accepted,
         }),
     );
-    let p2 = one_publish(w.take_to_device(&a));
+    let p2 = one_pub(w.take_to_device(&a));
     assert_eq!((p2.topic, p2.qos), (TopicRef::Id(id), QoS::AtLeastOnce));
     w.device_send(&a, puback(id, p2.msg_id));
     assert_eq!(
@@ -514,7 +499,7 @@ fn broker_redelivery_of_a_held_message_is_not_queued_twice() {
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(8), b"on"),
     );
-    let p = one_publish(w.take_to_device(&a));
+    let p = one_pub(w.take_to_device(&a));
     w.broker(
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(8), b"on"),

@@ -90,6 +90,23 @@ pub(super) fn mqtt_publish(
     })
 }
 
+/// PUBACK "accepted" from a device.
+pub(super) fn puback(topic_id: u16, msg_id: u16) -> Message {
+    Message::Puback(codec::Puback {
+        topic_id,
+        msg_id,
+        return_code: ReturnCode::Accepted,
+    })
+}
+
+/// The one PUBLISH among `down` (panics otherwise).
+pub(super) fn one_pub(down: Vec<Message>) -> codec::Publish {
+    match down.as_slice() {
+        [Message::Publish(p)] => p.clone(),
+        other => panic!("expected one PUBLISH to the device, got {other:?}"),
+    }
+}
+
 pub(super) fn connack(rc: ReturnCode) -> Message {
     Message::Connack { return_code: rc }
 }

@@ -67,21 +67,6 @@ impl World {
     }
 }
 
-fn puback(topic_id: u16, msg_id: u16) -> Message {
-    Message::Puback(codec::Puback {
-        topic_id,
-        msg_id,
-        return_code: ReturnCode::Accepted,
-    })
-}
-
-fn one_pub(down: Vec<Message>) -> codec::Publish {
-    match down.as_slice() {
-        [Message::Publish(p)] => p.clone(),
-        other => panic!("expected one PUBLISH, got {other:?}"),
-    }
-}
-
 #[test]
 fn persistent_session_is_restored_and_the_device_carries_on_without_reconnecting() {
     let mut w = World::with(persistent());

@@ -16,21 +16,6 @@ fn wake(client_id: &str) -> Message {
     }
 }
 
-fn one_pub(down: Vec<Message>) -> codec::Publish {
-    match down.as_slice() {
-        [Message::Publish(p)] => p.clone(),
-        other => panic!("expected one PUBLISH, got {other:?}"),
-    }
-}
-
-fn puback(topic_id: u16, msg_id: u16) -> Message {
-    Message::Puback(codec::Puback {
-        topic_id,
-        msg_id,
-        return_code: ReturnCode::Accepted,
-    })
-}
-
 /// A device subscribed to `cmd` (QoS 2 granted) and to `ev/+` (QoS 2), asleep for an hour.
 fn asleep(w: &mut World, a: &DeviceAddr) -> (SessionId, u16) {
     let s = w.connect(a, "s1", false, None);
