@@ -58,7 +58,7 @@ pub enum ShellError {
         source: tokio_serial::Error,
     },
     /// `store.path`: the store cannot be opened (the source names the file and what to do).
-    #[error("store.path: {0}")]
+    #[error("store.path")]
     Store(#[from] crate::store::StoreError),
     #[error("cannot resolve broker address {host}:{port}: {reason}")]
     ResolveBroker {
