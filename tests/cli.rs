@@ -240,3 +240,26 @@ fn run_binds_udp_and_logs() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn corrupt_store_is_a_clear_error_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    std::fs::write(&db, vec![0x5Au8; 8192]).unwrap();
+    let config = TempFile::new(&format!(
+        "transports:\n  udp:\n    - bind: 127.0.0.1:0\nstore:\n  path: {}\n",
+        db.display()
+    ));
+    let out = gateway()
+        .args(["run", "-c"])
+        .arg(&config.0)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("store.path"), "{stderr}");
+    assert!(stderr.contains(&db.display().to_string()), "{stderr}");
+    assert!(stderr.contains("move it aside"), "{stderr}");
+}
