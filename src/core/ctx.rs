@@ -192,7 +192,12 @@ impl Ctx {
             self.send(session, mqtt::Packet::Disconnect);
         }
         self.by_session.remove(&session);
-        self.out.push_back(Output::Close { session });
+        if self.held.contains_key(&session) {
+            // Packets still wait for the store: the close follows them, never overtakes them.
+            self.after_persist(Output::Close { session });
+        } else {
+            self.out.push_back(Output::Close { session });
+        }
     }
 
     /// The MQTT CONNECT for a device's upstream session.

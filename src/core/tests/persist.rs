@@ -610,3 +610,37 @@ proptest! {
         prop_assert_eq!(delivered, expected);
     }
 }
+
+#[test]
+fn a_close_never_overtakes_packets_waiting_for_the_store() {
+    let mut w = World::with(persistent());
+    let a = addr(1);
+    let s = w.connect(&a, "dev", false, None);
+    let id = w.register(&a, "up/t", 1);
+    w.commit_all();
+    w.device_send(&a, publish(QoS::ExactlyOnce, TopicRef::Id(id), 7, b"x"));
+    w.device_send(&a, Message::Disconnect { duration: None });
+    w.take_to_device(&a);
+    assert!(
+        w.take_all().is_empty(),
+        "nothing for the session before the store confirms"
+    );
+    w.commit_all();
+    let all = w.take_all();
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|o| match o {
+            Output::Send {
+                packet: mqtt::Packet::Publish(_),
+                ..
+            } => "publish",
+            Output::Send {
+                packet: mqtt::Packet::Disconnect,
+                ..
+            } => "disconnect",
+            Output::Close { session } if *session == s => "close",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["publish", "disconnect", "close"]);
+}
