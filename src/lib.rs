@@ -12,10 +12,12 @@
 //! | [`core`] | sans-IO | the `Gateway` state machine: devices, topic tables, QoS flows, timers |
 //! | [`config`] | edge | `gateway.yaml`: typed, validated, with defaults |
 //! | [`shell`] | tokio | sockets, upstream TCP sessions, the driver task that owns the core |
+//! | [`broker`] | tokio | the embedded MQTT 3.1.1 broker (feature `embedded-broker`); the only place its crate is named |
 //!
 //! `codec`, `mqtt` and `core` never touch a socket, a file or the clock: time comes in as an
 //! argument and effects go out as values. See `docs/architecture.md`.
 
+pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod core;
