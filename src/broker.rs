@@ -107,8 +107,11 @@ mod imp {
     use rmqtt::context::ServerContext;
     use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
     use rmqtt::net::Builder;
+    use rmqtt::retain::{DefaultRetainStorage, RetainStorage, RetainSyncMode};
     use rmqtt::server::MqttServer;
     use rmqtt::types::AuthResult;
+    use rmqtt::types::{Retain, TopicFilter, TopicName};
+    use rmqtt::utils::StatsMergeMode;
     use tokio::runtime::Runtime;
     use tracing::info;
 
@@ -243,6 +246,11 @@ mod imp {
         rmqtt_retainer::register(&scx, true, false)
             .await
             .map_err(store_err)?;
+        {
+            let mut retain = scx.extends.retain_mut().await;
+            let stored = std::mem::replace(&mut *retain, Box::new(DefaultRetainStorage::new()));
+            *retain = Box::new(ReadYourWrites(stored));
+        }
         rmqtt_session_storage::register(&scx, true, false)
             .await
             .map_err(store_err)?;
@@ -295,6 +303,98 @@ mod imp {
             }
         });
         Ok(local_addr)
+    }
+
+    /// How long a retained PUBLISH may wait for its message to become readable.
+    const RETAIN_VISIBLE_WAIT: Duration = Duration::from_millis(500);
+
+    /// The retainer plugin queues a retained message for a batch writer and returns at once,
+    /// so a SUBSCRIBE right after the PUBACK could miss it. This wrapper makes `set` return
+    /// (and so the PUBACK wait) until the message reads back, bounded by
+    /// [`RETAIN_VISIBLE_WAIT`].
+    struct ReadYourWrites(Box<dyn RetainStorage>);
+
+    #[async_trait::async_trait]
+    impl RetainStorage for ReadYourWrites {
+        fn enable(&self) -> bool {
+            self.0.enable()
+        }
+
+        fn merge_on_read(&self) -> bool {
+            self.0.merge_on_read()
+        }
+
+        fn need_sync(&self) -> bool {
+            self.0.need_sync()
+        }
+
+        async fn set(
+            &self,
+            topic: &TopicName,
+            retain: Retain,
+            expiry_interval: Option<Duration>,
+        ) -> rmqtt::Result<()> {
+            let payload = retain.publish.payload.clone();
+            self.0.set(topic, retain, expiry_interval).await?;
+            let filter = TopicFilter::from(topic.as_ref());
+            let deadline = tokio::time::Instant::now() + RETAIN_VISIBLE_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                let found = self.0.get(&filter).await.unwrap_or_default();
+                let current = found
+                    .iter()
+                    .find(|(t, _)| t == topic)
+                    .map(|(_, r)| &r.publish.payload);
+                // An empty payload deletes the retained message.
+                let visible = match current {
+                    Some(p) => *p == payload,
+                    None => payload.is_empty(),
+                };
+                if visible {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok(())
+        }
+
+        async fn get(&self, topic_filter: &TopicFilter) -> rmqtt::Result<Vec<(TopicName, Retain)>> {
+            self.0.get(topic_filter).await
+        }
+
+        async fn get_all_paginated(
+            &self,
+            offset: usize,
+            limit: usize,
+        ) -> rmqtt::Result<(Vec<(TopicName, Retain, Option<Duration>)>, bool)> {
+            self.0.get_all_paginated(offset, limit).await
+        }
+
+        async fn count(&self) -> isize {
+            self.0.count().await
+        }
+
+        async fn max(&self) -> isize {
+            self.0.max().await
+        }
+
+        fn stats_merge_mode(&self) -> StatsMergeMode {
+            self.0.stats_merge_mode()
+        }
+
+        fn retain_sync_mode(&self) -> RetainSyncMode {
+            self.0.retain_sync_mode()
+        }
+
+        async fn sync_retain_topic(
+            &self,
+            topic: &TopicName,
+            expiry_interval: Option<Duration>,
+            is_set: bool,
+        ) -> rmqtt::Result<()> {
+            self.0
+                .sync_retain_topic(topic, expiry_interval, is_set)
+                .await
+        }
     }
 
     /// Checks every CONNECT that carries a user name against `broker.embedded.username` and
