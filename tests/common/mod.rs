@@ -134,7 +134,7 @@ pub struct EmbeddedTestBroker {
 
 impl Drop for EmbeddedTestBroker {
     fn drop(&mut self) {
-        drop(self.handle.take());
+        let _ = self.handle.take();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
