@@ -240,7 +240,9 @@ impl Embedded {
         }
         if !self.bind.ip().is_loopback() && self.username.is_none() && !self.allow_anonymous {
             return Err(format!(
-                "bind: {} is reachable from other machines, and an open broker there would let                  anyone read and command your devices: set username and password, or state                  allow_anonymous: true",
+                "bind: {} is reachable from other machines, and an open broker there would let \
+                 anyone read and command your devices: set username and password, or state \
+                 allow_anonymous: true",
                 self.bind
             ));
         }
