@@ -304,7 +304,7 @@ pub struct Broker {
     #[serde(deserialize_with = "null_as_default")]
     pub upstream: Upstream,
     /// `broker.embedded`: used when `mode` is `embedded`.
-    #[serde(deserialize_with = "null_as_default")]
+    #[serde(deserialize_with = "embedded")]
     pub embedded: Embedded,
 }
 
@@ -364,19 +364,56 @@ impl Default for Upstream {
 }
 
 /// `broker.embedded`.
+///
+/// Checked as a whole when read: `username` and `password` go together, and a `bind` address
+/// reachable from other machines needs credentials or an explicit `allow_anonymous: true`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Embedded {
     /// `bind`: where the embedded broker listens (and where the gateway connects to it).
     #[serde(deserialize_with = "socket_addr")]
     pub bind: SocketAddr,
+    /// `data_dir`: where the broker keeps retained messages and persistent sessions.
+    #[serde(deserialize_with = "data_dir")]
+    pub data_dir: PathBuf,
+    /// `username`: when set (with `password`), clients must log in with it.
+    pub username: Option<String>,
+    /// `password`: see `username`.
+    pub password: Option<String>,
+    /// `allow_anonymous`: let clients in without a user name although `bind` is not loopback
+    /// (or although credentials are set).
+    pub allow_anonymous: bool,
 }
 
 impl Default for Embedded {
     fn default() -> Self {
         Embedded {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            data_dir: PathBuf::from("./data/broker"),
+            username: None,
+            password: None,
+            allow_anonymous: false,
         }
+    }
+}
+
+impl Embedded {
+    /// The checks that span several keys of the section.
+    fn check(&self) -> Result<(), String> {
+        match (&self.username, &self.password) {
+            (Some(_), None) => return Err("username is set but password is not: set both".into()),
+            (None, Some(_)) => return Err("password is set but username is not: set both".into()),
+            _ => {}
+        }
+        if !self.bind.ip().is_loopback() && self.username.is_none() && !self.allow_anonymous {
+            return Err(format!(
+                "bind: {} is reachable from other machines, and an open broker there would let \
+                 anyone read and command your devices: set username and password, or state \
+                 allow_anonymous: true",
+                self.bind
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -626,11 +663,14 @@ impl Config {
         serde_norway::to_string(self).expect("Config serializes to YAML")
     }
 
-    /// A copy with the broker password replaced by `"********"`, for printing.
+    /// A copy with the broker passwords replaced by `"********"`, for printing.
     pub fn redacted(&self) -> Config {
         let mut copy = self.clone();
         if copy.broker.upstream.password.is_some() {
             copy.broker.upstream.password = Some("********".to_owned());
+        }
+        if copy.broker.embedded.password.is_some() {
+            copy.broker.embedded.password = Some("********".to_owned());
         }
         copy
     }
@@ -878,6 +918,51 @@ fn log_level<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Er
         check_log_level(level)?;
         Ok(level.to_owned())
     })
+}
+
+fn data_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    checked_str(deserializer, "a directory path", |dir| {
+        if dir.trim().is_empty() {
+            Err("data_dir is empty: give a directory, e.g. ./data/broker".to_owned())
+        } else {
+            Ok(dir.to_owned())
+        }
+    })
+    .map(PathBuf::from)
+}
+
+/// `broker.embedded`: `null` means defaults; a mapping is read and then checked as a whole
+/// inside its own `visit_map`, so the error carries the section's key path and line.
+fn embedded<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Embedded, D::Error> {
+    struct Section;
+
+    impl<'de> de::Visitor<'de> for Section {
+        type Value = Embedded;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping of the embedded broker's keys")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Embedded, E> {
+            Ok(Embedded::default())
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Embedded, E> {
+            Ok(Embedded::default())
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Embedded, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Embedded, A::Error> {
+            let section = Embedded::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            section.check().map_err(de::Error::custom)?;
+            Ok(section)
+        }
+    }
+
+    deserializer.deserialize_option(Section)
 }
 
 /// Reads a socket address and checks it.

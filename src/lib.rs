@@ -14,10 +14,12 @@
 //! | [`config`] | edge | `gateway.yaml`: typed, validated, with defaults |
 //! | [`transport`] | sans-IO | link framings: serial raw, SLIP + CRC-16, XBee API frames <-> MQTT-SN frames |
 //! | [`shell`] | tokio | sockets, serial ports, upstream TCP sessions, the driver task that owns the core |
+//! | [`broker`] | tokio | the embedded MQTT 3.1.1 broker (feature `embedded-broker`); the only place its crate is named |
 //!
 //! `codec`, `mqtt` and `core` never touch a socket, a file or the clock: time comes in as an
 //! argument and effects go out as values. See `docs/architecture.md`.
 
+pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod core;

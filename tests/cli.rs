@@ -194,9 +194,16 @@ fn check_redacts_the_password() {
 /// `run` binds the configured UDP sockets (port 0: the OS picks a free port) and says so.
 #[test]
 fn run_binds_udp_and_logs() {
+    // The shipped defaults, but every port free (0) and every file in a temp directory.
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-run-{}", std::process::id()));
+    let config = TempFile::new(&format!(
+        "broker:\n  embedded:\n    bind: 127.0.0.1:0\n    data_dir: {}\nstore:\n  path: {}\n",
+        dir.join("broker").display(),
+        dir.join("gateway.db").display()
+    ));
     let mut child = gateway()
         .args(["run", "-c"])
-        .arg(shipped_config())
+        .arg(&config.0)
         .args(["--udp", "127.0.0.1:0", "--log", "info"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -238,6 +245,7 @@ fn run_binds_udp_and_logs() {
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "exit status {status}");
 }
 
@@ -248,7 +256,7 @@ fn corrupt_store_is_a_clear_error_naming_the_file() {
     let db = dir.join("gateway.db");
     std::fs::write(&db, vec![0x5Au8; 8192]).unwrap();
     let config = TempFile::new(&format!(
-        "transports:\n  udp:\n    - bind: 127.0.0.1:0\nstore:\n  path: {}\n",
+        "transports:\n  udp:\n    - bind: 127.0.0.1:0\nbroker:\n  mode: upstream\nstore:\n  path: {}\n",
         db.display()
     ));
     let out = gateway()

@@ -475,3 +475,49 @@ fn serial_transports_with_defaults_and_checks() {
     let (_, _, _, text) = invalid("transports:\n  serial:\n    - baud: 9600\n");
     assert!(text.contains("path"), "{text}");
 }
+
+#[test]
+fn embedded_broker_keys_and_defaults() {
+    let c = Config::default();
+    assert_eq!(
+        c.broker.embedded.data_dir,
+        std::path::PathBuf::from("./data/broker")
+    );
+    assert_eq!(
+        (
+            c.broker.embedded.username.as_deref(),
+            c.broker.embedded.allow_anonymous
+        ),
+        (None, false)
+    );
+    let c = Config::from_yaml_str(
+        "broker:\n  embedded:\n    bind: 0.0.0.0:1883\n    data_dir: /var/lib/gw\n    username: u\n    password: p\n",
+        "gateway.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.broker.embedded.data_dir,
+        std::path::PathBuf::from("/var/lib/gw")
+    );
+    assert!(!c.redacted().to_yaml().contains("password: p\n"));
+    // An open LAN broker is allowed when stated.
+    Config::from_yaml_str(
+        "broker:\n  embedded:\n    bind: 0.0.0.0:1883\n    allow_anonymous: true\n",
+        "gateway.yaml",
+    )
+    .unwrap();
+}
+
+#[test]
+fn embedded_broker_on_the_lan_needs_credentials_or_allow_anonymous() {
+    let (line, _, key, text) = invalid("broker:\n  embedded:\n    bind: 0.0.0.0:1883\n");
+    assert_eq!(key, "broker.embedded", "{text}");
+    assert!(line.is_some(), "{text}");
+    assert!(text.contains("0.0.0.0:1883"), "{text}");
+    assert!(text.contains("allow_anonymous"), "{text}");
+    let (_, _, key, text) = invalid("broker:\n  embedded:\n    username: u\n");
+    assert_eq!(key, "broker.embedded", "{text}");
+    assert!(text.contains("password"), "{text}");
+    let (line, _, key, _) = invalid("broker:\n  embedded:\n    data_dir: \"\"\n");
+    assert_eq!((line, key.as_str()), (Some(3), "broker.embedded.data_dir"));
+}

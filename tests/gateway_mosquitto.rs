@@ -1,6 +1,7 @@
-//! End to end over real sockets: a raw MQTT-SN device on UDP <-> the gateway <-> a real
-//! mosquitto (started on a free port) <-> an MQTT 3.1.1 client (ours over TCP, or the
-//! mosquitto_pub / mosquitto_sub command-line clients).
+//! End to end over real sockets: a raw MQTT-SN device on UDP <-> the gateway <-> a broker on a
+//! free port <-> an MQTT 3.1.1 client (ours over TCP, or the mosquitto_pub / mosquitto_sub
+//! command-line clients). Every scenario runs against both backends (see
+//! [`common::Backend`]): a real mosquitto, and the gateway's embedded broker.
 
 mod common;
 
@@ -13,17 +14,49 @@ use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRe
 use mqttsn_gateway::mqtt;
 
 macro_rules! broker_or_skip {
-    () => {
-        match Mosquitto::start() {
-            Some(m) => m,
+    ($backend:expr) => {
+        match start_backend($backend).await {
+            Some(b) => b,
             None => return,
         }
     };
 }
 
-#[tokio::test]
-async fn uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain() {
-    let broker = broker_or_skip!();
+/// Runs each scenario twice, as `NAME::mosquitto` and `NAME::embedded`. Multi-threaded, since
+/// a scenario may block on a command-line client while the embedded broker runs in-process.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mosquitto() {
+                super::$name(Backend::Mosquitto).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(Backend::Embedded).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain,
+    qos2_resent_with_dup_reaches_the_broker_exactly_once,
+    downlink_by_name_wildcard_with_register_and_qos_downgrade,
+    retained_message_from_mosquitto_pub_reaches_a_subscribing_device,
+    device_publish_seen_by_mosquitto_sub,
+    will_fires_when_keep_alive_expires_but_not_after_disconnect,
+    will_update_applies_upstream,
+    qos_minus_one_from_an_unconnected_device,
+    searchgw_malformed_input_and_unknown_peers,
+    same_client_id_from_a_new_address_takes_the_session_over,
+);
+
+async fn uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let mut sub = MqttClient::connect(broker.addr(), "sub").await;
     sub.subscribe("up/#", mqtt::QoS::ExactlyOnce).await;
@@ -82,9 +115,8 @@ async fn uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn qos2_resent_with_dup_reaches_the_broker_exactly_once() {
-    let broker = broker_or_skip!();
+async fn qos2_resent_with_dup_reaches_the_broker_exactly_once(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let mut sub = MqttClient::connect(broker.addr(), "sub2").await;
     sub.subscribe("once", mqtt::QoS::ExactlyOnce).await;
@@ -116,9 +148,8 @@ async fn qos2_resent_with_dup_reaches_the_broker_exactly_once() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn downlink_by_name_wildcard_with_register_and_qos_downgrade() {
-    let broker = broker_or_skip!();
+async fn downlink_by_name_wildcard_with_register_and_qos_downgrade(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("dev-down", true, 60).await;
@@ -201,9 +232,8 @@ async fn downlink_by_name_wildcard_with_register_and_qos_downgrade() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn retained_message_from_mosquitto_pub_reaches_a_subscribing_device() {
-    let broker = broker_or_skip!();
+async fn retained_message_from_mosquitto_pub_reaches_a_subscribing_device(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let status = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -245,9 +275,8 @@ async fn retained_message_from_mosquitto_pub_reaches_a_subscribing_device() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn device_publish_seen_by_mosquitto_sub() {
-    let broker = broker_or_skip!();
+async fn device_publish_seen_by_mosquitto_sub(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("dev-cli", true, 60).await;
@@ -290,9 +319,8 @@ async fn device_publish_seen_by_mosquitto_sub() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn will_fires_when_keep_alive_expires_but_not_after_disconnect() {
-    let broker = broker_or_skip!();
+async fn will_fires_when_keep_alive_expires_but_not_after_disconnect(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let mut sub = MqttClient::connect(broker.addr(), "will-watch").await;
     sub.subscribe("wills/#", mqtt::QoS::AtLeastOnce).await;
@@ -335,9 +363,8 @@ async fn will_fires_when_keep_alive_expires_but_not_after_disconnect() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn will_update_applies_upstream() {
-    let broker = broker_or_skip!();
+async fn will_update_applies_upstream(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let mut sub = MqttClient::connect(broker.addr(), "upd-watch").await;
     sub.subscribe("w/#", mqtt::QoS::AtLeastOnce).await;
@@ -387,9 +414,8 @@ async fn will_update_applies_upstream() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn qos_minus_one_from_an_unconnected_device() {
-    let broker = broker_or_skip!();
+async fn qos_minus_one_from_an_unconnected_device(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let mut sub = MqttClient::connect(broker.addr(), "m1").await;
     sub.subscribe("sensors/predefined", mqtt::QoS::AtMostOnce)
@@ -432,9 +458,8 @@ async fn broker_unreachable_gives_connack_congestion() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn searchgw_malformed_input_and_unknown_peers() {
-    let broker = broker_or_skip!();
+async fn searchgw_malformed_input_and_unknown_peers(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let mut config = test_config(broker.port);
     config.gateway.id = 42;
     let (gw, gw_addr) = start_gateway(&config).await;
@@ -468,9 +493,8 @@ async fn searchgw_malformed_input_and_unknown_peers() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn same_client_id_from_a_new_address_takes_the_session_over() {
-    let broker = broker_or_skip!();
+async fn same_client_id_from_a_new_address_takes_the_session_over(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let first = SnClient::new(gw_addr).await;
     first.connect("roamer", false, 60).await;

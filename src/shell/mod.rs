@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::broker::{self, BrokerError, BrokerHandle, EmbeddedSettings};
 use crate::config::{BrokerMode, Config};
 use crate::core::{DeviceAddr, Gateway, Output, PeerAddr, SessionId, Settings, Stats, TransportId};
 use crate::mqtt;
@@ -66,10 +67,23 @@ pub enum ShellError {
         port: u16,
         reason: String,
     },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// The core's settings from the configuration file.
 pub fn settings_from(config: &Config) -> Settings {
+    // Device sessions log in to the embedded broker with its own credentials.
+    let credentials = match config.broker.mode {
+        BrokerMode::Upstream => (
+            &config.broker.upstream.username,
+            &config.broker.upstream.password,
+        ),
+        BrokerMode::Embedded => (
+            &config.broker.embedded.username,
+            &config.broker.embedded.password,
+        ),
+    };
     Settings {
         gateway_id: config.gateway.id,
         predefined_topics: config
@@ -88,13 +102,8 @@ pub fn settings_from(config: &Config) -> Settings {
         upstream_keep_alive: config.broker.upstream.keep_alive,
         upstream_connect_timeout: config.broker.upstream.connect_timeout,
         client_id_prefix: config.broker.upstream.client_id_prefix.clone(),
-        username: config.broker.upstream.username.clone(),
-        password: config
-            .broker
-            .upstream
-            .password
-            .as_ref()
-            .map(|p| p.as_bytes().to_vec()),
+        username: credentials.0.clone(),
+        password: credentials.1.as_ref().map(|p| p.as_bytes().to_vec()),
         sleep_buffer_messages: config.sleep.buffer_messages,
         sleep_buffer_bytes: config.sleep.buffer_bytes,
         sleep_keep_qos0: config.sleep.keep_qos0,
@@ -102,18 +111,37 @@ pub fn settings_from(config: &Config) -> Settings {
     }
 }
 
-/// The broker the device sessions connect to.
+/// The embedded broker's settings from `broker.embedded`.
+pub fn embedded_settings(config: &Config) -> EmbeddedSettings {
+    let e = &config.broker.embedded;
+    EmbeddedSettings {
+        bind: e.bind,
+        data_dir: e.data_dir.clone(),
+        username: e.username.clone(),
+        password: e.password.clone(),
+        allow_anonymous: e.allow_anonymous,
+    }
+}
+
+/// Where device sessions reach the embedded broker: its bound address, or loopback when it
+/// listens on every interface.
+fn embedded_client_addr(broker: &BrokerHandle) -> SocketAddr {
+    let mut addr = broker.local_addr();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+/// The upstream broker the device sessions connect to.
 fn broker_addr(config: &Config) -> Result<SocketAddr, ShellError> {
-    let (host, port) = match config.broker.mode {
-        BrokerMode::Upstream => (
-            config.broker.upstream.host.clone(),
-            config.broker.upstream.port,
-        ),
-        BrokerMode::Embedded => {
-            let a = config.broker.embedded.bind;
-            (a.ip().to_string(), a.port())
-        }
-    };
+    let (host, port) = (
+        config.broker.upstream.host.clone(),
+        config.broker.upstream.port,
+    );
     (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| e.to_string())
@@ -128,6 +156,7 @@ pub struct Running {
     stats: watch::Receiver<Stats>,
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<()>,
+    broker: Option<BrokerHandle>,
 }
 
 impl Running {
@@ -136,11 +165,23 @@ impl Running {
         *self.stats.borrow()
     }
 
-    /// Stops the driver. Upstream sockets close without DISCONNECT: to the broker the devices
-    /// are gone, so their wills fire, as for any client that vanished.
+    /// The embedded broker's address, when `broker.mode` is `embedded` (port 0 resolved).
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(BrokerHandle::local_addr)
+    }
+
+    /// Stops the driver, then the embedded broker if there is one.
+    ///
+    /// Upstream: the sockets close without DISCONNECT: to the broker the devices are gone, so
+    /// their wills fire, as for any client that vanished. Embedded: the broker goes down with
+    /// the gateway, so each session sends DISCONNECT first (no wills) and the broker's store
+    /// is flushed.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.driver.await;
+        if let Some(broker) = self.broker {
+            broker.shutdown().await;
+        }
     }
 }
 
@@ -161,15 +202,18 @@ fn raise_nofile_limit(max_devices: usize) {
 /// Binds the transports and starts the driver. Returns once everything is listening.
 pub async fn start(config: &Config) -> Result<Running, ShellError> {
     raise_nofile_limit(config.limits.max_devices);
-    let broker = broker_addr(config)?;
-    if config.broker.mode == BrokerMode::Embedded {
-        warn!(
-            %broker,
-            "the embedded broker is not built yet: device sessions go to a broker expected at broker.embedded.bind (start mosquitto there, or use --broker HOST:PORT)"
-        );
-    } else {
-        info!(%broker, "upstream broker");
-    }
+    // Embedded: start the broker first, then treat it like any upstream broker.
+    let (broker, embedded) = match config.broker.mode {
+        BrokerMode::Embedded => {
+            let handle = broker::start(&embedded_settings(config)).await?;
+            (embedded_client_addr(&handle), Some(handle))
+        }
+        BrokerMode::Upstream => {
+            let addr = broker_addr(config)?;
+            info!(broker = %addr, "upstream broker");
+            (addr, None)
+        }
+    };
     let depth = config.limits.channel_depth.max(16);
     let (events_tx, events_rx) = mpsc::channel(depth);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -271,6 +315,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         advertise: config.discovery.advertise.as_ref().map(|a| a.address),
         stats: stats_tx,
         persistence,
+        disconnect_on_shutdown: embedded.is_some(),
     };
     let handle = tokio::spawn(driver.run(events_rx, shutdown_rx));
     Ok(Running {
@@ -278,6 +323,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         stats: stats_rx,
         shutdown: shutdown_tx,
         driver: handle,
+        broker: embedded,
     })
 }
 
@@ -349,6 +395,9 @@ struct Driver {
     stats: watch::Sender<Stats>,
     /// Taken by `run`, which owns it from then on.
     persistence: Option<persistence::Persistence>,
+    /// Say DISCONNECT on every session at shutdown (embedded broker: no wills) and wait for
+    /// the sessions to close.
+    disconnect_on_shutdown: bool,
 }
 
 /// The next durable sequence, or never when there is no store.
@@ -358,6 +407,9 @@ async fn next_confirmed(p: &mut Option<persistence::Persistence>) -> u64 {
         None => std::future::pending().await,
     }
 }
+
+/// How long shutdown waits for the upstream sessions to say DISCONNECT and close.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 
 impl Driver {
     async fn run(mut self, mut events: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
@@ -392,7 +444,23 @@ impl Driver {
             self.stats.send_replace(self.gateway.stats());
         }
         // Dropping the session senders lets every upstream task flush and close.
+        let mut open = self.sessions.len();
+        if self.disconnect_on_shutdown {
+            for tx in self.sessions.values() {
+                let _ = tx.try_send(mqtt::Packet::Disconnect);
+            }
+        }
         self.sessions.clear();
+        if self.disconnect_on_shutdown {
+            let deadline = Instant::now() + DISCONNECT_WAIT;
+            while open > 0 {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Some(Event::UpstreamClosed { .. })) => open -= 1,
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
         // The writer commits what is queued before the driver ends.
         if let Some(p) = persistence {
             p.close().await;

@@ -1,6 +1,6 @@
-//! Shared parts of the integration tests: a real mosquitto on a free port, the gateway
-//! started in-process on UDP port 0, a raw MQTT-SN client over a real UDP socket, and a small
-//! MQTT 3.1.1 client over TCP.
+//! Shared parts of the integration tests: a broker on a free port (a real mosquitto, or the
+//! gateway's embedded broker — see [`Backend`]), the gateway started in-process on UDP port 0,
+//! a raw MQTT-SN client over a real UDP socket, and a small MQTT 3.1.1 client over TCP.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
@@ -152,6 +152,91 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Which broker the end-to-end scenarios run against. The gateway reaches either one through
+/// the same TCP client path (upstream mode to the test broker's port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A real mosquitto process.
+    Mosquitto,
+    /// The gateway's own embedded broker (`mqttsn_gateway::broker`), in this process.
+    Embedded,
+}
+
+/// A broker for one test, stopped on drop.
+pub struct TestBroker {
+    pub port: u16,
+    _inner: TestBrokerInner,
+}
+
+enum TestBrokerInner {
+    Mosquitto(Mosquitto),
+    Embedded(EmbeddedTestBroker),
+}
+
+impl TestBroker {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+/// The embedded broker on a free loopback port with its own data directory.
+pub struct EmbeddedTestBroker {
+    pub handle: Option<mqttsn_gateway::broker::BrokerHandle>,
+    pub data_dir: PathBuf,
+}
+
+impl Drop for EmbeddedTestBroker {
+    fn drop(&mut self) {
+        let _ = self.handle.take();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A fresh directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(what: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mqttsn-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the broker of `backend`, or returns None (with a loud message) when it is not
+/// available: mosquitto not installed outside CI, or a build without `embedded-broker`.
+pub async fn start_backend(backend: Backend) -> Option<TestBroker> {
+    match backend {
+        Backend::Mosquitto => Mosquitto::start().map(|m| TestBroker {
+            port: m.port,
+            _inner: TestBrokerInner::Mosquitto(m),
+        }),
+        Backend::Embedded => {
+            if !mqttsn_gateway::broker::BUILT_IN {
+                eprintln!("\n!!!!! SKIPPED: built without the embedded-broker feature !!!!!\n");
+                return None;
+            }
+            let data_dir = temp_dir("broker");
+            let settings = mqttsn_gateway::broker::EmbeddedSettings {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                data_dir: data_dir.clone(),
+                username: None,
+                password: None,
+                allow_anonymous: false,
+            };
+            let handle = mqttsn_gateway::broker::start(&settings)
+                .await
+                .expect("embedded broker starts");
+            Some(TestBroker {
+                port: handle.local_addr().port(),
+                _inner: TestBrokerInner::Embedded(EmbeddedTestBroker {
+                    handle: Some(handle),
+                    data_dir,
+                }),
+            })
+        }
     }
 }
 
@@ -407,15 +492,34 @@ pub struct MqttClient {
 
 impl MqttClient {
     pub async fn connect(broker: SocketAddr, client_id: &str) -> MqttClient {
-        Self::connect_with(broker, client_id, true).await
+        Self::connect_with(broker, client_id, true, None).await
     }
 
     /// A client whose session (subscriptions, queued QoS 1/2) the broker keeps.
     pub async fn connect_persistent(broker: SocketAddr, client_id: &str) -> MqttClient {
-        Self::connect_with(broker, client_id, false).await
+        Self::connect_with(broker, client_id, false, None).await
     }
 
-    async fn connect_with(broker: SocketAddr, client_id: &str, clean_session: bool) -> MqttClient {
+    /// CONNECT with the given clean-session flag and optional (username, password); expects
+    /// it accepted.
+    pub async fn connect_with(
+        broker: SocketAddr,
+        client_id: &str,
+        clean_session: bool,
+        login: Option<(&str, &str)>,
+    ) -> MqttClient {
+        let (c, code) = Self::try_connect(broker, client_id, clean_session, login).await;
+        assert_eq!(code, mqtt::ConnectReturnCode::Accepted);
+        c
+    }
+
+    /// CONNECT and return the CONNACK's return code.
+    pub async fn try_connect(
+        broker: SocketAddr,
+        client_id: &str,
+        clean_session: bool,
+        login: Option<(&str, &str)>,
+    ) -> (MqttClient, mqtt::ConnectReturnCode) {
         let stream = TcpStream::connect(broker).await.unwrap();
         let mut c = MqttClient {
             stream,
@@ -427,17 +531,14 @@ impl MqttClient {
             clean_session,
             keep_alive: 60,
             will: None,
-            username: None,
-            password: None,
+            username: login.map(|(u, _)| u.into()),
+            password: login.map(|(_, p)| Bytes::copy_from_slice(p.as_bytes())),
         })))
         .await;
         match c.recv().await {
-            mqtt::Packet::ConnAck { code, .. } => {
-                assert_eq!(code, mqtt::ConnectReturnCode::Accepted)
-            }
+            mqtt::Packet::ConnAck { code, .. } => (c, code),
             other => panic!("expected CONNACK, got {other:?}"),
         }
-        c
     }
 
     pub async fn send(&mut self, p: mqtt::Packet) {

@@ -592,7 +592,7 @@ mod tests {
                 x ^= x >> 17;
                 x ^= x << 5;
                 let mut b = x.to_le_bytes();
-                if x % 7 == 0 {
+                if x.is_multiple_of(7) {
                     b[0] = START;
                 }
                 d.push(&b);

@@ -1,0 +1,452 @@
+//! The embedded MQTT 3.1.1 broker (`broker.mode: embedded`): `rmqtt` running inside the gateway
+//! process, listening on `broker.embedded.bind`.
+//!
+//! It gets a small tokio runtime of its own (two worker threads) rather than sharing the
+//! gateway's: its sled store parks a blocking task per database that only ends with the
+//! process, which would keep the gateway's runtime from ever shutting down. With its own
+//! runtime, [`BrokerHandle::shutdown`] can let go of it with `shutdown_background`.
+//!
+//! This is the only file that names the broker crate (rmqtt and its retainer and
+//! session-storage plugins), so it can be swapped without touching anything else. The gateway
+//! does not talk to the broker through any back door: device sessions connect to
+//! [`BrokerHandle::local_addr`] over TCP exactly as they would to an upstream broker.
+//!
+//! Persistence: retained messages and persistent sessions (clean-session 0: subscriptions and
+//! the QoS 1/2 messages queued while offline) are kept in two sled databases under
+//! `broker.embedded.data_dir` (`retain/` and `session/`). sled writes them out every 500 ms,
+//! so a `kill -9` loses at most the last half second; [`BrokerHandle::shutdown`] waits for one
+//! such flush.
+//!
+//! Without the `embedded-broker` feature, [`start`] fails with [`BrokerError::NotBuilt`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// What the embedded broker needs from `broker.embedded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedSettings {
+    /// `bind`: the TCP address to listen on; port 0 lets the OS choose.
+    pub bind: SocketAddr,
+    /// `data_dir`: where retained messages and persistent sessions are stored.
+    pub data_dir: PathBuf,
+    /// `username` / `password`: when set, every client must present them.
+    pub username: Option<String>,
+    /// See `username`.
+    pub password: Option<String>,
+    /// `allow_anonymous`: clients without a user name are let in even though credentials are
+    /// configured. Config validation keeps a LAN-facing broker from being open by accident.
+    pub allow_anonymous: bool,
+}
+
+/// Why the embedded broker did not start. Each message names the configuration key and value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// `broker.embedded.bind` could not be listened on.
+    #[error("broker.embedded.bind: cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the OS said, with a hint.
+        reason: String,
+    },
+    /// `broker.embedded.data_dir` cannot be created or written.
+    #[error("broker.embedded.data_dir: `{}` is not a writable directory: {source}", .path.display())]
+    DataDir {
+        /// The configured directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store under `broker.embedded.data_dir` could not be opened (e.g. another gateway
+    /// process holds it).
+    #[error("broker.embedded.data_dir: cannot open the broker store in `{}`: {reason}", .path.display())]
+    Store {
+        /// The configured directory.
+        path: PathBuf,
+        /// What the store said.
+        reason: String,
+    },
+    /// This binary was built without the `embedded-broker` feature.
+    #[error(
+        "broker.mode: embedded, but this binary was built without the embedded broker; \
+         rebuild with the default features (`cargo build --release`, or add \
+         `--features embedded-broker`), or set broker.mode: upstream / pass --broker HOST:PORT"
+    )]
+    NotBuilt,
+}
+
+/// Whether this binary contains the embedded broker (the `embedded-broker` feature).
+pub const BUILT_IN: bool = cfg!(feature = "embedded-broker");
+
+/// Creates `dir` if needed and proves it writable, so that a bad `data_dir` is reported as such
+/// rather than as a store error deep inside the broker.
+#[cfg_attr(not(feature = "embedded-broker"), allow(dead_code))]
+fn check_data_dir(dir: &std::path::Path) -> Result<(), BrokerError> {
+    let fail = |source| BrokerError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"").map_err(fail)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+pub use imp::{start, BrokerHandle};
+
+#[cfg(feature = "embedded-broker")]
+mod imp {
+    use std::net::SocketAddr;
+    use std::num::NonZeroU16;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use rmqtt::context::ServerContext;
+    use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
+    use rmqtt::net::Builder;
+    use rmqtt::retain::{DefaultRetainStorage, RetainStorage, RetainSyncMode};
+    use rmqtt::server::MqttServer;
+    use rmqtt::types::AuthResult;
+    use rmqtt::types::{Retain, TopicFilter, TopicName};
+    use rmqtt::utils::StatsMergeMode;
+    use tokio::runtime::Runtime;
+    use tracing::info;
+
+    use super::{check_data_dir, BrokerError, EmbeddedSettings};
+
+    /// How long a persistent session (clean-session 0) and a message queued for it are kept
+    /// while the client is away. MQTT 3.1.1 sets no limit; rmqtt's defaults (2 h and 5 min)
+    /// are too short for battery devices.
+    const OFFLINE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// sled's own flush period is 500 ms; shutdown waits a little longer than one period.
+    const FLUSH_WAIT: Duration = Duration::from_millis(700);
+    /// sled page cache per database; the default (1 GiB) is far beyond a gateway's needs.
+    const CACHE: &str = "16M";
+
+    /// A running embedded broker.
+    pub struct BrokerHandle {
+        local_addr: SocketAddr,
+        /// The broker's own runtime; `None` once shut down.
+        runtime: Option<Runtime>,
+    }
+
+    /// A handle dropped without [`BrokerHandle::shutdown`] (e.g. when the gateway fails to
+    /// start after the broker did) still stops the broker.
+    impl Drop for BrokerHandle {
+        fn drop(&mut self) {
+            if let Some(runtime) = self.runtime.take() {
+                runtime.shutdown_background();
+            }
+        }
+    }
+
+    impl BrokerHandle {
+        /// The address it listens on (the configured one, with port 0 resolved).
+        pub fn local_addr(&self) -> SocketAddr {
+            self.local_addr
+        }
+
+        /// Waits for the store's periodic flush, so that everything acknowledged so far is on
+        /// disk, then stops the broker: its listener and connections close.
+        pub async fn shutdown(mut self) {
+            tokio::time::sleep(FLUSH_WAIT).await;
+            if let Some(runtime) = self.runtime.take() {
+                runtime.shutdown_background();
+            }
+            info!(addr = %self.local_addr, "embedded broker stopped");
+        }
+    }
+
+    /// A TOML basic string holding `path`.
+    fn toml_str(path: &Path) -> String {
+        let mut out = String::from("\"");
+        for c in path.to_string_lossy().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn sled_config(dir: &Path) -> String {
+        format!(
+            "storage.type = \"sled\"\nstorage.sled.path = {}\nstorage.sled.cache_capacity = \"{CACHE}\"\n",
+            toml_str(dir)
+        )
+    }
+
+    /// Starts the broker on `settings.bind` and returns once it is listening.
+    pub async fn start(settings: &EmbeddedSettings) -> Result<BrokerHandle, BrokerError> {
+        check_data_dir(&settings.data_dir)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mqtt-broker")
+            .enable_all()
+            .build()
+            .map_err(|e| BrokerError::Store {
+                path: settings.data_dir.clone(),
+                reason: format!("cannot start the broker's runtime: {e}"),
+            })?;
+        let owned = settings.clone();
+        let started = runtime.spawn(async move { run(&owned).await }).await;
+        match started {
+            Ok(Ok(local_addr)) => {
+                info!(addr = %local_addr, data_dir = %settings.data_dir.display(), "embedded MQTT broker listening");
+                Ok(BrokerHandle {
+                    local_addr,
+                    runtime: Some(runtime),
+                })
+            }
+            Ok(Err(e)) => {
+                runtime.shutdown_background();
+                Err(e)
+            }
+            Err(e) => {
+                runtime.shutdown_background();
+                Err(BrokerError::Store {
+                    path: settings.data_dir.clone(),
+                    reason: format!("the broker failed while starting: {e}"),
+                })
+            }
+        }
+    }
+
+    /// Opens the store, binds the listener and spawns the accept loop on the current (the
+    /// broker's) runtime. Returns the bound address.
+    async fn run(settings: &EmbeddedSettings) -> Result<SocketAddr, BrokerError> {
+        // sled wants absolute paths to be safe from a later change of working directory.
+        let data_dir =
+            std::path::absolute(&settings.data_dir).map_err(|source| BrokerError::DataDir {
+                path: settings.data_dir.clone(),
+                source,
+            })?;
+        let store_err = |e: rmqtt::Error| BrokerError::Store {
+            path: settings.data_dir.clone(),
+            reason: format!("{e:#}"),
+        };
+
+        let scx = ServerContext::new()
+            // rmqtt refuses clients when the host's load average is high; a small gateway box
+            // is often busy, and its devices must still get in.
+            .busy_check_enable(false)
+            .plugins_config_map_add("rmqtt-retainer", sled_config(&data_dir.join("retain")))
+            .plugins_config_map_add(
+                "rmqtt-session-storage",
+                sled_config(&data_dir.join("session")),
+            )
+            .build()
+            .await;
+        rmqtt_retainer::register(&scx, true, false)
+            .await
+            .map_err(store_err)?;
+        {
+            let mut retain = scx.extends.retain_mut().await;
+            let stored = std::mem::replace(&mut *retain, Box::new(DefaultRetainStorage::new()));
+            *retain = Box::new(ReadYourWrites(stored));
+        }
+        rmqtt_session_storage::register(&scx, true, false)
+            .await
+            .map_err(store_err)?;
+
+        let credentials = settings.username.clone().map(|user| Credentials {
+            user,
+            password: settings.password.clone().unwrap_or_default(),
+        });
+        let allow_anonymous = credentials.is_none() || settings.allow_anonymous;
+        if let Some(c) = credentials {
+            let register = scx.extends.hook_mgr().register();
+            register.add(Type::ClientAuthenticate, Box::new(c)).await;
+            register.start().await;
+        }
+
+        let bind_err = |e: rmqtt::Error| {
+            let mut reason = format!("{e:#}");
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+            {
+                reason.push_str(
+                    " (another MQTT broker, e.g. mosquitto, may be running there: stop it, \
+                     change broker.embedded.bind, or use it with broker.mode: upstream)",
+                );
+            }
+            BrokerError::Bind {
+                addr: settings.bind,
+                reason,
+            }
+        };
+        let listener = Builder::new()
+            .name("tcp")
+            .laddr(settings.bind)
+            // Rebind at once after a restart despite connections in TIME_WAIT.
+            .reuseaddr(Some(true))
+            .allow_anonymous(allow_anonymous)
+            .max_inflight(NonZeroU16::new(16).expect("16 > 0"))
+            .session_expiry_interval(OFFLINE_KEEP)
+            .message_expiry_interval(OFFLINE_KEEP)
+            .bind()
+            .map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        let listener = listener.tcp().map_err(bind_err)?;
+        let server = MqttServer::new(scx)
+            .listener_by_id(listener, local_addr.port())
+            .build();
+        tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        });
+        Ok(local_addr)
+    }
+
+    /// How long a retained PUBLISH may wait for its message to become readable.
+    const RETAIN_VISIBLE_WAIT: Duration = Duration::from_millis(500);
+
+    /// The retainer plugin queues a retained message for a batch writer and returns at once,
+    /// so a SUBSCRIBE right after the PUBACK could miss it. This wrapper makes `set` return
+    /// (and so the PUBACK wait) until the message reads back, bounded by
+    /// [`RETAIN_VISIBLE_WAIT`].
+    struct ReadYourWrites(Box<dyn RetainStorage>);
+
+    #[async_trait::async_trait]
+    impl RetainStorage for ReadYourWrites {
+        fn enable(&self) -> bool {
+            self.0.enable()
+        }
+
+        fn merge_on_read(&self) -> bool {
+            self.0.merge_on_read()
+        }
+
+        fn need_sync(&self) -> bool {
+            self.0.need_sync()
+        }
+
+        async fn set(
+            &self,
+            topic: &TopicName,
+            retain: Retain,
+            expiry_interval: Option<Duration>,
+        ) -> rmqtt::Result<()> {
+            let payload = retain.publish.payload.clone();
+            self.0.set(topic, retain, expiry_interval).await?;
+            let filter = TopicFilter::from(topic.as_ref());
+            let deadline = tokio::time::Instant::now() + RETAIN_VISIBLE_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                let found = self.0.get(&filter).await.unwrap_or_default();
+                let current = found
+                    .iter()
+                    .find(|(t, _)| t == topic)
+                    .map(|(_, r)| &r.publish.payload);
+                // An empty payload deletes the retained message.
+                let visible = match current {
+                    Some(p) => *p == payload,
+                    None => payload.is_empty(),
+                };
+                if visible {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok(())
+        }
+
+        async fn get(&self, topic_filter: &TopicFilter) -> rmqtt::Result<Vec<(TopicName, Retain)>> {
+            self.0.get(topic_filter).await
+        }
+
+        async fn get_all_paginated(
+            &self,
+            offset: usize,
+            limit: usize,
+        ) -> rmqtt::Result<(Vec<(TopicName, Retain, Option<Duration>)>, bool)> {
+            self.0.get_all_paginated(offset, limit).await
+        }
+
+        async fn count(&self) -> isize {
+            self.0.count().await
+        }
+
+        async fn max(&self) -> isize {
+            self.0.max().await
+        }
+
+        fn stats_merge_mode(&self) -> StatsMergeMode {
+            self.0.stats_merge_mode()
+        }
+
+        fn retain_sync_mode(&self) -> RetainSyncMode {
+            self.0.retain_sync_mode()
+        }
+
+        async fn sync_retain_topic(
+            &self,
+            topic: &TopicName,
+            expiry_interval: Option<Duration>,
+            is_set: bool,
+        ) -> rmqtt::Result<()> {
+            self.0
+                .sync_retain_topic(topic, expiry_interval, is_set)
+                .await
+        }
+    }
+
+    /// Checks every CONNECT that carries a user name against `broker.embedded.username` and
+    /// `password`. (CONNECTs without one are let in or refused by `allow_anonymous`.)
+    struct Credentials {
+        user: String,
+        password: String,
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for Credentials {
+        async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+            let Parameter::ClientAuthenticate(info) = param else {
+                return (true, acc);
+            };
+            let user_ok = info.username().is_some_and(|u| **u == *self.user);
+            let password_ok = info
+                .password()
+                .is_some_and(|p| p.as_ref() == self.password.as_bytes());
+            let result = if user_ok && password_ok {
+                AuthResult::Allow(false, None)
+            } else {
+                AuthResult::BadUsernameOrPassword
+            };
+            (false, Some(HookResult::AuthResult(result)))
+        }
+    }
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+mod imp {
+    use std::net::SocketAddr;
+
+    use super::{BrokerError, EmbeddedSettings};
+
+    /// Never constructed in a build without the embedded broker.
+    pub struct BrokerHandle {
+        never: std::convert::Infallible,
+    }
+
+    impl BrokerHandle {
+        pub fn local_addr(&self) -> SocketAddr {
+            match self.never {}
+        }
+
+        pub async fn shutdown(self) {
+            match self.never {}
+        }
+    }
+
+    /// Always fails: this build has no embedded broker.
+    pub async fn start(_settings: &EmbeddedSettings) -> Result<BrokerHandle, BrokerError> {
+        Err(BrokerError::NotBuilt)
+    }
+}
