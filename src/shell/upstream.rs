@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tracing::debug;
 
@@ -26,7 +27,14 @@ pub struct SessionParams {
     pub broker: SocketAddr,
     pub connect: mqtt::Connect,
     pub connect_timeout: Duration,
+    /// The previous session task with the same ClientId: it finishes (its DISCONNECT written,
+    /// its socket closed) before this one connects, so the broker never sees the two overlap
+    /// (an overlap is a takeover, and some brokers publish the old session's will then).
+    pub after: Option<JoinHandle<()>>,
 }
+
+/// Longest wait for the previous session with the same ClientId to close.
+const PREVIOUS_SESSION_WAIT: Duration = Duration::from_secs(3);
 
 /// Runs until the broker closes, an error occurs, or `commands` is closed (then pending
 /// packets are flushed and the socket shut down).
@@ -47,6 +55,9 @@ async fn drive(
     commands: &mut mpsc::Receiver<mqtt::Packet>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
+    if let Some(previous) = p.after {
+        let _ = timeout(PREVIOUS_SESSION_WAIT, previous).await;
+    }
     let keep_alive = Duration::from_secs(u64::from(p.connect.keep_alive));
     let mut stream = timeout(p.connect_timeout, TcpStream::connect(p.broker))
         .await
