@@ -3,6 +3,7 @@
 //! command-line clients). Every scenario runs against both backends (see
 //! [`common::Backend`]): a real mosquitto, and the gateway's embedded broker.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
@@ -12,35 +13,6 @@ use bytes::Bytes;
 use common::*;
 use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRef};
 use mqttsn_gateway::mqtt;
-
-macro_rules! broker_or_skip {
-    ($backend:expr) => {
-        match start_backend($backend).await {
-            Some(b) => b,
-            None => return,
-        }
-    };
-}
-
-/// Runs each scenario twice, as `NAME::mosquitto` and `NAME::embedded`. Multi-threaded, since
-/// a scenario may block on a command-line client while the embedded broker runs in-process.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mosquitto() {
-                super::$name(Backend::Mosquitto).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$name(Backend::Embedded).await
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain,

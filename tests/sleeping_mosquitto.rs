@@ -1,7 +1,8 @@
 //! Sleeping devices end to end (spec §6.14): a raw MQTT-SN device over UDP sleeps while an
-//! MQTT client publishes through a real mosquitto; on PINGREQ(ClientId) everything arrives, in
-//! order, then PINGRESP.
+//! MQTT client publishes through a real broker (mosquitto, and the embedded one); on
+//! PINGREQ(ClientId) everything arrives, in order, then PINGRESP.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -10,18 +11,16 @@ use common::*;
 use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRef};
 use mqttsn_gateway::mqtt;
 
-macro_rules! broker_or_skip {
-    () => {
-        match Mosquitto::start() {
-            Some(m) => m,
-            None => return,
-        }
-    };
-}
+on_both_backends!(
+    messages_published_during_sleep_arrive_in_order_after_pingreq_then_pingresp,
+    will_fires_when_the_sleep_duration_expires_not_before,
+    retained_message_and_persistent_subscription_survive_a_sleep,
+);
 
-#[tokio::test]
-async fn messages_published_during_sleep_arrive_in_order_after_pingreq_then_pingresp() {
-    let broker = broker_or_skip!();
+async fn messages_published_during_sleep_arrive_in_order_after_pingreq_then_pingresp(
+    backend: Backend,
+) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("sleeper", false, 60).await;
@@ -91,9 +90,8 @@ async fn messages_published_during_sleep_arrive_in_order_after_pingreq_then_ping
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn will_fires_when_the_sleep_duration_expires_not_before() {
-    let broker = broker_or_skip!();
+async fn will_fires_when_the_sleep_duration_expires_not_before(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let mut watch = MqttClient::connect(broker.addr(), "watch").await;
     watch.subscribe("wills/#", mqtt::QoS::AtLeastOnce).await;
@@ -129,9 +127,8 @@ async fn will_fires_when_the_sleep_duration_expires_not_before() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn retained_message_and_persistent_subscription_survive_a_sleep() {
-    let broker = broker_or_skip!();
+async fn retained_message_and_persistent_subscription_survive_a_sleep(backend: Backend) {
+    let broker = broker_or_skip!(backend);
     let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("keeper", false, 60).await;

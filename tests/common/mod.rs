@@ -1,7 +1,38 @@
 //! Shared parts of the integration tests: a broker on a free port (a real mosquitto, or the
 //! gateway's embedded broker — see [`Backend`]), the gateway started in-process on UDP port 0,
 //! a raw MQTT-SN client over a real UDP socket, and a small MQTT 3.1.1 client over TCP.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// The broker of a scenario, or return (skipped loudly) when it cannot run here.
+macro_rules! broker_or_skip {
+    ($backend:expr) => {
+        match start_backend($backend).await {
+            Some(b) => b,
+            None => return,
+        }
+    };
+}
+
+/// Runs each named `async fn(Backend)` scenario twice, as `NAME::mosquitto` and
+/// `NAME::embedded`. Multi-threaded, since a scenario may block on a command-line client while
+/// the embedded broker runs in-process.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mosquitto() {
+                super::$name(Backend::Mosquitto).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(Backend::Embedded).await
+            }
+        }
+    )*};
+}
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
