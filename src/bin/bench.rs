@@ -1,4 +1,4 @@
-//! Benchmark of the MQTT-SN gateway against a real mosquitto.
+//! Benchmark of the MQTT-SN gateway against a real mosquitto (and its embedded broker).
 //!
 //! Starts its own mosquitto on a free loopback port and the gateway as a separate process
 //! (`target/release/mqttsn-gateway`, so its RSS can be read from `/proc/<pid>/status`), then
@@ -16,6 +16,9 @@
 //! 8. the durable store: bytes written to disk (`/proc/<pid>/io`) and fsyncs per message for
 //!    uplink QoS 2 and for QoS 1 buffered for sleeping devices, and uplink QoS 1 / QoS 2
 //!    throughput of persistent devices with the store on and off (`store.path: null`).
+//! 9. the embedded broker (`broker.mode: embedded`, no `--broker`): 5, 2 (closed loop), 3 and
+//!    the idle RSS again, the devices' sessions and the bench's MQTT clients on the broker
+//!    inside the gateway process, next to the same numbers against mosquitto upstream.
 //!
 //! See docs/benchmarks.md. Run: `cargo run --release --bin bench -- --help`.
 
@@ -91,7 +94,7 @@ struct Args {
     /// Persistent devices for the store test's throughput part (store on vs off).
     #[arg(long, default_value_t = 100)]
     store_tp_devices: usize,
-    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,sleep,store.
+    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,embedded,sleep,store.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Gateway binary; default: build and use target/release/mqttsn-gateway next to this one.
@@ -308,26 +311,52 @@ async fn start_gateway_with(
     store: Option<&Path>,
 ) -> Result<(Proc, SocketAddr)> {
     let conf = gateway_config(dir, max_devices, store, tag)?;
+    let broker = format!("127.0.0.1:{broker_port}");
+    spawn_gateway(bin, dir, &conf, Some(&broker), None, tag).await
+}
+
+/// Runs the gateway with config `conf`, `--broker` if given; waits until the TCP port `tcp`
+/// (the embedded broker's) accepts, if given, and until the gateway answers SEARCHGW.
+async fn spawn_gateway(
+    bin: &Path,
+    dir: &Path,
+    conf: &Path,
+    broker: Option<&str>,
+    tcp: Option<u16>,
+    tag: &str,
+) -> Result<(Proc, SocketAddr)> {
     let udp_port = free_udp_port()?;
     let udp = format!("127.0.0.1:{udp_port}");
-    let broker = format!("127.0.0.1:{broker_port}");
+    let mut args = vec!["run", "-c", conf.to_str().unwrap(), "--udp", &udp];
+    if let Some(b) = broker {
+        args.extend(["--broker", b]);
+    }
+    args.extend(["--log", "warn"]);
     let mut p = spawn_with_fd_limit(
         "gateway",
         bin,
-        &[
-            "run",
-            "-c",
-            conf.to_str().unwrap(),
-            "--udp",
-            &udp,
-            "--broker",
-            &broker,
-            "--log",
-            "warn",
-        ],
+        &args,
         dir.join(format!("gateway-{tag}.log")),
     )?;
     let addr: SocketAddr = udp.parse()?;
+    if let Some(port) = tcp {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if !p.alive() {
+                bail!("gateway exited (see {})", p.log.display());
+            }
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "embedded broker did not listen on 127.0.0.1:{port} (see {})",
+                    p.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     // Ready when it answers SEARCHGW with GWINFO.
     let probe = UdpSocket::bind("127.0.0.1:0").await?;
     let search = Message::SearchGw { radius: 0 }.to_bytes()?;
@@ -1012,7 +1041,7 @@ async fn uplink_qos0(
     ceiling: Option<f64>,
     window: u64,
     rows: &mut Vec<Row>,
-) -> Result<()> {
+) -> Result<f64> {
     eprintln!(
         "[up0] {} devices blasting QoS 0, {:.0}s",
         devs.len(),
@@ -1100,7 +1129,7 @@ async fn uplink_qos0(
             if ratio >= 80.0 { "met" } else { "MISSED" },
         ));
     }
-    Ok(())
+    Ok(rt)
 }
 
 /// 3. Uplink QoS 1: one PUBLISH in flight per device.
@@ -1109,7 +1138,7 @@ async fn uplink_qos1(
     broker: SocketAddr,
     devs: Vec<(Device, u16)>,
     rows: &mut Vec<Row>,
-) -> Result<Vec<(Device, u16)>> {
+) -> Result<(Vec<(Device, u16)>, f64)> {
     eprintln!("[up1] {} devices, QoS 1, {:.0}s", devs.len(), a.secs);
     let n = devs.len();
     let sub = Subscriber::start(broker, "bench-up1-sub", PHASE_UP1).await?;
@@ -1177,7 +1206,7 @@ async fn uplink_qos1(
             percentile(&lat, 0.99) as f64 / 1000.0,
         ),
     ));
-    Ok(back)
+    Ok((back, rt))
 }
 
 /// 5. Paced uplink latency, device send -> subscriber receive.
@@ -1187,7 +1216,7 @@ async fn latency(
     gw: SocketAddr,
     devs: &[(Arc<UdpSocket>, u16)],
     rows: &mut Vec<Row>,
-) -> Result<()> {
+) -> Result<(f64, f64)> {
     eprintln!(
         "[latency] {} msg/s for {:.0}s",
         a.latency_rate, a.latency_secs
@@ -1257,7 +1286,7 @@ async fn latency(
             !a.mosquitto_nagle
         ),
     ));
-    Ok(())
+    Ok((p50, p99))
 }
 
 /// 4. Downlink: one MQTT publisher -> M subscribed devices.
@@ -1388,7 +1417,7 @@ async fn rss(
     broker: SocketAddr,
     mosq_pid: u32,
     rows: &mut Vec<Row>,
-) -> Result<()> {
+) -> Result<u64> {
     let top = a.rss_devices.iter().copied().max().unwrap_or(0);
     let (mut gwp, gw) = start_gateway(gw_bin, dir, broker.port(), top.max(1) + 100, "rss").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1521,7 +1550,7 @@ async fn rss(
         ));
     }
     drop(socks);
-    Ok(())
+    Ok(idle)
 }
 
 // ------------------------------------------------------------------ sleeping devices
@@ -2731,6 +2760,194 @@ async fn store_test(a: &Args, gw_bin: &Path, dir: &Path, rows: &mut Vec<Row>) ->
     Ok(())
 }
 
+/// The numbers test 9 compares between the embedded broker and mosquitto upstream.
+#[derive(Default, Clone, Copy, Debug)]
+struct Cmp {
+    /// Uplink QoS 0 msg/s, closed loop (`--udp-window`; open loop if that is 0).
+    up0: Option<f64>,
+    /// Uplink QoS 1 msg/s, one in flight per device.
+    up1: Option<f64>,
+    /// Paced uplink latency (p50, p99) in ms.
+    lat: Option<(f64, f64)>,
+    /// Gateway VmRSS 0.5 s after it answered SEARCHGW, kB.
+    idle_kb: Option<u64>,
+    /// Gateway threads at that moment.
+    threads: Option<u64>,
+}
+
+/// Tests 6a, 5, 2w and 3 against one gateway (already started) and `broker`, the broker the
+/// gateway's sessions go to: idle RSS, then `--devices` devices connect and run the paced
+/// latency test, the uplink QoS 0 test (closed loop) and the uplink QoS 1 test.
+async fn cmp_suite(
+    a: &Args,
+    gwp: &Proc,
+    gw: SocketAddr,
+    broker: SocketAddr,
+    rows: &mut Vec<Row>,
+) -> Result<Cmp> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut c = Cmp {
+        idle_kb: rss_kb(gwp.pid()),
+        threads: threads(gwp.pid()),
+        ..Cmp::default()
+    };
+    let mut devs = Vec::new();
+    for i in 0..a.devices {
+        devs.push(Device::ready(gw, "up", i).await?);
+    }
+    let socks = share(&mut devs);
+    c.lat = Some(latency(a, broker, gw, &socks, rows).await?);
+    c.up0 = Some(uplink_qos0(a, broker, gw, &socks, None, a.udp_window, rows).await?);
+    unshare(&mut devs, socks, gw);
+    drain(&mut devs).await;
+    let (devs, r) = uplink_qos1(a, broker, devs, rows).await?;
+    c.up1 = Some(r);
+    drop(devs);
+    Ok(c)
+}
+
+/// Test 9: tests 5, 2w, 3 and 6a against the embedded broker (`broker.mode: embedded`, no
+/// `--broker`; the bench's MQTT clients connect to `broker.embedded.bind`), next to the same
+/// numbers against mosquitto upstream. Those come from tests 2w, 3, 5 and 6a of this run when
+/// they ran; otherwise they are measured here first, the same way.
+async fn embedded_test(
+    a: &Args,
+    gw_bin: &Path,
+    dir: &Path,
+    mosquitto: SocketAddr,
+    mut up: Cmp,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let max_devices = a.devices + 100;
+    let mut up_note = "mosquitto numbers from tests 2w, 3, 5 and 6a of this run";
+    if up.up0.is_none() || up.up1.is_none() || up.lat.is_none() || up.idle_kb.is_none() {
+        eprintln!("[embedded] the mosquitto side first");
+        up_note = "mosquitto numbers measured by this test (same gateway config, upstream mode)";
+        let conf = gateway_config(
+            dir,
+            max_devices,
+            Some(&dir.join("gateway-cmp.db")),
+            "cmp-upstream",
+        )?;
+        let (mut gwp, gw) = spawn_gateway(
+            gw_bin,
+            dir,
+            &conf,
+            Some(&mosquitto.to_string()),
+            None,
+            "cmp-upstream",
+        )
+        .await?;
+        let mut scratch = Vec::new();
+        let m = cmp_suite(a, &gwp, gw, mosquitto, &mut scratch).await?;
+        gateway_health(&mut gwp, "9z. Gateway warnings, mosquitto side", rows);
+        up.up0 = up.up0.or(m.up0);
+        up.up1 = up.up1.or(m.up1);
+        up.lat = up.lat.or(m.lat);
+        up.idle_kb = up.idle_kb.or(m.idle_kb);
+        up.threads = up.threads.or(m.threads);
+    }
+
+    let port = free_tcp_port()?;
+    let data = dir.join("embedded-data");
+    std::fs::create_dir_all(&data)?;
+    let conf = dir.join("gateway-embedded.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "broker:\n  mode: embedded\n  upstream:\n    keep_alive: 600s\n  embedded:\n    bind: 127.0.0.1:{port}\n    data_dir: {}\nlimits:\n  max_devices: {max_devices}\nstore:\n  path: {}\n",
+            data.display(),
+            dir.join("gateway-embedded.db").display()
+        ),
+    )?;
+    let (mut gwp, gw) = spawn_gateway(gw_bin, dir, &conf, None, Some(port), "embedded").await?;
+    let broker: SocketAddr = ([127, 0, 0, 1], port).into();
+    eprintln!(
+        "[embedded] gateway on {gw} (pid {}), embedded broker on {broker}",
+        gwp.pid()
+    );
+    let mut erows = Vec::new();
+    let e = cmp_suite(a, &gwp, gw, broker, &mut erows).await?;
+    for r in erows {
+        rows.push(row(
+            if r.metric.contains("mosquitto") {
+                format!("E{}", r.metric.replace("mosquitto", "embedded broker"))
+            } else {
+                format!("E{} (embedded broker)", r.metric)
+            },
+            r.value,
+            &r.target,
+            r.notes
+                .replace(
+                    &format!("; mosquitto set_tcp_nodelay {}", !a.mosquitto_nagle),
+                    "",
+                )
+                .replace("mosquitto", "embedded broker"),
+        ));
+    }
+    let idle_note = format!(
+        "{} threads vs {}",
+        e.threads.unwrap_or(0),
+        up.threads.map_or("?".to_string(), |t| t.to_string()),
+    );
+    gateway_health(&mut gwp, "E9z. Gateway warnings, embedded broker", rows);
+    drop(gwp);
+
+    let ratio = |e: Option<f64>, m: Option<f64>| match (e, m) {
+        (Some(e), Some(m)) if m > 0.0 => format!("embedded / mosquitto = {:.0} %", 100.0 * e / m),
+        _ => "—".to_string(),
+    };
+    let rate_s = |r: Option<f64>| r.map_or("?".to_string(), |r| format!("{} msg/s", fmt_rate(r)));
+    let lat_s = |l: Option<(f64, f64)>| {
+        l.map_or("?".to_string(), |(p50, p99)| {
+            format!("p50 {p50:.2} ms, p99 {p99:.2} ms")
+        })
+    };
+    let cmp = "9. Embedded vs mosquitto upstream";
+    rows.push(row(
+        format!(
+            "{cmp}: uplink QoS 0, {} devices, {}",
+            a.devices,
+            if a.udp_window > 0 {
+                format!("closed loop, window {}", a.udp_window)
+            } else {
+                "open-loop blast".to_string()
+            }
+        ),
+        format!("{} vs {}", rate_s(e.up0), rate_s(up.up0)),
+        "—",
+        format!("{}; {up_note}", ratio(e.up0, up.up0)),
+    ));
+    rows.push(row(
+        format!(
+            "{cmp}: uplink QoS 1, {} devices, 1 in flight each",
+            a.devices
+        ),
+        format!("{} vs {}", rate_s(e.up1), rate_s(up.up1)),
+        "—",
+        ratio(e.up1, up.up1),
+    ));
+    rows.push(row(
+        format!("{cmp}: uplink latency at {} msg/s", a.latency_rate),
+        format!("{} vs {}", lat_s(e.lat), lat_s(up.lat)),
+        "—",
+        "device send -> subscriber receive",
+    ));
+    rows.push(row(
+        format!("{cmp}: gateway RSS idle"),
+        format!(
+            "{} vs {}",
+            e.idle_kb.map_or("?".to_string(), mb),
+            up.idle_kb.map_or("?".to_string(), mb)
+        ),
+        "—",
+        format!(
+            "VmRSS 0.5 s after the gateway answered SEARCHGW; {idle_note}; the embedded figure includes the broker (rmqtt, sled) in the same process"
+        ),
+    ));
+    Ok(())
+}
+
 /// A row if the gateway exited or logged warnings.
 fn gateway_health(gwp: &mut Proc, metric: &str, rows: &mut Vec<Row>) {
     let alive = gwp.alive();
@@ -2852,6 +3069,8 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     let broker: SocketAddr = ([127, 0, 0, 1], port).into();
     eprintln!("mosquitto on {broker} (pid {})", mosq.pid());
 
+    // The mosquitto-side numbers the embedded test compares with.
+    let mut upstream = Cmp::default();
     let ceil = if a.wants("ceiling") {
         Some(ceiling(a, broker, &mut rows).await?)
     } else {
@@ -2872,21 +3091,25 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
         }
         if a.wants("latency") {
             let socks = share(&mut devs);
-            latency(a, broker, gw, &socks, &mut rows).await?;
+            upstream.lat = Some(latency(a, broker, gw, &socks, &mut rows).await?);
             unshare(&mut devs, socks, gw);
         }
         if a.wants("up0") {
             let socks = share(&mut devs);
-            uplink_qos0(a, broker, gw, &socks, ceil, 0, &mut rows).await?;
-            if a.udp_window > 0 {
-                uplink_qos0(a, broker, gw, &socks, ceil, a.udp_window, &mut rows).await?;
-            }
+            let open = uplink_qos0(a, broker, gw, &socks, ceil, 0, &mut rows).await?;
+            upstream.up0 = Some(if a.udp_window > 0 {
+                uplink_qos0(a, broker, gw, &socks, ceil, a.udp_window, &mut rows).await?
+            } else {
+                open
+            });
             unshare(&mut devs, socks, gw);
         }
         if a.wants("up1") {
             // Let the QoS 0 backlog drain before the next test.
             drain(&mut devs).await;
-            devs = uplink_qos1(a, broker, devs, &mut rows).await?;
+            let (back, r) = uplink_qos1(a, broker, devs, &mut rows).await?;
+            devs = back;
+            upstream.up1 = Some(r);
         }
         if a.wants("down") {
             downlink(a, broker, gw, &mut rows).await?;
@@ -2911,7 +3134,10 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     }
 
     if a.wants("rss") {
-        rss(a, gw_bin, dir, broker, mosq.pid(), &mut rows).await?;
+        upstream.idle_kb = Some(rss(a, gw_bin, dir, broker, mosq.pid(), &mut rows).await?);
+    }
+    if a.wants("embedded") {
+        embedded_test(a, gw_bin, dir, broker, upstream, &mut rows).await?;
     }
     if a.wants("sleep") {
         sleep_test(a, gw_bin, dir, &mut rows).await?;
