@@ -1417,11 +1417,12 @@ async fn rss(
     broker: SocketAddr,
     mosq_pid: u32,
     rows: &mut Vec<Row>,
-) -> Result<u64> {
+) -> Result<(u64, Option<u64>)> {
     let top = a.rss_devices.iter().copied().max().unwrap_or(0);
     let (mut gwp, gw) = start_gateway(gw_bin, dir, broker.port(), top.max(1) + 100, "rss").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = rss_kb(gwp.pid()).unwrap_or(0);
+    let idle_threads = threads(gwp.pid());
     eprintln!("[rss] idle {}", mb(idle));
     rows.push(row(
         "6a. Gateway RSS idle",
@@ -1550,7 +1551,7 @@ async fn rss(
         ));
     }
     drop(socks);
-    Ok(idle)
+    Ok((idle, idle_threads))
 }
 
 // ------------------------------------------------------------------ sleeping devices
@@ -3134,7 +3135,9 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     }
 
     if a.wants("rss") {
-        upstream.idle_kb = Some(rss(a, gw_bin, dir, broker, mosq.pid(), &mut rows).await?);
+        let (idle, t) = rss(a, gw_bin, dir, broker, mosq.pid(), &mut rows).await?;
+        upstream.idle_kb = Some(idle);
+        upstream.threads = t;
     }
     if a.wants("embedded") {
         embedded_test(a, gw_bin, dir, broker, upstream, &mut rows).await?;
