@@ -308,6 +308,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         gateway,
         transports,
         sessions: HashMap::new(),
+        session_tasks: HashMap::new(),
         broker,
         connect_timeout: config.broker.upstream.connect_timeout,
         session_depth: depth,
@@ -387,6 +388,8 @@ struct Driver {
     /// UDP sockets first, then serial ports, in config order.
     transports: Vec<Transport>,
     sessions: HashMap<SessionId, mpsc::Sender<mqtt::Packet>>,
+    /// The latest session task per upstream ClientId, so a new session waits for the old one.
+    session_tasks: HashMap<String, JoinHandle<()>>,
     broker: SocketAddr,
     connect_timeout: Duration,
     session_depth: usize,
@@ -512,16 +515,23 @@ impl Driver {
                 Output::Open { session, connect } => {
                     let (tx, rx) = mpsc::channel(self.session_depth);
                     self.sessions.insert(session, tx);
-                    tokio::spawn(upstream::run(
+                    if self.session_tasks.len() > 2 * self.session_depth.max(self.sessions.len()) {
+                        self.session_tasks.retain(|_, t| !t.is_finished());
+                    }
+                    let client_id = connect.client_id.clone();
+                    let after = self.session_tasks.remove(&client_id);
+                    let task = tokio::spawn(upstream::run(
                         upstream::SessionParams {
                             session,
                             broker: self.broker,
                             connect,
                             connect_timeout: self.connect_timeout,
+                            after,
                         },
                         rx,
                         self.events_tx.clone(),
                     ));
+                    self.session_tasks.insert(client_id, task);
                 }
                 Output::Send { session, packet } => {
                     if let Some(tx) = self.sessions.get(&session) {
