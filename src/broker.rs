@@ -110,7 +110,7 @@ mod imp {
     use rmqtt::retain::{DefaultRetainStorage, RetainStorage, RetainSyncMode};
     use rmqtt::server::MqttServer;
     use rmqtt::types::AuthResult;
-    use rmqtt::types::{Retain, TopicFilter, TopicName};
+    use rmqtt::types::{Id, Retain, TopicFilter, TopicName};
     use rmqtt::utils::StatsMergeMode;
     use tokio::runtime::Runtime;
     use tracing::info;
@@ -260,11 +260,17 @@ mod imp {
             password: settings.password.clone().unwrap_or_default(),
         });
         let allow_anonymous = credentials.is_none() || settings.allow_anonymous;
+        let register = scx.extends.hook_mgr().register();
+        register
+            .add(
+                Type::ClientConnect,
+                Box::new(AwaitTeardown { scx: scx.clone() }),
+            )
+            .await;
         if let Some(c) = credentials {
-            let register = scx.extends.hook_mgr().register();
             register.add(Type::ClientAuthenticate, Box::new(c)).await;
-            register.start().await;
         }
+        register.start().await;
 
         let bind_err = |e: rmqtt::Error| {
             let mut reason = format!("{e:#}");
@@ -394,6 +400,53 @@ mod imp {
             self.0
                 .sync_retain_topic(topic, expiry_interval, is_set)
                 .await
+        }
+    }
+
+    /// Longest time a CONNECT waits for the previous session with its ClientId to be gone.
+    const TEARDOWN_WAIT: Duration = Duration::from_secs(2);
+
+    /// Makes a CONNECT wait while the previous clean session with the same ClientId is being
+    /// torn down.
+    ///
+    /// rmqtt takes a ClientId over by sending a kick to the session holding it and refuses the
+    /// new CONNECT (return code 3, server unavailable) when that session ends without
+    /// answering. A clean session that is already closed (its DISCONNECT processed, or its
+    /// connection gone) but not yet removed no longer answers: its online loop has ended and
+    /// its cleanup (hooks, store) takes a few milliseconds. A client that reconnects with the
+    /// same ClientId at once after its DISCONNECT — the gateway does, to change a device's
+    /// will — would be refused. Such a CONNECT waits here, before the kick, until the old
+    /// session has been removed (bounded by [`TEARDOWN_WAIT`]). A connected session and a
+    /// persistent one kept while its client is away still answer a kick: no wait for them.
+    struct AwaitTeardown {
+        scx: ServerContext,
+    }
+
+    impl AwaitTeardown {
+        /// Whether the session now holding `id`'s ClientId is a clean session on its way out.
+        async fn tearing_down(&self, id: &Id) -> bool {
+            let entry = self.scx.extends.shared().await.entry(id.clone());
+            let Some(session) = entry.session() else {
+                return false;
+            };
+            if entry.tx().is_none_or(|tx| tx.is_closed()) {
+                return false;
+            }
+            let clean = session.connect_info().await.is_ok_and(|c| c.clean_start());
+            clean && !session.connected().await.unwrap_or(true)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for AwaitTeardown {
+        async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+            if let Parameter::ClientConnect(info) = param {
+                let deadline = tokio::time::Instant::now() + TEARDOWN_WAIT;
+                while self.tearing_down(info.id()).await && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            (true, acc)
         }
     }
 

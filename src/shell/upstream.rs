@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -35,6 +36,9 @@ pub struct SessionParams {
 
 /// Longest wait for the previous session with the same ClientId to close.
 const PREVIOUS_SESSION_WAIT: Duration = Duration::from_secs(3);
+
+/// Longest wait, after our side is closed, for the broker to close its side.
+const BROKER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs until the broker closes, an error occurs, or `commands` is closed (then pending
 /// packets are flushed and the socket shut down).
@@ -87,8 +91,10 @@ async fn drive(
         tokio::select! {
             cmd = commands.recv() => {
                 let Some(packet) = cmd else {
-                    // The driver let go of this session: flush and close.
+                    // The driver let go of this session: flush and close, then wait for the
+                    // broker to close its side too.
                     let _ = wr.shutdown().await;
+                    await_broker_close(&mut rd, &mut inbuf).await;
                     return Ok(());
                 };
                 encode_into(&packet, &mut out)?;
@@ -129,6 +135,29 @@ async fn drive(
             }
         }
     }
+}
+
+/// After our DISCONNECT (if any) and FIN, reads until the broker closes the connection,
+/// discarding what it still sends (the core has already let go of this session).
+///
+/// The broker reads a connection in order, so its close proves it has seen everything we
+/// sent, DISCONNECT included: from then on the session's will is settled (discarded after a
+/// DISCONNECT, published otherwise). Only then may a session with the same ClientId connect
+/// (the next task waits for this one): a CONNECT that arrives earlier is a takeover, and a
+/// broker may handle the takeover before the DISCONNECT still waiting in the old socket and
+/// publish the old will (rmqtt does: its session loop picks between the kick and the socket
+/// at random). Bounded by [`BROKER_CLOSE_WAIT`] against a broker that never closes.
+async fn await_broker_close(rd: &mut ReadHalf<'_>, inbuf: &mut BytesMut) {
+    let drain = async {
+        loop {
+            inbuf.clear();
+            match rd.read_buf(inbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = timeout(BROKER_CLOSE_WAIT, drain).await;
 }
 
 fn encode_into(p: &mqtt::Packet, out: &mut BytesMut) -> Result<(), String> {
