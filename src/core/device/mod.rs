@@ -199,6 +199,8 @@ pub(crate) struct Device {
     outage: outage::Outage,
     /// QoS 1/2 messages the buffer had no room for, left unacknowledged at the broker.
     left_with_broker: u32,
+    /// WILLTOPICRESP / WILLMSGRESP owed once the new session's re-subscriptions are acked.
+    will_resp: Option<(bool, bool)>,
     /// Something was written to the store for this ClientId.
     stored: bool,
     /// When an Asleep device is lost unless it is heard from (spec §6.14, §7.2 tolerance).
@@ -249,6 +251,7 @@ impl Device {
             next_buffer_seq: 1,
             outage: outage::Outage::default(),
             left_with_broker: 0,
+            will_resp: None,
             stored: false,
             sleep_deadline: None,
             id,
@@ -1325,6 +1328,7 @@ impl Device {
         let Some(pending) = self.pending_subs.remove(&pkid) else {
             return;
         };
+        self.release_will_responses(ctx);
         if let PendingSub::Subscribe {
             msg_id,
             topic_id,
@@ -1393,6 +1397,7 @@ impl Device {
             self.save(ctx);
             ctx.transmit(&self.addr, Message::Unsuback { msg_id });
         }
+        self.release_will_responses(ctx);
         self.try_will_update(ctx, now);
     }
 
@@ -1495,22 +1500,11 @@ impl Device {
                 );
             }
         }
-        if w.respond_topic {
-            ctx.transmit(
-                &self.addr,
-                Message::WillTopicResp {
-                    return_code: ReturnCode::Accepted,
-                },
-            );
-        }
-        if w.respond_msg {
-            ctx.transmit(
-                &self.addr,
-                Message::WillMsgResp {
-                    return_code: ReturnCode::Accepted,
-                },
-            );
-        }
+        // The device hears the update applied once the new session carries its subscriptions
+        // again, so nothing published after the response can miss it.
+        let (t, m) = self.will_resp.unwrap_or_default();
+        self.will_resp = Some((t || w.respond_topic, m || w.respond_msg));
+        self.release_will_responses(ctx);
         let held: Vec<Message> = self.held.drain(..).collect();
         for m in held {
             self.on_active_message(ctx, now, m);
@@ -1520,6 +1514,37 @@ impl Device {
             self.try_will_update(ctx, now);
         }
         self.pump(ctx, now);
+    }
+
+    /// Sends the WILLTOPICRESP / WILLMSGRESP owed once no re-subscription is outstanding.
+    fn release_will_responses(&mut self, ctx: &mut Ctx) {
+        if self
+            .pending_subs
+            .values()
+            .any(|p| matches!(p, PendingSub::Internal))
+        {
+            return;
+        }
+        let Some((topic, msg)) = self.will_resp.take() else {
+            return;
+        };
+        let accepted = ReturnCode::Accepted;
+        if topic {
+            ctx.transmit(
+                &self.addr,
+                Message::WillTopicResp {
+                    return_code: accepted,
+                },
+            );
+        }
+        if msg {
+            ctx.transmit(
+                &self.addr,
+                Message::WillMsgResp {
+                    return_code: accepted,
+                },
+            );
+        }
     }
 
     fn broker_acks_outstanding(&self) -> bool {
