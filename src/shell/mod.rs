@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::{self, BrokerError, BrokerHandle, EmbeddedSettings};
 use crate::config::{BrokerMode, Config};
@@ -61,6 +61,9 @@ pub enum ShellError {
     /// `store.path`: the store cannot be opened (the source names the file and what to do).
     #[error("store.path")]
     Store(#[from] crate::store::StoreError),
+    /// The gateway stopped by itself.
+    #[error("{0}")]
+    Stopped(String),
     #[error("cannot resolve broker address {host}:{port}: {reason}")]
     ResolveBroker {
         host: String,
@@ -157,6 +160,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<()>,
     broker: Option<BrokerHandle>,
+    /// Set when the driver stopped by itself (the store can no longer write).
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl Running {
@@ -181,6 +186,21 @@ impl Running {
         let _ = self.driver.await;
         if let Some(broker) = self.broker {
             broker.shutdown().await;
+        }
+    }
+}
+
+impl Running {
+    /// Resolves if the gateway stops by itself, with the reason: the store failed, so no more
+    /// durable acknowledgement can be given (a supervisor should restart it).
+    pub async fn failure(&mut self) -> String {
+        loop {
+            if let Some(reason) = self.failed.borrow_and_update().clone() {
+                return reason;
+            }
+            if self.failed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 }
@@ -318,13 +338,15 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         persistence,
         disconnect_on_shutdown: embedded.is_some(),
     };
-    let handle = tokio::spawn(driver.run(events_rx, shutdown_rx));
+    let (failed_tx, failed_rx) = watch::channel(None);
+    let handle = tokio::spawn(driver.run(events_rx, shutdown_rx, failed_tx));
     Ok(Running {
         udp_addrs,
         stats: stats_rx,
         shutdown: shutdown_tx,
         driver: handle,
         broker: embedded,
+        failed: failed_rx,
     })
 }
 
@@ -332,11 +354,17 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
 pub async fn run(config: Config) -> Result<(), ShellError> {
     // Handlers first: a signal that arrives while the gateway starts still stops it cleanly.
     let signals = Signals::install();
-    let running = start(&config).await?;
-    signals.wait().await;
+    let mut running = start(&config).await?;
+    let failure = tokio::select! {
+        _ = signals.wait() => None,
+        reason = running.failure() => Some(reason),
+    };
     info!("shutting down");
     running.shutdown().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(reason) => Err(ShellError::Stopped(reason)),
+    }
 }
 
 /// SIGINT and SIGTERM, listened for from the moment they are installed.
@@ -403,8 +431,8 @@ struct Driver {
     disconnect_on_shutdown: bool,
 }
 
-/// The next durable sequence, or never when there is no store.
-async fn next_confirmed(p: &mut Option<persistence::Persistence>) -> u64 {
+/// The next durable sequence; `None` once the store's writer has stopped; never without store.
+async fn next_confirmed(p: &mut Option<persistence::Persistence>) -> Option<u64> {
     match p {
         Some(p) => p.confirmed().await,
         None => std::future::pending().await,
@@ -415,7 +443,12 @@ async fn next_confirmed(p: &mut Option<persistence::Persistence>) -> u64 {
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 
 impl Driver {
-    async fn run(mut self, mut events: mpsc::Receiver<Event>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut shutdown: watch::Receiver<bool>,
+        failed: watch::Sender<Option<String>>,
+    ) {
         let mut persistence = self.persistence.take();
         // Sessions reopened by the restore go out first.
         self.flush(persistence.as_ref()).await;
@@ -425,9 +458,17 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                seq = next_confirmed(&mut persistence) => {
-                    self.gateway.handle_persisted(std::time::Instant::now(), seq);
-                }
+                seq = next_confirmed(&mut persistence) => match seq {
+                    Some(seq) => self.gateway.handle_persisted(std::time::Instant::now(), seq),
+                    None => {
+                        // Acknowledgements that need the store would wait (and pile up) for
+                        // ever: stop, so a supervisor restarts the gateway on a working store.
+                        let reason = "the store can no longer write (see the error above); stopping".to_string();
+                        error!("{reason}");
+                        failed.send_replace(Some(reason));
+                        break;
+                    }
+                },
                 ev = events.recv() => {
                     let Some(ev) = ev else { break };
                     self.handle(ev);

@@ -63,7 +63,17 @@ impl Persistence {
     /// Opens the store at `path` and reads every record. Fails with the store's own error
     /// (it names the path and, for a corrupt file, how to move it aside).
     pub fn open(path: &Path, depth: usize) -> Result<(Persistence, Records), StoreError> {
-        let mut store = SqliteStore::open(path)?;
+        let store = SqliteStore::open(path)?;
+        Self::start(store, path, depth)
+    }
+
+    /// Reads every record from `store`, then hands it to the writer thread. `path` only names
+    /// the store in logs and errors.
+    pub fn start<S: Store + 'static>(
+        mut store: S,
+        path: &Path,
+        depth: usize,
+    ) -> Result<(Persistence, Records), StoreError> {
         let records = store
             .load()?
             .into_iter()
@@ -81,9 +91,9 @@ impl Persistence {
                     confirmed_tx.send_replace(seq);
                 });
                 if let Err(failed) = result {
-                    // Nothing more is confirmed: acknowledgements that need the store stay
-                    // withheld, so no device or broker is told something was kept when it was not.
-                    error!(path = %shown.display(), error = %failed.error, unwritten = failed.unwritten.len(), "store writer gave up; durable acknowledgements stop");
+                    // Dropping `confirmed_tx` tells the driver: acknowledgements that need the
+                    // store stay withheld, and the gateway stops rather than pile them up.
+                    error!(path = %shown.display(), error = %failed.error, unwritten = failed.unwritten.len(), "store writer gave up");
                 }
             })
             .map_err(|e| StoreError::Io {
@@ -121,13 +131,13 @@ impl Persistence {
         }
     }
 
-    /// Resolves when the writer confirmed a new sequence; returns the highest durable one.
-    pub async fn confirmed(&mut self) -> u64 {
-        if self.confirmed.changed().await.is_err() {
-            // The writer ended; nothing more will be confirmed.
-            std::future::pending::<()>().await;
+    /// Resolves when the writer confirmed a new sequence with the highest durable one, or
+    /// with `None` once the writer has stopped (it gave up after its retries).
+    pub async fn confirmed(&mut self) -> Option<u64> {
+        match self.confirmed.changed().await {
+            Ok(()) => Some(*self.confirmed.borrow_and_update()),
+            Err(_) => None,
         }
-        *self.confirmed.borrow_and_update()
     }
 
     /// Lets the writer finish what is queued and waits for it (the store is flushed).
@@ -136,5 +146,36 @@ impl Persistence {
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn put(n: u8) -> PersistOp {
+        PersistOp::Put {
+            table: Table::Device,
+            key: vec![n],
+            value: vec![n],
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_are_confirmed_and_a_dead_writer_is_reported() {
+        let (mut p, records) =
+            Persistence::start(MemoryStore::new(), Path::new("memory"), 4).unwrap();
+        assert!(records.is_empty());
+        p.submit(1, vec![put(1)]).await;
+        assert_eq!(p.confirmed().await, Some(1));
+
+        let mut failing = MemoryStore::new();
+        failing.fail_next_commits(u32::MAX);
+        let (mut p, _) = Persistence::start(failing, Path::new("memory"), 4).unwrap();
+        p.submit(1, vec![put(1)]).await;
+        // The writer retries, gives up, and the driver hears it: `None`, never a confirmation.
+        assert_eq!(p.confirmed().await, None);
+        p.close().await;
     }
 }
