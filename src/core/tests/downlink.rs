@@ -5,6 +5,23 @@ use std::time::Duration;
 
 use super::*;
 
+/// A device "dev1" at `addr(1)` subscribed to `cmd/led` (QoS 1 granted): the world, its address,
+/// its upstream session and the topic id.
+fn subscribed_to_cmd_led(settings: Settings, clean: bool) -> (World, DeviceAddr, SessionId, u16) {
+    let mut w = World::with(settings);
+    let a = addr(1);
+    let s = w.connect(&a, "dev1", clean, None);
+    let id = w.subscribe(
+        &a,
+        s,
+        "cmd/led",
+        QoS::AtLeastOnce,
+        mqtt::QoS::AtLeastOnce,
+        1,
+    );
+    (w, a, s, id)
+}
+
 #[test]
 fn downlink_on_a_subscribed_name_uses_its_id_without_register_and_keeps_retain() {
     let mut w = World::new();
@@ -122,17 +139,7 @@ fn rejected_regack_drops_the_publish_acks_the_broker_and_unsubscribes_the_name()
 
 #[test]
 fn downlink_qos1_acks_the_broker_only_after_the_device_puback() {
-    let mut w = World::new();
-    let a = addr(1);
-    let s = w.connect(&a, "dev1", true, None);
-    let id = w.subscribe(
-        &a,
-        s,
-        "cmd/led",
-        QoS::AtLeastOnce,
-        mqtt::QoS::AtLeastOnce,
-        1,
-    );
+    let (mut w, a, s, id) = subscribed_to_cmd_led(settings(), true);
     w.broker(
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(300), b"on"),
@@ -198,17 +205,7 @@ fn downlink_qos2_full_flow() {
 
 #[test]
 fn one_qos1_message_in_flight_at_a_time() {
-    let mut w = World::new();
-    let a = addr(1);
-    let s = w.connect(&a, "dev1", true, None);
-    let id = w.subscribe(
-        &a,
-        s,
-        "cmd/led",
-        QoS::AtLeastOnce,
-        mqtt::QoS::AtLeastOnce,
-        1,
-    );
+    let (mut w, a, s, id) = subscribed_to_cmd_led(settings(), true);
     w.broker(
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(1), b"a"),
@@ -312,20 +309,11 @@ fn unacked_register_is_resent_then_device_is_lost() {
 
 #[test]
 fn downlink_queue_bound_leaves_qos1_unacknowledged_at_the_broker() {
-    let mut w = World::with(Settings {
+    let settings = Settings {
         max_queued_per_device: 2,
         ..settings()
-    });
-    let a = addr(1);
-    let s = w.connect(&a, "dev1", false, None);
-    let id = w.subscribe(
-        &a,
-        s,
-        "cmd/led",
-        QoS::AtLeastOnce,
-        mqtt::QoS::AtLeastOnce,
-        1,
-    );
+    };
+    let (mut w, a, s, id) = subscribed_to_cmd_led(settings, false);
     // 1 goes in flight; 2 and 3 fill the queue; 4 does not fit: it is not acknowledged, so
     // the broker keeps it.
     for pkid in 1..=4u16 {
@@ -435,17 +423,7 @@ fn downlink_too_large_for_a_frame_is_silently_dropped_and_acked() {
 
 #[test]
 fn device_puback_invalid_topic_id_reregisters_once_and_resends() {
-    let mut w = World::new();
-    let a = addr(1);
-    let s = w.connect(&a, "dev1", true, None);
-    let id = w.subscribe(
-        &a,
-        s,
-        "cmd/led",
-        QoS::AtLeastOnce,
-        mqtt::QoS::AtLeastOnce,
-        1,
-    );
+    let (mut w, a, s, id) = subscribed_to_cmd_led(settings(), true);
     w.broker(
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(8), b"on"),
@@ -484,17 +462,7 @@ fn device_puback_invalid_topic_id_reregisters_once_and_resends() {
 
 #[test]
 fn broker_redelivery_of_a_held_message_is_not_queued_twice() {
-    let mut w = World::new();
-    let a = addr(1);
-    let s = w.connect(&a, "dev1", true, None);
-    let id = w.subscribe(
-        &a,
-        s,
-        "cmd/led",
-        QoS::AtLeastOnce,
-        mqtt::QoS::AtLeastOnce,
-        1,
-    );
+    let (mut w, a, s, id) = subscribed_to_cmd_led(settings(), true);
     w.broker(
         s,
         mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd/led", Some(8), b"on"),
