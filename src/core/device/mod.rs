@@ -555,12 +555,12 @@ impl Device {
 
     /// A CONNECT from this device (new, repeated, or taking over). The caller has bound `addr`.
     pub fn on_connect(&mut self, ctx: &mut Ctx, now: Instant, c: &codec::Connect) {
+        self.keep_alive = Duration::from_secs(u64::from(c.duration));
+        self.last_heard = now;
         let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
         if sleeping && !c.clean_session && !c.will && self.session.is_some() {
             // Leaving sleep for Active (spec §6.14): the upstream session, the topic ids and
             // the buffered messages carry on; the buffer is delivered now.
-            self.keep_alive = Duration::from_secs(u64::from(c.duration));
-            self.last_heard = now;
             self.set_state(ctx, DeviceState::Active);
             ctx.transmit(
                 &self.addr,
@@ -577,8 +577,6 @@ impl Device {
             // for the same session: answer with that session's CONNACK rather than open a
             // second connection with the same ClientId racing the first at the broker.
             self.outage.clear_resuming();
-            self.keep_alive = Duration::from_secs(u64::from(c.duration));
-            self.last_heard = now;
             self.topics.mark_all_unknown();
             self.set_state(ctx, DeviceState::AwaitBroker);
             self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
@@ -603,12 +601,9 @@ impl Device {
             // Ids stay stable but the device is told them again before use (spec §6.10).
             self.topics.mark_all_unknown();
         }
-        self.keep_alive = Duration::from_secs(u64::from(c.duration));
-        self.last_heard = now;
-        let stage_time = ctx.settings.retry_interval * (ctx.settings.max_retries + 1);
         if c.will {
             self.set_state(ctx, DeviceState::AwaitWillTopic);
-            self.stage_deadline = Some(now + stage_time);
+            self.stage_deadline = Some(now + will_prompt_time(ctx));
             ctx.transmit(&self.addr, Message::WillTopicReq);
         } else {
             self.open_upstream(ctx, now);
@@ -624,8 +619,7 @@ impl Device {
             Some(w) if mqtt::valid_topic_name(&w.topic) => {
                 self.will_topic = Some(w);
                 self.set_state(ctx, DeviceState::AwaitWillMsg);
-                let stage_time = ctx.settings.retry_interval * (ctx.settings.max_retries + 1);
-                self.stage_deadline = Some(now + stage_time);
+                self.stage_deadline = Some(now + will_prompt_time(ctx));
                 ctx.transmit(&self.addr, Message::WillMsgReq);
             }
             Some(w) => {
@@ -770,25 +764,25 @@ impl Device {
     /// The device is gone without DISCONNECT: drop the upstream session ungracefully so the
     /// broker publishes the will.
     pub fn lose(&mut self, ctx: &mut Ctx) {
-        if let Some(s) = self.session.take() {
-            ctx.close(s, false);
-        }
-        self.drop_will_update(ctx, false);
-        self.reset_flows(ctx);
-        self.set_state(ctx, DeviceState::Lost);
-        self.stage_deadline = None;
+        self.end_sessions(ctx, false, DeviceState::Lost);
         ctx.stats.devices_lost += 1;
+    }
+
+    /// Ends the upstream session(s) — with DISCONNECT when `graceful`, so no will — voids the
+    /// flows tied to them and moves to `state`.
+    fn end_sessions(&mut self, ctx: &mut Ctx, graceful: bool, state: DeviceState) {
+        if let Some(s) = self.session.take() {
+            ctx.close(s, graceful);
+        }
+        self.drop_will_update(ctx, graceful);
+        self.reset_flows(ctx);
+        self.set_state(ctx, state);
+        self.stage_deadline = None;
     }
 
     /// DISCONNECT from the device: a clean MQTT DISCONNECT upstream (no will).
     pub fn on_disconnect(&mut self, ctx: &mut Ctx) {
-        if let Some(s) = self.session.take() {
-            ctx.close(s, true);
-        }
-        self.drop_will_update(ctx, true);
-        self.reset_flows(ctx);
-        self.set_state(ctx, DeviceState::Disconnected);
-        self.stage_deadline = None;
+        self.end_sessions(ctx, true, DeviceState::Disconnected);
         if self.clean_session {
             self.topics.clear();
             self.subs.clear();
@@ -837,10 +831,8 @@ impl Device {
     /// The broker ended the device's session and it cannot be resumed: tell the device.
     pub(super) fn broker_ended_session(&mut self, ctx: &mut Ctx) {
         info!(client_id = %self.client_id, "broker closed the session; telling the device");
-        self.drop_will_update(ctx, false);
-        self.reset_flows(ctx);
-        self.set_state(ctx, DeviceState::Disconnected);
-        self.stage_deadline = None;
+        // `session` is already gone (the broker ended it); only a will update's is left.
+        self.end_sessions(ctx, false, DeviceState::Disconnected);
         ctx.transmit(&self.addr, Message::Disconnect { duration: None });
     }
 
@@ -2032,6 +2024,11 @@ impl Device {
         self.inflight = None;
         self.pump(ctx, now);
     }
+}
+
+/// How long a will prompt waits for the device: what its own retries (N_RETRY × T_RETRY) allow.
+fn will_prompt_time(ctx: &Ctx) -> Duration {
+    ctx.settings.retry_interval * (ctx.settings.max_retries + 1)
 }
 
 /// The TopicId a PUBACK for `p` carries: the id, or the short name's two octets.
