@@ -454,6 +454,61 @@ pub struct Limits {
     /// `udp_receive_buffer`: kernel receive buffer asked for each UDP socket, octets.
     #[serde(deserialize_with = "in_range::<_, 4096, { u32::MAX as u64 }>")]
     pub udp_receive_buffer: usize,
+    /// `max_subscriptions_per_device`: subscriptions one device may hold, at least 1.
+    #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
+    pub max_subscriptions_per_device: usize,
+    /// `max_silent_downlink_bytes`: octets sent to a UDP device with nothing heard back before
+    /// it counts as lost, at least 1024.
+    #[serde(deserialize_with = "in_range::<_, 1024, { u32::MAX as u64 }>")]
+    pub max_silent_downlink_bytes: usize,
+    /// `per_source`: what one source address or subnet may hold (UDP only).
+    pub per_source: PerSource,
+}
+
+/// `limits.per_source`: bounds for one UDP source address and one subnet (source addresses can
+/// be spoofed, so no one sender may fill the device table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerSource {
+    /// `devices_per_address`: connected devices one IP address may hold, at least 1.
+    #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
+    pub devices_per_address: usize,
+    /// `devices_per_subnet`: connected devices one subnet may hold, at least 1.
+    #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
+    pub devices_per_subnet: usize,
+    /// `pending_per_address`: devices not heard from since their CONNECT, per IP address.
+    #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
+    pub pending_per_address: usize,
+    /// `pending_per_subnet`: the same per subnet.
+    #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
+    pub pending_per_subnet: usize,
+    /// `connects_per_second`: sessions one subnet may start per second, sustained.
+    #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
+    pub connects_per_second: usize,
+    /// `connect_burst`: sessions one subnet may start at once.
+    #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
+    pub connect_burst: usize,
+    /// `ipv4_subnet_prefix`: prefix length of an IPv4 subnet, 0..=32.
+    #[serde(deserialize_with = "in_range::<_, 0, 32>")]
+    pub ipv4_subnet_prefix: usize,
+    /// `ipv6_subnet_prefix`: prefix length of an IPv6 subnet, 0..=128.
+    #[serde(deserialize_with = "in_range::<_, 0, 128>")]
+    pub ipv6_subnet_prefix: usize,
+}
+
+impl Default for PerSource {
+    fn default() -> Self {
+        PerSource {
+            devices_per_address: 1000,
+            devices_per_subnet: 5000,
+            pending_per_address: 32,
+            pending_per_subnet: 128,
+            connects_per_second: 100,
+            connect_burst: 200,
+            ipv4_subnet_prefix: 24,
+            ipv6_subnet_prefix: 64,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -466,6 +521,9 @@ impl Default for Limits {
             max_client_id_len: 64,
             channel_depth: 1024,
             udp_receive_buffer: 4 * 1024 * 1024,
+            max_subscriptions_per_device: 256,
+            max_silent_downlink_bytes: 64 * 1024,
+            per_source: PerSource::default(),
         }
     }
 }

@@ -32,6 +32,9 @@ pub(crate) struct Ctx {
     held: HashMap<SessionId, usize>,
     /// Highest batch the store confirmed.
     confirmed: u64,
+    /// Octets of every frame queued for a device so far (the gateway charges the difference
+    /// around a device's input to that device).
+    pub tx_bytes: u64,
 }
 
 impl Ctx {
@@ -57,6 +60,7 @@ impl Ctx {
             pending: VecDeque::new(),
             held: HashMap::new(),
             confirmed: 0,
+            tx_bytes: 0,
         }
     }
 
@@ -160,6 +164,7 @@ impl Ctx {
     }
 
     pub fn transmit_frame(&mut self, to: &DeviceAddr, frame: Bytes) {
+        self.tx_bytes += frame.len() as u64;
         self.out.push_back(Output::Transmit {
             to: to.clone(),
             frame,

@@ -13,12 +13,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{debug, info};
 
+use super::admission::{Admission, Class, LogLimiter};
 use super::ctx::Ctx;
 use super::device::{qos0_publish, short_name, Device, DeviceState};
 use super::persist::{self, DeviceRecord};
 use super::settings::Settings;
 use super::timers::TimerQueue;
-use super::types::{DeviceAddr, Output, SessionId, Stats, Table};
+use super::types::{DeviceAddr, Output, PeerAddr, SessionId, Stats, Table};
 use super::DeviceId;
 use crate::codec::{self, Message, TopicRef};
 use crate::mqtt;
@@ -41,6 +42,7 @@ pub struct RestoreReport {
     pub devices: usize,
     pub buffered: usize,
     pub uplink: usize,
+    pub subscriptions: usize,
     /// Records that did not parse or belong to no device.
     pub skipped: usize,
 }
@@ -55,12 +57,18 @@ pub struct Gateway {
     next_device: u64,
     qos_m1: QosMinusOne,
     next_advertise: Option<Instant>,
+    /// Per-source limits and the eviction order.
+    admission: Admission,
+    /// Refused CONNECTs are logged at most this often.
+    refusal_log: LogLimiter,
 }
 
 impl Gateway {
     pub fn new(settings: Settings, now: Instant) -> Self {
         let next_advertise = settings.advertise_interval.map(|_| now);
         Gateway {
+            admission: Admission::new(settings.per_source.clone()),
+            refusal_log: LogLimiter::default(),
             ctx: Ctx::new(settings),
             devices: HashMap::new(),
             by_addr: HashMap::new(),
@@ -89,6 +97,12 @@ impl Gateway {
     pub fn device_state(&self, client_id: &str) -> Option<DeviceState> {
         let id = self.by_client_id.get(client_id)?;
         self.devices.get(id).map(|d| d.state)
+    }
+
+    /// Entries in the timer table and the admission index (tests: nothing stale is left).
+    #[cfg(test)]
+    pub(crate) fn index_sizes(&self) -> (usize, usize) {
+        (self.timers.len(), self.admission.len())
     }
 
     /// The next effect to carry out.
@@ -184,6 +198,13 @@ impl Gateway {
             self.by_addr.insert(from.clone(), id);
         }
         dev.last_heard = now;
+        dev.silent_bytes = 0;
+        // Anything a connected device says after its CONNACK proves it is there (not a spoofed
+        // CONNECT): it is no longer evicted for a newcomer.
+        if dev.state.is_live() {
+            dev.proven = true;
+        }
+        let tx_mark = self.ctx.tx_bytes;
         let ctx = &mut self.ctx;
         match (dev.state, msg) {
             (DeviceState::AwaitWillTopic, Message::WillTopic(w)) => dev.on_will_topic(ctx, now, w),
@@ -217,7 +238,7 @@ impl Gateway {
                 debug!(client_id = %dev.client_id, ?state, msg = ?msg.msg_type(), "message in wrong state dropped");
             }
         }
-        self.reschedule(id);
+        self.settle(id, tx_mark);
     }
 
     /// A device with no session spoke: tell it to CONNECT again (spec §6.12).
@@ -243,6 +264,16 @@ impl Gateway {
             refuse(&mut self.ctx, codec::ReturnCode::NotSupported);
             return;
         }
+        let known = self.by_client_id.get(&c.client_id).copied();
+        if let Err(why) = self.admission.admit(now, &from, known) {
+            self.ctx.stats.connects_refused_source += 1;
+            if let Some(unlogged) = self.refusal_log.tick(now) {
+                info!(peer = %from, client_id = %c.client_id, limit = why.as_str(), unlogged, "CONNECT refused: per-source limit");
+            }
+            refuse(&mut self.ctx, codec::ReturnCode::Congestion);
+            return;
+        }
+        let tx_mark = self.ctx.tx_bytes;
         // Another client spoke from this address before: it is gone without DISCONNECT.
         if let Some(&other) = self.by_addr.get(&from) {
             if let Some(o) = self.devices.get_mut(&other) {
@@ -258,7 +289,10 @@ impl Gateway {
             Some(&id) => id,
             None => {
                 if self.devices.len() >= self.ctx.settings.max_devices && !self.evict_one() {
-                    info!(peer = %from, "max_devices reached; CONNECT refused");
+                    self.ctx.stats.connects_refused_full += 1;
+                    if let Some(unlogged) = self.refusal_log.tick(now) {
+                        info!(peer = %from, client_id = %c.client_id, unlogged, "CONNECT refused: limits.max_devices reached and every device is talking");
+                    }
                     refuse(&mut self.ctx, codec::ReturnCode::Congestion);
                     return;
                 }
@@ -291,30 +325,40 @@ impl Gateway {
         self.by_addr.insert(from, id);
         if dev.state == DeviceState::AwaitBroker && !c.will {
             // A re-sent CONNECT while the broker is still answering: the CONNACK will come.
+            self.settle(id, tx_mark);
             return;
         }
+        dev.silent_bytes = 0;
+        if !matches!(dev.state, DeviceState::Asleep | DeviceState::Awake) {
+            // A new session must prove itself again; a sleeper waking with CONNECT already did.
+            dev.proven = false;
+        }
         dev.on_connect(&mut self.ctx, now, &c);
-        self.reschedule(id);
+        self.settle(id, tx_mark);
     }
 
-    /// Frees the slot of the least recently heard device that is not connected.
+    /// Frees a slot for a newcomer: the least recently heard device that is not connected,
+    /// else the least recently heard one not heard from since its CONNECT (which is told to
+    /// reconnect, and its session ends without its will). A device that has spoken since its
+    /// CONNACK keeps its slot.
     fn evict_one(&mut self) -> bool {
-        let victim = self
-            .devices
-            .values()
-            .filter(|d| !d.is_connected())
-            .min_by_key(|d| d.last_heard)
-            .map(|d| d.id);
-        match victim {
-            Some(id) => {
-                self.remove_device(id);
-                true
+        let Some((id, class)) = self.admission.victim(None) else {
+            return false;
+        };
+        if class == Class::Pending {
+            if let Some(d) = self.devices.get_mut(&id) {
+                debug!(client_id = %d.client_id, peer = %d.addr, "table full: pending device evicted");
+                d.on_disconnect(&mut self.ctx);
             }
-            None => false,
         }
+        self.ctx.stats.devices_evicted += 1;
+        self.remove_device(id);
+        true
     }
 
     fn remove_device(&mut self, id: DeviceId) {
+        self.timers.remove(id);
+        self.admission.remove(id);
         if let Some(mut d) = self.devices.remove(&id) {
             d.forget(&mut self.ctx);
             if self.by_addr.get(&d.addr) == Some(&id) {
@@ -389,9 +433,10 @@ impl Gateway {
         let Some(&id) = self.ctx.by_session.get(&session) else {
             return; // a session we already let go
         };
+        let tx_mark = self.ctx.tx_bytes;
         if let Some(dev) = self.devices.get_mut(&id) {
             dev.on_upstream(&mut self.ctx, now, session, packet);
-            self.reschedule(id);
+            self.settle(id, tx_mark);
         }
     }
 
@@ -409,9 +454,10 @@ impl Gateway {
         let Some(id) = self.ctx.by_session.remove(&session) else {
             return;
         };
+        let tx_mark = self.ctx.tx_bytes;
         if let Some(dev) = self.devices.get_mut(&id) {
             dev.on_upstream_closed(&mut self.ctx, now, session);
-            self.reschedule(id);
+            self.settle(id, tx_mark);
         }
     }
 
@@ -468,7 +514,9 @@ impl Gateway {
             }
             let id = DeviceId(self.next_device);
             self.next_device += 1;
-            let dev = Device::restore(id, record, addr, &mut self.ctx, now);
+            let mut dev = Device::restore(id, record, addr, &mut self.ctx, now);
+            // It had a session before the restart: a real device, not a spoofed CONNECT.
+            dev.proven = true;
             self.by_addr.insert(dev.addr.clone(), id);
             self.by_client_id.insert(dev.client_id.clone(), id);
             self.devices.insert(id, dev);
@@ -477,6 +525,20 @@ impl Gateway {
         // Keys sort by device then sequence, so buffers come back in order.
         rest.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         for (table, key, value) in rest {
+            if table == Table::Subscription {
+                let sub = persist::split_subscription_key(&key).and_then(|(client_id, filter)| {
+                    let r: persist::SubscriptionRecord = persist::decode(&value)?;
+                    Some((*self.by_client_id.get(&client_id)?, filter, r.qos))
+                });
+                match sub.and_then(|(id, f, q)| Some((self.devices.get_mut(&id)?, f, q))) {
+                    Some((dev, filter, qos)) => {
+                        dev.restore_subscription(filter, qos);
+                        report.subscriptions += 1;
+                    }
+                    None => report.skipped += 1,
+                }
+                continue;
+            }
             let dev = persist::split_numbered_key(&key)
                 .and_then(|(client_id, n)| Some((*self.by_client_id.get(&client_id)?, n)));
             let Some((id, n)) = dev else {
@@ -501,28 +563,27 @@ impl Gateway {
                     }
                     None => report.skipped += 1,
                 },
-                Table::Device => {}
+                Table::Device | Table::Subscription => {}
             }
         }
         let ids: Vec<DeviceId> = self.devices.keys().copied().collect();
+        let tx_mark = self.ctx.tx_bytes;
         for id in ids {
-            self.reschedule(id);
+            self.settle(id, tx_mark);
         }
         info!(?report, "restored persistent sessions");
+        self.ctx.flush_persist();
         report
     }
 
     fn timeout(&mut self, now: Instant) {
-        while let Some((at, id)) = self.timers.pop_due(now) {
+        while let Some((_, id)) = self.timers.pop_due(now) {
+            let tx_mark = self.ctx.tx_bytes;
             let Some(dev) = self.devices.get_mut(&id) else {
                 continue;
             };
-            if dev.scheduled != Some(at) {
-                continue; // superseded by an earlier entry
-            }
-            dev.scheduled = None;
             dev.on_timeout(&mut self.ctx, now);
-            self.reschedule(id);
+            self.settle(id, tx_mark);
         }
         if let Some(at) = self.next_advertise {
             if at <= now {
@@ -553,18 +614,43 @@ impl Gateway {
         }
     }
 
-    fn reschedule(&mut self, id: DeviceId) {
+    /// After `id` handled an input: charge what was sent to it since `tx_mark` to its silence
+    /// budget (a UDP device that never answers must not be sent unbounded traffic: it is lost
+    /// past `limits.max_silent_downlink_bytes`), then bring its timer and admission entry up
+    /// to date.
+    fn settle(&mut self, id: DeviceId, tx_mark: u64) {
         let Some(dev) = self.devices.get_mut(&id) else {
             return;
         };
-        let Some(next) = dev.next_deadline() else {
-            return;
+        let sent = usize::try_from(self.ctx.tx_bytes.saturating_sub(tx_mark)).unwrap_or(usize::MAX);
+        dev.silent_bytes = dev.silent_bytes.saturating_add(sent);
+        if dev.silent_bytes > self.ctx.settings.max_silent_downlink_bytes
+            && dev.is_connected()
+            && matches!(dev.addr.peer, PeerAddr::Udp(_))
+        {
+            info!(client_id = %dev.client_id, peer = %dev.addr, sent = dev.silent_bytes,
+                "device lost: it sent nothing back while limits.max_silent_downlink_bytes were sent to it");
+            dev.silent_bytes = 0;
+            self.ctx.stats.devices_silent_lost += 1;
+            dev.lose(&mut self.ctx);
+        }
+        let class = if !dev.is_connected() {
+            Class::Idle
+        } else if dev.proven {
+            Class::Proven
+        } else {
+            Class::Pending
         };
-        // Only an earlier deadline needs a new heap entry; a later one is found when the
-        // current entry fires and the device reschedules itself.
-        if dev.scheduled.is_none_or(|s| next < s) {
-            dev.scheduled = Some(next);
-            self.timers.push(next, id);
+        self.admission.update(id, class, &dev.addr, dev.last_heard);
+        match dev.next_deadline() {
+            // Only an earlier deadline moves the entry; a later one is found when the current
+            // entry fires and the device settles again.
+            Some(next) => {
+                if self.timers.get(id).is_none_or(|s| next < s) {
+                    self.timers.set(next, id);
+                }
+            }
+            None => self.timers.remove(id),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! the clock, spawn, lock, or hold an unbounded queue. Time comes in as `now`; effects go out
 //! as [`Output`] values drained with [`Gateway::poll_output`].
 
+mod admission;
 mod ctx;
 mod device;
 mod gateway;

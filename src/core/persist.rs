@@ -17,7 +17,9 @@ pub struct DeviceRecord {
     /// The device's keep-alive, seconds.
     pub keep_alive: u16,
     pub will: Option<WillRecord>,
-    /// Granted subscriptions: (filter, QoS 0..=2).
+    /// Granted subscriptions as older versions stored them: (filter, QoS 0..=2). Now each
+    /// is a row of [`Table::Subscription`]; read on restore, never written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subs: Vec<(String, u8)>,
     /// Normal topic ids: (id, name, known by the device).
     pub topics: Vec<(u16, String, bool)>,
@@ -174,6 +176,30 @@ pub fn numbered_key(client_id: &str, n: u64) -> Vec<u8> {
     let mut k = device_prefix(client_id);
     k.extend_from_slice(&n.to_be_bytes());
     k
+}
+
+/// A granted subscription of a persistent session ([`Table::Subscription`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    pub qos: u8,
+}
+
+/// Key of `client_id`'s subscription to `filter`.
+pub fn subscription_key(client_id: &str, filter: &str) -> Vec<u8> {
+    let mut k = device_prefix(client_id);
+    k.extend_from_slice(filter.as_bytes());
+    k
+}
+
+/// Splits a subscription key back into (ClientId, filter).
+pub fn split_subscription_key(key: &[u8]) -> Option<(String, String)> {
+    let (len, rest) = key.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    let (id, filter) = (rest.get(..len)?, rest.get(len..)?);
+    Some((
+        String::from_utf8(id.to_vec()).ok()?,
+        String::from_utf8(filter.to_vec()).ok()?,
+    ))
 }
 
 /// Splits a numbered key back into (ClientId, number).

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub use super::admission::SourceLimits;
+
 /// Gateway-wide settings for [`super::Gateway`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -46,6 +48,12 @@ pub struct Settings {
     /// are written with `Output::Persist`, and acknowledgements that promise durability wait
     /// for `Gateway::handle_persisted`.
     pub persistent: bool,
+    /// What one source address or subnet may hold, and its connect rate.
+    pub per_source: SourceLimits,
+    /// Octets sent to a UDP device with nothing heard back before it counts as lost.
+    pub max_silent_downlink_bytes: usize,
+    /// Subscriptions one device may hold; past it SUBACK says "rejected: congestion".
+    pub max_subscriptions_per_device: usize,
 }
 
 impl Default for Settings {
@@ -70,6 +78,9 @@ impl Default for Settings {
             sleep_buffer_bytes: 64 * 1024,
             sleep_keep_qos0: true,
             persistent: false,
+            per_source: SourceLimits::default(),
+            max_silent_downlink_bytes: 64 * 1024,
+            max_subscriptions_per_device: 256,
         }
     }
 }

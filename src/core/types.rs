@@ -89,6 +89,9 @@ pub enum Table {
     Buffer,
     /// Uplink QoS 2 flows and parked uplink messages, keyed by ClientId then id.
     Uplink,
+    /// One row per granted subscription of a persistent session, keyed by ClientId then
+    /// filter, so a SUBSCRIBE writes one row instead of the whole device record.
+    Subscription,
 }
 
 impl Table {
@@ -97,6 +100,7 @@ impl Table {
             Table::Device => "device",
             Table::Buffer => "buffer",
             Table::Uplink => "uplink",
+            Table::Subscription => "subscription",
         }
     }
 
@@ -161,4 +165,15 @@ pub struct Stats {
     /// Messages for sleeping devices dropped by the buffer policy (QoS 0 when full or not kept;
     /// QoS 1/2 left unacknowledged at the broker when full).
     pub sleep_buffer_dropped: u64,
+    /// CONNECTs refused by a per-source limit or the per-subnet connect rate.
+    pub connects_refused_source: u64,
+    /// CONNECTs refused because the table was full and every device in it was talking.
+    pub connects_refused_full: u64,
+    /// Devices removed to make room for a newcomer (not connected, or silent since CONNECT).
+    pub devices_evicted: u64,
+    /// Devices declared lost because more than `limits.max_silent_downlink_bytes` were sent to
+    /// them with nothing heard back.
+    pub devices_silent_lost: u64,
+    /// SUBSCRIBEs refused because the device had `limits.max_subscriptions_per_device`.
+    pub subscriptions_refused: u64,
 }

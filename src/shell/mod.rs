@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::broker::{self, BrokerError, BrokerHandle, EmbeddedSettings};
 use crate::config::{BrokerMode, Config};
+use crate::core::settings::SourceLimits;
 use crate::core::{DeviceAddr, Gateway, Output, PeerAddr, SessionId, Settings, Stats, TransportId};
 use crate::mqtt;
 
@@ -111,6 +112,23 @@ pub fn settings_from(config: &Config) -> Settings {
         sleep_buffer_bytes: config.sleep.buffer_bytes,
         sleep_keep_qos0: config.sleep.keep_qos0,
         persistent: false,
+        per_source: per_source(&config.limits.per_source),
+        max_silent_downlink_bytes: config.limits.max_silent_downlink_bytes,
+        max_subscriptions_per_device: config.limits.max_subscriptions_per_device,
+    }
+}
+
+fn per_source(p: &crate::config::PerSource) -> SourceLimits {
+    let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    SourceLimits {
+        devices_per_address: p.devices_per_address,
+        devices_per_subnet: p.devices_per_subnet,
+        pending_per_address: p.pending_per_address,
+        pending_per_subnet: p.pending_per_subnet,
+        connects_per_second: u32_of(p.connects_per_second),
+        connect_burst: u32_of(p.connect_burst),
+        ipv4_prefix: u8::try_from(p.ipv4_subnet_prefix).unwrap_or(32),
+        ipv6_prefix: u8::try_from(p.ipv6_subnet_prefix).unwrap_or(128),
     }
 }
 
@@ -205,23 +223,62 @@ impl Running {
     }
 }
 
-/// Raises the open-file limit toward what `max_devices` upstream sockets need.
-fn raise_nofile_limit(max_devices: usize) {
-    let wanted = (max_devices as u64).saturating_add(256);
-    match rlimit::increase_nofile_limit(wanted) {
-        Ok(got) if got >= wanted => debug!(limit = got, "open-file limit"),
-        Ok(got) => warn!(
-            limit = got,
-            wanted,
-            "open-file limit is below what limits.max_devices needs; raise it (ulimit -n / LimitNOFILE=)"
-        ),
-        Err(e) => warn!(error = %e, wanted, "cannot raise the open-file limit"),
+/// Open files the gateway keeps for itself (listening sockets, serial ports, the store, the
+/// embedded broker's files, the QoS -1 session, will-update sessions in flight).
+const RESERVED_FILES: u64 = 256;
+
+/// Open files one device costs: its upstream socket, and in embedded mode the broker's end of
+/// that connection too (both live in this process).
+fn files_per_device(mode: BrokerMode) -> u64 {
+    match mode {
+        BrokerMode::Embedded => 2,
+        BrokerMode::Upstream => 1,
     }
+}
+
+/// How many devices fit in an open-file limit of `limit`, at most `wanted`.
+fn devices_that_fit(limit: u64, wanted: usize, mode: BrokerMode) -> usize {
+    let fit = limit.saturating_sub(RESERVED_FILES) / files_per_device(mode);
+    usize::try_from(fit).unwrap_or(usize::MAX).clamp(1, wanted.max(1))
+}
+
+/// Raises the open-file limit toward what `limits.max_devices` needs in this broker mode and
+/// returns the number of devices the limit allows: a device past it is refused with CONNACK
+/// congestion instead of failing for want of a socket. Warns once when that is fewer than
+/// `limits.max_devices`.
+fn raise_nofile_limit(config: &Config) -> usize {
+    let max_devices = config.limits.max_devices;
+    let mode = config.broker.mode;
+    let wanted = (max_devices as u64)
+        .saturating_mul(files_per_device(mode))
+        .saturating_add(RESERVED_FILES);
+    let got = match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) => got,
+        Err(e) => {
+            warn!(error = %e, wanted, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(wanted, |(soft, _)| soft)
+        }
+    };
+    if got >= wanted {
+        debug!(limit = got, "open-file limit");
+        return max_devices;
+    }
+    let fit = devices_that_fit(got, max_devices, mode);
+    warn!(
+        limit = got,
+        wanted,
+        devices = fit,
+        "the open-file limit allows only {fit} of limits.max_devices = {max_devices} devices \
+         ({} open files each in {mode:?} mode); further devices get CONNACK congestion. \
+         Raise it (LimitNOFILE= in the systemd unit, ulimit -n) or lower limits.max_devices",
+        files_per_device(mode),
+    );
+    fit
 }
 
 /// Binds the transports and starts the driver. Returns once everything is listening.
 pub async fn start(config: &Config) -> Result<Running, ShellError> {
-    raise_nofile_limit(config.limits.max_devices);
+    let max_devices = raise_nofile_limit(config);
     // Embedded: start the broker first, then treat it like any upstream broker.
     let (broker, embedded) = match config.broker.mode {
         BrokerMode::Embedded => {
@@ -310,6 +367,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     }
 
     let mut settings = settings_from(config);
+    settings.max_devices = max_devices;
     let now = std::time::Instant::now();
     let (persistence, records) = match &config.store.path {
         Some(path) => {

@@ -30,6 +30,7 @@ fn to_store_table(t: Table) -> store::Table {
         Table::Device => store::Table::Device,
         Table::Buffer => store::Table::Buffer,
         Table::Uplink => store::Table::Uplink,
+        Table::Subscription => store::Table::Subscription,
     }
 }
 
@@ -38,6 +39,7 @@ fn to_core_table(t: store::Table) -> Table {
         store::Table::Device => Table::Device,
         store::Table::Buffer => Table::Buffer,
         store::Table::Uplink => Table::Uplink,
+        store::Table::Subscription => Table::Subscription,
     }
 }
 

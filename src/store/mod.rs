@@ -28,7 +28,7 @@ pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 pub use writer::{Batch, Writer, WriterFailed, WriterLimits};
 
 /// The tables the store keeps. A closed set: each is one kind of record the core persists (the
-/// same three, with the same on-disk names, as the core's own `Table`; the shell maps one to the
+/// same four, with the same on-disk names, as the core's own `Table`; the shell maps one to the
 /// other).
 ///
 /// An enum rather than a free-form name so a typo cannot create a table, and so [`Store::load`]
@@ -45,11 +45,18 @@ pub enum Table {
     Buffer,
     /// In-flight uplink QoS state and parked uplink messages.
     Uplink,
+    /// One row per subscription of a persistent device session.
+    Subscription,
 }
 
 impl Table {
     /// Every table, in load order.
-    pub const ALL: [Table; 3] = [Table::Device, Table::Buffer, Table::Uplink];
+    pub const ALL: [Table; 4] = [
+        Table::Device,
+        Table::Buffer,
+        Table::Uplink,
+        Table::Subscription,
+    ];
 
     /// The name stored on disk. Stable: changing one is a schema change.
     pub const fn name(self) -> &'static str {
@@ -57,6 +64,7 @@ impl Table {
             Table::Device => "device",
             Table::Buffer => "buffer",
             Table::Uplink => "uplink",
+            Table::Subscription => "subscription",
         }
     }
 

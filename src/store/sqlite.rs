@@ -26,6 +26,10 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL,
         PRIMARY KEY (tbl, key)
     ) WITHOUT ROWID;",
+    // 1 -> 2: rows of the new table `subscription` (one per device subscription) may appear;
+    // the layout is unchanged. The bump makes an older gateway refuse the file (NewerSchema)
+    // rather than call those rows corrupt.
+    "",
 ];
 
 /// The schema version this gateway writes and the newest it can read.
@@ -404,7 +408,7 @@ mod tests {
         let dir = TempDir::new("version");
         let path = dir.path().join("gw.db");
         drop(SqliteStore::open(&path).unwrap());
-        assert_eq!(SCHEMA_VERSION, 1);
+        assert_eq!(SCHEMA_VERSION, 2);
         assert_eq!(user_version(&path), SCHEMA_VERSION);
         let mode: String = Connection::open(&path)
             .unwrap()
@@ -417,6 +421,30 @@ mod tests {
             .pragma_query_value(None, "synchronous", |row| row.get(0))
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_and_keeps_its_rows() {
+        let dir = TempDir::new("v1");
+        let path = dir.path().join("gw.db");
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.commit(&[put(b"k", b"v")]).unwrap();
+        store.conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(store);
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
+        assert_eq!(
+            store.load().unwrap(),
+            vec![(Table::Device, b"k".to_vec(), b"v".to_vec())]
+        );
+        store
+            .commit(&[Op::Put {
+                table: Table::Subscription,
+                key: b"k".to_vec(),
+                value: b"{}".to_vec(),
+            }])
+            .unwrap();
+        assert_eq!(store.load().unwrap().len(), 2);
     }
 
     #[test]
@@ -436,7 +464,7 @@ mod tests {
                 found,
                 supported,
             } => {
-                assert_eq!((p.as_path(), found, supported), (path.as_path(), 2, 1));
+                assert_eq!((p.as_path(), found, supported), (path.as_path(), 3, 2));
             }
             other => panic!("expected NewerSchema, got {other}"),
         }

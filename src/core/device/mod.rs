@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 mod outage;
+mod subs;
 
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
@@ -187,8 +188,11 @@ pub(crate) struct Device {
     will_update: Option<WillUpdate>,
     /// Uplink messages held while the upstream session is being replaced.
     held: VecDeque<Message>,
-    /// The earliest deadline this device has in the gateway's timer queue.
-    pub scheduled: Option<Instant>,
+    /// Spoke since its CONNACK (not just a CONNECT, possibly spoofed): never evicted for a
+    /// newcomer. Kept by the gateway.
+    pub proven: bool,
+    /// Octets sent to it since it was last heard (reflection bound). Kept by the gateway.
+    pub silent_bytes: usize,
     /// T_RETRY, copied from settings so deadlines need no context.
     retry_interval: Duration,
     /// The Duration of the last DISCONNECT(Duration), while Asleep/Awake.
@@ -276,7 +280,8 @@ impl Device {
             next_msg_id: 0,
             will_update: None,
             held: VecDeque::new(),
-            scheduled: None,
+            proven: false,
+            silent_bytes: 0,
         }
     }
 
@@ -362,11 +367,7 @@ impl Device {
                 retain: w.retain,
                 msg: persist::Hex(self.will_msg.to_vec()),
             }),
-            subs: self
-                .subs
-                .iter()
-                .map(|(f, q)| (f.clone(), *q as u8))
-                .collect(),
+            subs: Vec::new(), // one row each in Table::Subscription
             topics: self.topics.entries(),
         }
     }
@@ -390,7 +391,7 @@ impl Device {
             table: Table::Device,
             key: prefix.clone(),
         });
-        for table in [Table::Buffer, Table::Uplink] {
+        for table in [Table::Buffer, Table::Uplink, Table::Subscription] {
             ctx.persist(PersistOp::DeletePrefix {
                 table,
                 prefix: prefix.clone(),
@@ -417,11 +418,17 @@ impl Device {
             topic: w.topic.clone(),
         });
         d.will_msg = r.will.map(|w| Bytes::from(w.msg.0)).unwrap_or_default();
-        d.subs = r
-            .subs
-            .into_iter()
-            .filter_map(|(f, q)| Some((f, mqtt::QoS::try_from(q).ok()?)))
-            .collect();
+        let old_subs = !r.subs.is_empty();
+        for (f, q) in r.subs {
+            d.restore_subscription(f, q);
+        }
+        if old_subs {
+            // Written by an older version inside the device record: move them to their rows.
+            for (f, q) in d.subs.clone() {
+                d.store_subscription(ctx, &f, q);
+            }
+            d.save(ctx);
+        }
         for (tid, name, known) in r.topics {
             d.topics.restore(tid, name, known);
         }
@@ -1292,6 +1299,10 @@ impl Device {
             nack(ctx, &self.addr, 0, ReturnCode::Congestion);
             return;
         }
+        if !self.subscription_fits(ctx, &filter) {
+            nack(ctx, &self.addr, 0, ReturnCode::Congestion);
+            return;
+        }
         let pkid = self.alloc_pkid();
         self.pending_subs.insert(
             pkid,
@@ -1329,11 +1340,7 @@ impl Device {
         {
             let (qos, topic_id, return_code) = match codes.first() {
                 Some(mqtt::SubackCode::Granted(q)) => {
-                    match self.subs.iter_mut().find(|(f, _)| *f == filter) {
-                        Some(entry) => entry.1 = *q,
-                        None => self.subs.push((filter, *q)),
-                    }
-                    self.save(ctx);
+                    self.granted_subscription(ctx, filter, *q);
                     (to_sn_qos(*q), topic_id, ReturnCode::Accepted)
                 }
                 _ => (codec::QoS::AtMostOnce, 0, ReturnCode::NotSupported),
@@ -1385,8 +1392,7 @@ impl Device {
 
     fn on_broker_unsuback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
         if let Some(PendingSub::Unsubscribe { msg_id, filter }) = self.pending_subs.remove(&pkid) {
-            self.subs.retain(|(f, _)| *f != filter);
-            self.save(ctx);
+            self.removed_subscription(ctx, &filter);
             ctx.transmit(&self.addr, Message::Unsuback { msg_id });
         }
         self.release_will_responses(ctx);

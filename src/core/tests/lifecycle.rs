@@ -283,6 +283,11 @@ fn max_devices_all_connected_refuses_with_congestion() {
     });
     w.connect(&addr(1), "d1", true, None);
     w.connect(&addr(2), "d2", true, None);
+    // Both talk after their CONNACK: neither may be evicted for a newcomer.
+    for a in [addr(1), addr(2)] {
+        w.device_send(&a, Message::PingReq { client_id: None });
+        assert_eq!(w.take_to_device(&a), vec![Message::PingResp]);
+    }
     w.device_send(&addr(3), connect_msg("d3", true, false, 60));
     assert_eq!(
         w.take_to_device(&addr(3)),

@@ -14,6 +14,7 @@ use crate::mqtt;
 mod connect;
 mod downlink;
 mod lifecycle;
+mod limits;
 mod persist;
 mod sleep;
 mod topics;

@@ -644,3 +644,122 @@ fn a_close_never_overtakes_packets_waiting_for_the_store() {
         .collect();
     assert_eq!(kinds, vec!["publish", "disconnect", "close"]);
 }
+
+#[test]
+fn each_subscription_is_one_row_written_alone_and_restored() {
+    let mut w = World::with(persistent());
+    let a = addr(1);
+    let s = w.connect(&a, "dev", false, None);
+    w.commit_all();
+    for i in 0..50u16 {
+        let filter = format!("down/{i}/#");
+        w.subscribe(
+            &a,
+            s,
+            &filter,
+            QoS::AtMostOnce,
+            mqtt::QoS::AtMostOnce,
+            i + 1,
+        );
+        // The SUBACK's batch writes that one subscription and nothing else: no rewrite of
+        // the device record or of the subscriptions before it.
+        let ops: Vec<PersistOp> = w.unconfirmed.drain(..).flat_map(|(_, ops)| ops).collect();
+        let [PersistOp::Put { table, key, .. }] = ops.as_slice() else {
+            panic!("expected one put, got {ops:?}");
+        };
+        assert_eq!(*table, Table::Subscription);
+        assert_eq!(*key, crate::core::persist::subscription_key("dev", &filter));
+        for op in ops {
+            if let PersistOp::Put { table, key, value } = op {
+                w.store.insert((table, key), value);
+            }
+        }
+    }
+    // UNSUBSCRIBE deletes its row.
+    w.device_send(
+        &a,
+        Message::Unsubscribe(codec::Unsubscribe {
+            msg_id: 99,
+            topic: codec::TopicFilter::Name("down/0/#".into()),
+        }),
+    );
+    let up = w.take_upstream(s);
+    let [mqtt::Packet::Unsubscribe { packet_id, .. }] = up.as_slice() else {
+        panic!("{up:?}")
+    };
+    w.broker(
+        s,
+        mqtt::Packet::UnsubAck {
+            packet_id: *packet_id,
+        },
+    );
+    w.commit_all();
+    let rows = |w: &World| {
+        w.store
+            .keys()
+            .filter(|(t, _)| *t == Table::Subscription)
+            .count()
+    };
+    assert_eq!(rows(&w), 49);
+    let report = w.restart(persistent());
+    assert_eq!(report.subscriptions, 49);
+    let (s2, _) = w.opened()[0];
+    w.broker_connack(s2);
+    // The restored grant (QoS 0) still caps what the device is sent.
+    w.broker(
+        s2,
+        mqtt_publish(mqtt::QoS::AtLeastOnce, false, "down/7/x", Some(3), b"v"),
+    );
+    let down = w.take_to_device(&a);
+    let [Message::Register(r)] = down.as_slice() else {
+        panic!("{down:?}")
+    };
+    w.device_send(
+        &a,
+        Message::Regack(codec::Regack {
+            topic_id: r.topic_id,
+            msg_id: r.msg_id,
+            return_code: ReturnCode::Accepted,
+        }),
+    );
+    let p = one_pub(w.take_to_device(&a));
+    assert_eq!(p.qos, QoS::AtMostOnce);
+    // A clean CONNECT forgets them all.
+    w.device_send(&a, Message::Disconnect { duration: None });
+    w.take_all();
+    w.connect(&a, "dev", true, None);
+    w.commit_all();
+    assert_eq!(rows(&w), 0);
+}
+
+#[test]
+fn subscriptions_an_older_version_kept_in_the_device_record_are_moved_to_rows() {
+    let mut w = World::with(persistent());
+    let record = crate::core::persist::DeviceRecord {
+        client_id: "old".into(),
+        addr: crate::core::persist::AddrRecord::from_addr(&addr(1)),
+        state: crate::core::persist::StoredState::Offline,
+        keep_alive: 60,
+        will: None,
+        subs: vec![("a/#".into(), 1), ("b".into(), 0)],
+        topics: Vec::new(),
+    };
+    let key = crate::core::persist::device_prefix("old");
+    w.store.insert(
+        (Table::Device, key.clone()),
+        serde_json::to_vec(&record).unwrap(),
+    );
+    let report = w.restart(persistent());
+    assert_eq!(report.devices, 1);
+    w.commit_all();
+    let rows: Vec<_> = w
+        .store
+        .keys()
+        .filter(|(t, _)| *t == Table::Subscription)
+        .cloned()
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let rewritten: crate::core::persist::DeviceRecord =
+        serde_json::from_slice(&w.store[&(Table::Device, key)]).unwrap();
+    assert!(rewritten.subs.is_empty());
+}
