@@ -239,7 +239,9 @@ fn files_per_device(mode: BrokerMode) -> u64 {
 /// How many devices fit in an open-file limit of `limit`, at most `wanted`.
 fn devices_that_fit(limit: u64, wanted: usize, mode: BrokerMode) -> usize {
     let fit = limit.saturating_sub(RESERVED_FILES) / files_per_device(mode);
-    usize::try_from(fit).unwrap_or(usize::MAX).clamp(1, wanted.max(1))
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, wanted.max(1))
 }
 
 /// Raises the open-file limit toward what `limits.max_devices` needs in this broker mode and
