@@ -272,6 +272,15 @@ fn start_mosquitto(
     )
 }
 
+/// The `limits` section of every bench gateway: room for `max_devices`, and the hostile-peer
+/// bounds opened up, since every bench device speaks from 127.0.0.1, connects at once and may
+/// take a QoS 0 stream without answering (the bench is a trusted network).
+fn trusted_limits(max_devices: usize) -> String {
+    format!(
+        "limits:\n  max_devices: {max_devices}\n  max_silent_downlink_bytes: 4294967295\n  per_source:\n    devices_per_address: {max_devices}\n    devices_per_subnet: {max_devices}\n    pending_per_address: {max_devices}\n    pending_per_subnet: {max_devices}\n    connects_per_second: 4294967295\n    connect_burst: {max_devices}\n"
+    )
+}
+
 /// `store`: the SQLite file, or None for `store.path: null` (memory only).
 fn gateway_config(
     dir: &Path,
@@ -283,7 +292,8 @@ fn gateway_config(
     std::fs::write(
         &path,
         format!(
-            "broker:\n  mode: upstream\n  upstream:\n    keep_alive: 600s\nlimits:\n  max_devices: {max_devices}\nstore:\n  path: {}\n",
+            "broker:\n  mode: upstream\n  upstream:\n    keep_alive: 600s\n{}store:\n  path: {}\n",
+            trusted_limits(max_devices),
             store.map_or("null".to_string(), |p| p.display().to_string())
         ),
     )?;
@@ -2856,8 +2866,9 @@ async fn embedded_test(
     std::fs::write(
         &conf,
         format!(
-            "broker:\n  mode: embedded\n  upstream:\n    keep_alive: 600s\n  embedded:\n    bind: 127.0.0.1:{port}\n    data_dir: {}\nlimits:\n  max_devices: {max_devices}\nstore:\n  path: {}\n",
+            "broker:\n  mode: embedded\n  upstream:\n    keep_alive: 600s\n  embedded:\n    bind: 127.0.0.1:{port}\n    data_dir: {}\n{}store:\n  path: {}\n",
             data.display(),
+            trusted_limits(max_devices),
             dir.join("gateway-embedded.db").display()
         ),
     )?;
