@@ -71,9 +71,9 @@ fn no_namespace() -> Option<String> {
     if uid.as_deref() != Some("0") {
         return Some("needs root for `unshare -n`".into());
     }
-    for (tool, args) in [("unshare", ["-n", "true"]), ("ip", ["-V", ""])] {
-        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
-        match Command::new(tool).args(&args).output() {
+    let tools: [(&str, &[&str]); 2] = [("unshare", &["-n", "true"]), ("ip", &["-V"])];
+    for (tool, args) in tools {
+        match Command::new(tool).args(args).output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
                 return Some(format!(
@@ -117,6 +117,63 @@ fn interfaces() -> Vec<String> {
         .collect()
 }
 
+/// Start-time checks of `discovery.multicast[]` against `transports.udp`: each start fails
+/// before anything is bound or joined (run in the namespace all the same, in case one did not).
+async fn groups_that_do_not_fit_their_transport_are_refused_at_start() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    drop(taken);
+    let base = || {
+        let mut c = Config::default();
+        c.store.path = None;
+        c.broker.mode = BrokerMode::Upstream;
+        c.broker.upstream.port = 9;
+        c.transports.udp = vec![UdpTransport {
+            bind: SocketAddr::from(([127, 0, 0, 1], port)),
+        }];
+        c
+    };
+    let cases: [(Vec<MulticastGroup>, &str); 3] = [
+        (
+            vec![MulticastGroup {
+                port,
+                ..MulticastGroup::default()
+            }],
+            "uses it already",
+        ),
+        (
+            vec![MulticastGroup {
+                transport: Some(3),
+                ..MulticastGroup::default()
+            }],
+            "there is no transports.udp[3]",
+        ),
+        (
+            vec![MulticastGroup {
+                group: "ff05::1:1883".parse().unwrap(),
+                ..MulticastGroup::default()
+            }],
+            "no UDP transport of the address family",
+        ),
+    ];
+    for (groups, says) in cases {
+        let mut c = base();
+        c.discovery.multicast = groups;
+        match shell::start(&c).await {
+            Err(e @ shell::ShellError::Multicast { index: 0, .. }) => {
+                println!("refused at start: {e}");
+                assert!(e.to_string().contains(says), "{e}");
+                assert!(e.to_string().starts_with("discovery.multicast[0]: "), "{e}");
+            }
+            Err(e) => panic!("expected a discovery.multicast error, got {e}"),
+            Ok(running) => {
+                running.shutdown().await;
+                panic!("started with a group that does not fit ({says})");
+            }
+        }
+    }
+}
+
 const VETH: &str = "mcsn0";
 
 fn inside_namespace() {
@@ -142,6 +199,7 @@ fn inside_namespace() {
         .enable_all()
         .build()
         .unwrap();
+    rt.block_on(groups_that_do_not_fit_their_transport_are_refused_at_start());
     rt.block_on(scenario(v6.is_ok()));
 }
 

@@ -233,6 +233,11 @@ fn raise_nofile_limit(max_devices: usize) {
 /// Binds the transports and starts the driver. Returns once everything is listening.
 pub async fn start(config: &Config) -> Result<Running, ShellError> {
     raise_nofile_limit(config.limits.max_devices);
+    // Groups that do not fit their transport stop the start before anything starts.
+    let binds: Vec<SocketAddr> = config.transports.udp.iter().map(|t| t.bind).collect();
+    for (i, entry) in config.discovery.multicast.iter().enumerate() {
+        multicast::transport(i, entry, &binds)?;
+    }
     // Embedded: start the broker first, then treat it like any upstream broker.
     let (broker, embedded) = match config.broker.mode {
         BrokerMode::Embedded => {

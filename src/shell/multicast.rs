@@ -73,15 +73,14 @@ fn interface(index: usize, entry: &MulticastGroup) -> Result<Interface, ShellErr
     }
 }
 
-/// Joins the group of `discovery.multicast[index]`. `udp` holds each UDP transport's bound
-/// address, in config order (they are the first transports). Returns the group and its
-/// receiving socket.
-pub fn open(
+/// The index into `udp` (each UDP transport's address, in config order; they are the first
+/// transports) of the transport `discovery.multicast[index]` sends from. Run on the configured
+/// addresses before anything is bound, and on the bound ones (port 0 resolved) after.
+pub fn transport(
     index: usize,
     entry: &MulticastGroup,
     udp: &[SocketAddr],
-    receive_buffer: usize,
-) -> Result<(Group, UdpSocket), ShellError> {
+) -> Result<usize, ShellError> {
     let same_family = |a: &SocketAddr| a.is_ipv4() == entry.group.is_ipv4();
     let transport = match entry.transport {
         Some(t) => {
@@ -118,6 +117,18 @@ pub fn open(
             ),
         ));
     }
+    Ok(transport)
+}
+
+/// Joins the group of `discovery.multicast[index]`. `udp`: each UDP transport's bound address,
+/// in config order. Returns the group and its receiving socket.
+pub fn open(
+    index: usize,
+    entry: &MulticastGroup,
+    udp: &[SocketAddr],
+    receive_buffer: usize,
+) -> Result<(Group, UdpSocket), ShellError> {
+    let transport = transport(index, entry, udp)?;
     let interface = interface(index, entry)?;
     let dest = match (entry.group, interface) {
         (IpAddr::V6(g), Interface::V6(i)) => SocketAddrV6::new(g, entry.port, 0, i).into(),
