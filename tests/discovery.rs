@@ -20,7 +20,6 @@ use mqttsn_gateway::config::{BrokerMode, Config, MulticastGroup, UdpTransport};
 use mqttsn_gateway::shell;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::time::timeout;
 
 /// Set in the child that runs inside the namespace.
 const CHILD: &str = "MQTTSN_DISCOVERY_NETNS_CHILD";
@@ -224,14 +223,65 @@ fn group_socket(group: SocketAddr, ifindex: u32) -> UdpSocket {
     UdpSocket::from_std(s.into()).unwrap()
 }
 
-/// The next message on `sock` other than a SEARCHGW (devices hear their own), with its source.
-async fn recv_not_searchgw(sock: &UdpSocket) -> Option<(Message, SocketAddr)> {
-    let mut buf = vec![0u8; 512];
+/// A datagram a device heard.
+#[derive(Debug)]
+struct Heard {
+    msg: Message,
+    from: SocketAddr,
+    /// The IPv4 TTL / IPv6 hop limit it arrived with (group sockets ask for it).
+    ttl: Option<u8>,
+}
+
+/// The next message on `sock` other than a SEARCHGW (devices hear their own).
+async fn recv_not_searchgw(sock: &UdpSocket) -> Option<Heard> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (n, from) = timeout(WAIT, sock.recv_from(&mut buf)).await.ok()?.unwrap();
-        let m = codec::decode_message(Bytes::copy_from_slice(&buf[..n])).expect("valid frame");
-        if !matches!(m, Message::SearchGw { .. }) {
-            return Some((m, from));
+        tokio::time::timeout_at(deadline, sock.readable())
+            .await
+            .ok()?
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let mut cmsg = nix::cmsg_space!(i32);
+        let got = sock.try_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<SockaddrStorage>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            )
+            .map_err(std::io::Error::from)?;
+            let ttl = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|c| match c {
+                    ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) => {
+                        u8::try_from(t).ok()
+                    }
+                    _ => None,
+                })
+            });
+            let from: SocketAddr = match msg.address {
+                Some(a) if a.as_sockaddr_in().is_some() => {
+                    std::net::SocketAddrV4::from(*a.as_sockaddr_in().unwrap()).into()
+                }
+                Some(a) if a.as_sockaddr_in6().is_some() => {
+                    std::net::SocketAddrV6::from(*a.as_sockaddr_in6().unwrap()).into()
+                }
+                _ => panic!("datagram without a source address"),
+            };
+            Ok((msg.bytes, from, ttl))
+        });
+        let (n, from, ttl) = match got {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("recvmsg: {e}"),
+        };
+        let msg = codec::decode_message(Bytes::copy_from_slice(&buf[..n])).expect("valid frame");
+        if !matches!(msg, Message::SearchGw { .. }) {
+            return Some(Heard { msg, from, ttl });
         }
     }
 }
@@ -245,13 +295,34 @@ const GWINFO: Message = Message::GwInfo {
     gw_add: None,
 };
 
+const ADVERTISE: Message = Message::Advertise {
+    gw_id: GW_ID,
+    duration: 1,
+};
+
+/// The next message on the group that is `kind` (GWINFO or ADVERTISE), skipping the other.
+async fn recv_on_group(sock: &UdpSocket, kind: &Message) -> Heard {
+    loop {
+        let h = recv_not_searchgw(sock)
+            .await
+            .unwrap_or_else(|| panic!("no {kind:?} on the group"));
+        if std::mem::discriminant(&h.msg) == std::mem::discriminant(kind) {
+            return h;
+        }
+    }
+}
+
 async fn scenario(v6: bool) {
+    use nix::sys::socket::{setsockopt, sockopt};
+
     let group4 = SocketAddr::new(Ipv4Addr::new(225, 1, 1, 1).into(), 0);
     let dev4 = group_socket(group4, 0);
+    setsockopt(&dev4, sockopt::Ipv4RecvTtl, &true).unwrap();
     let group4 = dev4.local_addr().unwrap();
     let mut groups = vec![MulticastGroup {
         group: group4.ip(),
         port: group4.port(),
+        ttl: 4,
         ..MulticastGroup::default()
     }];
     let mut udp = vec![UdpTransport {
@@ -262,13 +333,14 @@ async fn scenario(v6: bool) {
         let index = nix::net::if_::if_nametoindex(VETH).expect("veth index");
         let g: Ipv6Addr = "ff02::1:1883".parse().unwrap();
         let sock = group_socket(SocketAddrV6::new(g, 0, 0, index).into(), index);
+        setsockopt(&sock, sockopt::Ipv6RecvHopLimit, &true).unwrap();
         let port = sock.local_addr().unwrap().port();
         groups.push(MulticastGroup {
             group: IpAddr::V6(g),
             port,
             interface: Some(VETH.to_owned()),
             transport: Some(1),
-            ..MulticastGroup::default()
+            ttl: 3,
         });
         udp.push(UdpTransport {
             bind: "[::]:0".parse().unwrap(),
@@ -290,91 +362,53 @@ async fn scenario(v6: bool) {
     let gw = shell::start(&config).await.expect("gateway starts");
     let gw4 = gw.udp_addrs[0];
 
-    // SEARCHGW to the group: GWINFO to the group, from the gateway's unicast port.
-    send(&dev4, Message::SearchGw { radius: 1 }, group4).await;
-    let (m, from) = recv_not_searchgw(&dev4)
-        .await
-        .expect("GWINFO on the IPv4 group");
-    let m = skip_advertise(&dev4, m, from).await;
-    assert_eq!(m.0, GWINFO);
+    // SEARCHGW to the group: GWINFO to the group, from the gateway's unicast port, its TTL the
+    // SEARCHGW's radius (under the group's ttl 4).
+    send(&dev4, Message::SearchGw { radius: 2 }, group4).await;
+    let h = recv_on_group(&dev4, &GWINFO).await;
+    assert_eq!(h.msg, GWINFO);
     assert_eq!(
-        m.1.port(),
+        h.from.port(),
         gw4.port(),
         "GWINFO comes from the gateway's transport"
     );
-    let gateway = m.1;
-    // ADVERTISE on the group, every interval.
-    let (m, from) = recv_advertise(&dev4).await;
-    assert_eq!(
-        m,
-        Message::Advertise {
-            gw_id: GW_ID,
-            duration: 1
-        }
-    );
-    assert_eq!(from, gateway);
+    assert_eq!(h.ttl, Some(2), "GWINFO has the SEARCHGW's radius as TTL");
+    let gateway = h.from;
+    // Radius 0 ("whole network"): the group's ttl.
+    send(&dev4, Message::SearchGw { radius: 0 }, group4).await;
+    assert_eq!(recv_on_group(&dev4, &GWINFO).await.ttl, Some(4));
+    // ADVERTISE on the group, every interval, with the group's ttl.
+    let h = recv_on_group(&dev4, &ADVERTISE).await;
+    assert_eq!((h.msg, h.from, h.ttl), (ADVERTISE, gateway, Some(4)));
     println!("IPv4: GWINFO and ADVERTISE on {group4} from {gateway}");
 
     // SEARCHGW to the gateway's address (learnt from GWINFO): GWINFO back to the sender only.
     let uni = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     send(&uni, Message::SearchGw { radius: 1 }, gateway).await;
-    let (m, from) = recv_not_searchgw(&uni).await.expect("unicast GWINFO");
-    assert_eq!((m, from), (GWINFO, gateway));
+    let h = recv_not_searchgw(&uni).await.expect("unicast GWINFO");
+    assert_eq!((h.msg, h.from), (GWINFO, gateway));
     // ... and nothing but ADVERTISE on the group.
     let quiet = tokio::time::Instant::now() + Duration::from_millis(700);
-    let mut buf = [0u8; 64];
-    while let Ok(r) = tokio::time::timeout_at(quiet, dev4.recv_from(&mut buf)).await {
-        let (n, _) = r.unwrap();
-        let m = codec::decode_message(Bytes::copy_from_slice(&buf[..n])).unwrap();
-        assert!(
-            matches!(m, Message::Advertise { .. } | Message::SearchGw { .. }),
-            "unexpected on the group after a unicast SEARCHGW: {m:?}"
+    while let Ok(Some(h)) = tokio::time::timeout_at(quiet, recv_not_searchgw(&dev4)).await {
+        assert_eq!(
+            h.msg, ADVERTISE,
+            "unexpected on the group after a unicast SEARCHGW"
         );
     }
 
     if let Some((dev6, group6)) = dev6 {
         send(&dev6, Message::SearchGw { radius: 2 }, group6).await;
-        let (m, from) = recv_not_searchgw(&dev6)
-            .await
-            .expect("GWINFO on the IPv6 group");
-        let (m, from) = skip_advertise(&dev6, m, from).await;
-        assert_eq!(m, GWINFO);
-        assert_eq!(from.port(), gw.udp_addrs[1].port());
-        let (m, _) = recv_advertise(&dev6).await;
+        let h = recv_on_group(&dev6, &GWINFO).await;
+        assert_eq!(h.from.port(), gw.udp_addrs[1].port());
         assert_eq!(
-            m,
-            Message::Advertise {
-                gw_id: GW_ID,
-                duration: 1
-            }
+            h.ttl,
+            Some(2),
+            "GWINFO has the SEARCHGW's radius as hop limit"
         );
+        let from = h.from;
+        let h = recv_on_group(&dev6, &ADVERTISE).await;
+        assert_eq!((h.msg, h.from, h.ttl), (ADVERTISE, from, Some(3)));
         println!("IPv6: GWINFO and ADVERTISE on {group6} from {from}");
     }
     gw.shutdown().await;
-}
-
-/// `first` if it is not an ADVERTISE, else the next message that is not.
-async fn skip_advertise(
-    sock: &UdpSocket,
-    first: Message,
-    from: SocketAddr,
-) -> (Message, SocketAddr) {
-    let (mut m, mut from) = (first, from);
-    while matches!(m, Message::Advertise { .. }) {
-        (m, from) = recv_not_searchgw(sock)
-            .await
-            .expect("a message on the group");
-    }
-    (m, from)
-}
-
-async fn recv_advertise(sock: &UdpSocket) -> (Message, SocketAddr) {
-    loop {
-        let (m, from) = recv_not_searchgw(sock)
-            .await
-            .expect("ADVERTISE on the group");
-        if matches!(m, Message::Advertise { .. }) {
-            return (m, from);
-        }
-    }
 }
