@@ -12,7 +12,10 @@
 //! This module reads and writes text only; it never opens sockets. The command-line overrides
 //! live here too ([`Config::apply_overrides`]) so they are tested with the rest.
 
+pub mod discovery;
 pub mod duration;
+
+pub use discovery::{Advertise, Discovery, MulticastGroup};
 
 use std::collections::HashSet;
 use std::fmt;
@@ -33,7 +36,7 @@ pub struct Config {
     /// `transports`: where devices reach the gateway.
     #[serde(deserialize_with = "null_as_default")]
     pub transports: Transports,
-    /// `discovery`: periodic ADVERTISE.
+    /// `discovery`: periodic ADVERTISE, multicast groups answered for SEARCHGW.
     #[serde(deserialize_with = "null_as_default")]
     pub discovery: Discovery,
     /// `broker`: where device sessions go.
@@ -260,38 +263,6 @@ pub enum SerialFlowControl {
     Software,
     /// RTS/CTS.
     Hardware,
-}
-
-/// `discovery`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Discovery {
-    /// `discovery.advertise`: `None` (absent or `null`) means no ADVERTISE is sent.
-    pub advertise: Option<Advertise>,
-}
-
-/// `discovery.advertise`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Advertise {
-    /// `address`: where ADVERTISE goes, usually a broadcast or multicast address.
-    #[serde(deserialize_with = "destination_addr")]
-    pub address: SocketAddr,
-    /// `interval`: the period of ADVERTISE; also its Duration field, so whole seconds, 1s..=65535s.
-    #[serde(
-        serialize_with = "duration::serialize",
-        deserialize_with = "advertise_interval"
-    )]
-    pub interval: Duration,
-}
-
-impl Default for Advertise {
-    fn default() -> Self {
-        Advertise {
-            address: SocketAddr::new(IpAddr::V4(Ipv4Addr::BROADCAST), 1884),
-            interval: Duration::from_secs(15 * 60),
-        }
-    }
 }
 
 /// `broker`.
@@ -1051,18 +1022,14 @@ fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr,
 }
 
 /// A destination needs a real address and port (unlike a bind address).
-fn destination_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
-    deserializer.deserialize_str(AddrVisitor {
-        check: |addr| {
-            if addr.ip().is_unspecified() || addr.port() == 0 {
-                Err(format!(
-                    "`{addr}` cannot be a destination (use e.g. 255.255.255.255:1884)"
-                ))
-            } else {
-                Ok(())
-            }
-        },
-    })
+fn check_destination(addr: SocketAddr) -> Result<(), String> {
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        Err(format!(
+            "`{addr}` cannot be a destination (use e.g. 255.255.255.255:1884)"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

@@ -521,3 +521,97 @@ fn embedded_broker_on_the_lan_needs_credentials_or_allow_anonymous() {
     let (line, _, key, _) = invalid("broker:\n  embedded:\n    data_dir: \"\"\n");
     assert_eq!((line, key.as_str()), (Some(3), "broker.embedded.data_dir"));
 }
+
+#[test]
+fn discovery_multicast_groups() {
+    let yaml = r#"
+transports:
+  udp: [{ bind: 0.0.0.0:10000 }, { bind: "[::]:10000" }]
+discovery:
+  advertise: { address: null, interval: 15m }
+  multicast:
+    - {}
+    - { group: 239.0.0.9, port: 1884, interface: 192.168.1.10, ttl: 4 }
+    - { group: "ff02::1:1883", port: 1883, interface: eth0 }
+    - { group: "ff05::1:1883", port: 1883, interface: 3, transport: 1 }
+"#;
+    let c = Config::from_yaml_str(yaml, "t").unwrap();
+    assert_eq!(c.discovery.advertise.as_ref().unwrap().address, None);
+    let m = &c.discovery.multicast;
+    assert_eq!(m.len(), 4);
+    assert_eq!(m[0], config::MulticastGroup::default());
+    assert_eq!(m[0].addr(), "225.1.1.1:1883".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        (m[0].ttl, m[0].interface.as_deref(), m[0].transport),
+        (1, None, None)
+    );
+    assert_eq!(m[1].interface.as_deref(), Some("192.168.1.10"));
+    assert_eq!(m[1].ttl, 4);
+    assert_eq!(
+        m[2].group,
+        "ff02::1:1883".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(m[2].interface.as_deref(), Some("eth0"));
+    assert_eq!(
+        (m[3].interface.as_deref(), m[3].transport),
+        (Some("3"), Some(1))
+    );
+    // The effective configuration loads back the same.
+    assert_eq!(Config::from_yaml_str(&c.to_yaml(), "t").unwrap(), c);
+    assert!(Config::default().discovery.multicast.is_empty());
+}
+
+#[test]
+fn discovery_multicast_errors_name_the_entry() {
+    for (yaml, key, says) in [
+        (
+            "    - { group: 10.0.0.1 }\n",
+            "discovery.multicast[0].group",
+            "not a multicast address",
+        ),
+        (
+            "    - { group: \"[ff02::1]\" }\n",
+            "discovery.multicast[0].group",
+            "invalid IP address",
+        ),
+        (
+            "    - { port: 0 }\n",
+            "discovery.multicast[0].port",
+            "out of range",
+        ),
+        (
+            "    - { ttl: 0 }\n",
+            "discovery.multicast[0].ttl",
+            "out of range",
+        ),
+        (
+            "    - { interface: eth0 }\n",
+            "discovery.multicast[0]",
+            "IPv4 address",
+        ),
+        (
+            "    - { group: \"ff02::1\", interface: \"::1\" }\n",
+            "discovery.multicast[0]",
+            "interface name",
+        ),
+        (
+            "    - { interface: \"a b\" }\n",
+            "discovery.multicast[0].interface",
+            "not an interface",
+        ),
+        (
+            "    - {}\n    - { port: 1883 }\n",
+            "discovery.multicast[1]",
+            "already discovery.multicast[0]",
+        ),
+        (
+            "    - { colour: red }\n",
+            "discovery.multicast[0].colour",
+            "unknown field",
+        ),
+    ] {
+        let (_, _, k, text) = invalid(&format!("discovery:\n  multicast:\n{yaml}"));
+        assert_eq!(k, key, "{yaml}: {text}");
+        assert!(text.contains(says), "{yaml}: {text}");
+    }
+}

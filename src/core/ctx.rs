@@ -133,9 +133,15 @@ impl Ctx {
     /// Returns the frame, or `None` when it cannot be encoded or exceeds the frame limit
     /// (spec §6.10: the gateway then silently aborts that message).
     pub fn encode(&mut self, to: &DeviceAddr, message: Message) -> Option<Bytes> {
+        self.encode_ctrl(to, message, 0)
+    }
+
+    /// As [`Ctx::encode`], with `ctrl` as the Ctrl octet when the frame is encapsulated for a
+    /// forwarder (its bits 1-0 are the broadcast radius, spec §5.5 Table 29).
+    pub fn encode_ctrl(&mut self, to: &DeviceAddr, message: Message, ctrl: u8) -> Option<Bytes> {
         let frame = Frame {
             encapsulation: to.wireless_node_id.as_ref().map(|id| Encapsulation {
-                ctrl: 0,
+                ctrl,
                 wireless_node_id: id.clone(),
             }),
             message,

@@ -2,8 +2,9 @@
 //! device state machine, owns the device registry, the timers, discovery and the QoS -1 path.
 //!
 //! Call pattern (the shell's driver loop):
-//! 1. feed an input: [`Gateway::handle_frame`], [`Gateway::handle_upstream`],
-//!    [`Gateway::handle_upstream_closed`] or [`Gateway::handle_timeout`], each with `now`;
+//! 1. feed an input: [`Gateway::handle_frame`], [`Gateway::handle_group_frame`],
+//!    [`Gateway::handle_upstream`], [`Gateway::handle_upstream_closed`] or
+//!    [`Gateway::handle_timeout`], each with `now`;
 //! 2. drain [`Gateway::poll_output`] until `None` and carry each [`Output`] out in order;
 //! 3. sleep until [`Gateway::poll_timeout`] (or the next input) and call `handle_timeout`.
 
@@ -16,10 +17,11 @@ use tracing::{debug, info};
 use super::admission::{Admission, Class, LogLimiter};
 use super::ctx::Ctx;
 use super::device::{qos0_publish, short_name, Device, DeviceState};
+use super::discovery;
 use super::persist::{self, DeviceRecord};
 use super::settings::Settings;
 use super::timers::TimerQueue;
-use super::types::{DeviceAddr, Output, PeerAddr, SessionId, Stats, Table};
+use super::types::{DeviceAddr, GroupId, Output, PeerAddr, SessionId, Stats, Table};
 use super::DeviceId;
 use crate::codec::{self, Message, TopicRef};
 use crate::mqtt;
@@ -132,19 +134,8 @@ impl Gateway {
     }
 
     fn frame_in(&mut self, now: Instant, from: DeviceAddr, frame: Bytes) {
-        self.ctx.stats.frames_in += 1;
-        if frame.len() > self.ctx.settings.max_frame_size {
-            self.ctx.stats.oversized += 1;
-            debug!(peer = %from, len = frame.len(), "frame exceeds max_frame_size; dropped");
+        let Some(decoded) = self.decode_frame(&from, frame) else {
             return;
-        }
-        let decoded = match codec::decode(frame) {
-            Ok(f) => f,
-            Err(e) => {
-                self.ctx.stats.malformed += 1;
-                debug!(peer = %from, error = %e, "malformed frame dropped");
-                return;
-            }
         };
         let mut from = from;
         if let Some(enc) = decoded.encapsulation {
@@ -153,17 +144,49 @@ impl Gateway {
         self.handle_message(now, from, decoded.message);
     }
 
+    /// Counts and checks a frame from a device; `None` when it is dropped.
+    fn decode_frame(&mut self, from: &DeviceAddr, frame: Bytes) -> Option<codec::Frame> {
+        self.ctx.stats.frames_in += 1;
+        if frame.len() > self.ctx.settings.max_frame_size {
+            self.ctx.stats.oversized += 1;
+            debug!(peer = %from, len = frame.len(), "frame exceeds max_frame_size; dropped");
+            return None;
+        }
+        match codec::decode(frame) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.ctx.stats.malformed += 1;
+                debug!(peer = %from, error = %e, "malformed frame dropped");
+                None
+            }
+        }
+    }
+
+    /// One datagram heard on multicast group `group` (sent to the group, not to the gateway's
+    /// own address) from `from`. Only SEARCHGW is served there; its GWINFO goes to the group.
+    pub fn handle_group_frame(
+        &mut self,
+        _now: Instant,
+        group: GroupId,
+        from: DeviceAddr,
+        frame: Bytes,
+    ) {
+        if let Some(decoded) = self.decode_frame(&from, frame) {
+            if decoded.encapsulation.is_some() {
+                // A forwarder talks to the gateway's address, never to a group.
+                self.ctx.stats.wrong_state += 1;
+                debug!(peer = %from, group = group.0, "encapsulated frame on a multicast group dropped");
+            } else {
+                discovery::heard_on_group(&mut self.ctx, group, &from, decoded.message);
+            }
+        }
+        self.ctx.flush_persist();
+    }
+
     fn handle_message(&mut self, now: Instant, from: DeviceAddr, msg: Message) {
         match msg {
-            Message::SearchGw { .. } => {
-                let gw_id = self.ctx.settings.gateway_id;
-                self.ctx.transmit(
-                    &from,
-                    Message::GwInfo {
-                        gw_id,
-                        gw_add: None,
-                    },
-                );
+            Message::SearchGw { radius } => {
+                discovery::answer_unicast(&mut self.ctx, &from, radius);
                 return;
             }
             Message::Advertise { .. } | Message::GwInfo { .. } => return, // other gateways
@@ -588,13 +611,7 @@ impl Gateway {
         if let Some(at) = self.next_advertise {
             if at <= now {
                 if let Some(interval) = self.ctx.settings.advertise_interval {
-                    let msg = Message::Advertise {
-                        gw_id: self.ctx.settings.gateway_id,
-                        duration: u16::try_from(interval.as_secs()).unwrap_or(u16::MAX),
-                    };
-                    if let Ok(frame) = msg.to_bytes() {
-                        self.ctx.out.push_back(Output::Broadcast { frame });
-                    }
+                    discovery::advertise(&mut self.ctx, interval.as_secs());
                     self.next_advertise = Some(now + interval);
                 }
             }

@@ -8,6 +8,7 @@
 mod admission;
 mod ctx;
 mod device;
+mod discovery;
 mod gateway;
 pub mod persist;
 pub mod settings;
@@ -21,7 +22,9 @@ mod tests;
 pub use device::{with_tolerance, DeviceState};
 pub use gateway::{Gateway, RestoreReport};
 pub use settings::Settings;
-pub use types::{DeviceAddr, Output, PeerAddr, PersistOp, SessionId, Stats, Table, TransportId};
+pub use types::{
+    DeviceAddr, GroupId, Output, PeerAddr, PersistOp, SessionId, Stats, Table, TransportId,
+};
 
 /// The gateway's handle for one device's record. Never reused within a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -50,6 +50,11 @@ impl std::fmt::Display for DeviceAddr {
     }
 }
 
+/// A multicast group the shell listens on for discovery (`discovery.multicast[]`, in config
+/// order); assigned by the shell, which alone knows the group's address, port and transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub u16);
+
 /// One upstream MQTT session (a TCP connection to the broker). Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
@@ -59,8 +64,16 @@ pub struct SessionId(pub u64);
 pub enum Output {
     /// Send this encoded MQTT-SN frame to a device.
     Transmit { to: DeviceAddr, frame: Bytes },
-    /// Send this encoded frame (ADVERTISE) to the configured broadcast/multicast address.
+    /// Send this encoded frame (ADVERTISE) everywhere the shell broadcasts: the serial ports'
+    /// broadcast address, `discovery.advertise.address`, and every multicast group.
     Broadcast { frame: Bytes },
+    /// Send this encoded frame (GWINFO) to a multicast group, from the UDP transport the
+    /// group belongs to, with `radius` (spec §5.3.9: 0 = the whole network) as its scope.
+    Multicast {
+        group: GroupId,
+        radius: u8,
+        frame: Bytes,
+    },
     /// Open a new upstream session: connect to the broker and send this CONNECT first.
     /// Report the outcome with `handle_upstream` (CONNACK) or `handle_upstream_closed`.
     Open {

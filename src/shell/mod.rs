@@ -5,6 +5,7 @@
 //! is the core's. No lock is held across `.await`; every channel is bounded
 //! (`limits.channel_depth`).
 
+mod multicast;
 mod persistence;
 mod serial;
 mod udp;
@@ -28,7 +29,9 @@ use tracing::{debug, error, info, warn};
 use crate::broker::{self, BrokerError, BrokerHandle, EmbeddedSettings};
 use crate::config::{BrokerMode, Config};
 use crate::core::settings::SourceLimits;
-use crate::core::{DeviceAddr, Gateway, Output, PeerAddr, SessionId, Settings, Stats, TransportId};
+use crate::core::{
+    DeviceAddr, Gateway, GroupId, Output, PeerAddr, SessionId, Settings, Stats, TransportId,
+};
 use crate::mqtt;
 
 /// What the driver task is told.
@@ -36,6 +39,12 @@ use crate::mqtt;
 pub enum Event {
     /// A frame from a device.
     Frame { from: DeviceAddr, frame: Bytes },
+    /// A frame from a device, sent to a multicast group.
+    GroupFrame {
+        group: GroupId,
+        from: DeviceAddr,
+        frame: Bytes,
+    },
     /// A packet from an upstream session.
     Upstream {
         session: SessionId,
@@ -73,6 +82,8 @@ pub enum ShellError {
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("discovery.multicast[{index}]: {reason}")]
+    Multicast { index: usize, reason: String },
 }
 
 /// The core's settings from the configuration file.
@@ -281,6 +292,11 @@ fn raise_nofile_limit(config: &Config) -> usize {
 /// Binds the transports and starts the driver. Returns once everything is listening.
 pub async fn start(config: &Config) -> Result<Running, ShellError> {
     let max_devices = raise_nofile_limit(config);
+    // Groups that do not fit their transport stop the start before anything starts.
+    let binds: Vec<SocketAddr> = config.transports.udp.iter().map(|t| t.bind).collect();
+    for (i, entry) in config.discovery.multicast.iter().enumerate() {
+        multicast::transport(i, entry, &binds)?;
+    }
     // Embedded: start the broker first, then treat it like any upstream broker.
     let (broker, embedded) = match config.broker.mode {
         BrokerMode::Embedded => {
@@ -338,6 +354,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         let transport = TransportId(u16::try_from(i).unwrap_or(u16::MAX));
         tokio::spawn(udp::read_loop(
             transport,
+            None,
             sock.clone(),
             events_tx.clone(),
             config.limits.max_frame_size,
@@ -345,6 +362,21 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         ));
         transports.push(Transport::Udp(sock));
         udp_addrs.push(local);
+    }
+    let mut groups = Vec::new();
+    for (i, entry) in config.discovery.multicast.iter().enumerate() {
+        let (group, sock) =
+            multicast::open(i, entry, &udp_addrs, config.limits.udp_receive_buffer)?;
+        info!(group = %group.dest, transport = group.transport, "joined discovery multicast group");
+        tokio::spawn(udp::read_loop(
+            TransportId(u16::try_from(group.transport).unwrap_or(u16::MAX)),
+            Some(GroupId(u16::try_from(i).unwrap_or(u16::MAX))),
+            Arc::new(sock),
+            events_tx.clone(),
+            config.limits.max_frame_size,
+            shutdown_rx.clone(),
+        ));
+        groups.push(group);
     }
     // Serial transports follow the UDP ones, in config order.
     for (t, port) in serial_ports {
@@ -393,7 +425,8 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         connect_timeout: config.broker.upstream.connect_timeout,
         session_depth: depth,
         events_tx,
-        advertise: config.discovery.advertise.as_ref().map(|a| a.address),
+        advertise: config.discovery.advertise.as_ref().and_then(|a| a.address),
+        groups,
         stats: stats_tx,
         persistence,
         disconnect_on_shutdown: embedded.is_some(),
@@ -483,6 +516,8 @@ struct Driver {
     session_depth: usize,
     events_tx: mpsc::Sender<Event>,
     advertise: Option<SocketAddr>,
+    /// `discovery.multicast[]`, indexed by [`GroupId`].
+    groups: Vec<multicast::Group>,
     stats: watch::Sender<Stats>,
     /// Taken by `run`, which owns it from then on.
     persistence: Option<persistence::Persistence>,
@@ -575,6 +610,9 @@ impl Driver {
         let now = std::time::Instant::now();
         match ev {
             Event::Frame { from, frame } => self.gateway.handle_frame(now, from, frame),
+            Event::GroupFrame { group, from, frame } => {
+                self.gateway.handle_group_frame(now, group, from, frame)
+            }
             Event::Upstream { session, packet } => {
                 self.gateway.handle_upstream(now, session, packet)
             }
@@ -600,6 +638,9 @@ impl Driver {
                             }
                         }
                     }
+                    for g in 0..self.groups.len() {
+                        self.multicast(g, 0, &frame).await;
+                    }
                     if let Some(addr) = self.advertise {
                         for t in &self.transports {
                             let Transport::Udp(s) = t else { continue };
@@ -613,6 +654,11 @@ impl Driver {
                         }
                     }
                 }
+                Output::Multicast {
+                    group,
+                    radius,
+                    frame,
+                } => self.multicast(usize::from(group.0), radius, &frame).await,
                 Output::Open { session, connect } => {
                     let (tx, rx) = mpsc::channel(self.session_depth);
                     self.sessions.insert(session, tx);
@@ -656,6 +702,16 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+
+    /// Sends `frame` to group `g` from its transport.
+    async fn multicast(&self, g: usize, radius: u8, frame: &[u8]) {
+        let Some(group) = self.groups.get(g) else {
+            return;
+        };
+        if let Some(Transport::Udp(sock)) = self.transports.get(group.transport) {
+            multicast::send(sock, group, radius, frame).await;
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use super::Event;
-use crate::core::{DeviceAddr, TransportId};
+use crate::core::{DeviceAddr, GroupId, TransportId};
 
 /// Binds a UDP socket asking the kernel for `receive_buffer` octets of receive buffer, so
 /// bursts queue in the kernel rather than being dropped.
@@ -35,8 +35,11 @@ pub fn bind(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpSocke
 /// Datagrams read per wake-up at most, so one busy socket cannot starve the others.
 const BATCH: usize = 64;
 
+/// Reads `sock` until shutdown. `group`: the socket is a multicast group's receiver, and what it
+/// reads was sent to the group (the sender is reached through `transport`).
 pub async fn read_loop(
     transport: TransportId,
+    group: Option<GroupId>,
     sock: Arc<UdpSocket>,
     events: mpsc::Sender<Event>,
     max_frame_size: usize,
@@ -63,9 +66,11 @@ pub async fn read_loop(
             match sock.try_recv_from(&mut buf[..]) {
                 Ok((n, from)) => {
                     buf.truncate(n);
-                    let ev = Event::Frame {
-                        from: DeviceAddr::udp(transport, from),
-                        frame: buf.split().freeze(),
+                    let from = DeviceAddr::udp(transport, from);
+                    let frame = buf.split().freeze();
+                    let ev = match group {
+                        None => Event::Frame { from, frame },
+                        Some(group) => Event::GroupFrame { group, from, frame },
                     };
                     let sent = match events.try_send(ev) {
                         Ok(()) => Ok(()),
