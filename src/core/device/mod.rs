@@ -328,8 +328,9 @@ impl Device {
             consider(t);
         }
         if let Some(f) = &self.inflight {
-            // A sleeping radio hears nothing: retransmissions pause while Asleep.
-            if self.state != DeviceState::Asleep {
+            // A sleeping radio hears nothing: retransmissions pause while Asleep (and while a
+            // kept session's will prompt runs; they resume with it).
+            if matches!(self.state, DeviceState::Active | DeviceState::Awake) {
                 consider(f.sent_at + self.retry_interval);
             }
         }

@@ -426,3 +426,63 @@ fn session_resumed_after_an_outage_that_the_broker_lost_is_subscribed_again() {
         "the device stays connected"
     );
 }
+
+#[test]
+fn connect_with_a_new_will_while_awake_keeps_the_delivery_in_flight() {
+    let mut w = World::new();
+    let a = addr(1);
+    let s = w.connect(&a, "s1", false, None);
+    let cmd = w.subscribe(&a, s, "cmd", QoS::AtLeastOnce, mqtt::QoS::AtLeastOnce, 1);
+    w.device_send(
+        &a,
+        Message::Disconnect {
+            duration: Some(3600),
+        },
+    );
+    w.take_to_device(&a);
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtLeastOnce, false, "cmd", Some(4), b"one"),
+    );
+    w.device_send(
+        &a,
+        Message::PingReq {
+            client_id: Some("s1".into()),
+        },
+    );
+    let first = one_pub(w.take_to_device(&a));
+    // Mid-flush, the device reconnects with a new will; the prompt outlasts T_RETRY.
+    w.device_send(&a, connect_msg("s1", false, true, 60));
+    assert_eq!(w.take_to_device(&a), vec![Message::WillTopicReq]);
+    w.advance(Duration::from_secs(20));
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![],
+        "no retransmission during the prompt"
+    );
+    w.device_send(
+        &a,
+        Message::WillTopic(Some(codec::WillTopic {
+            qos: WILL.qos,
+            retain: WILL.retain,
+            topic: WILL.topic.into(),
+        })),
+    );
+    w.take_to_device(&a);
+    w.device_send(
+        &a,
+        Message::WillMsg {
+            msg: Bytes::from_static(WILL.msg),
+        },
+    );
+    let down = w.take_to_device(&a);
+    assert_eq!(down[0], connack(ReturnCode::Accepted));
+    let Message::Publish(again) = &down[1] else {
+        panic!("{down:?}")
+    };
+    assert_eq!((again.dup, again.msg_id), (true, first.msg_id));
+    w.device_send(&a, puback(cmd, first.msg_id));
+    assert!(w
+        .take_upstream(s)
+        .contains(&mqtt::Packet::PubAck { packet_id: 4 }));
+}
