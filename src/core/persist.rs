@@ -102,6 +102,10 @@ pub enum UplinkRecord {
         pkid: u16,
         topic_id: u16,
         released: bool,
+        /// The broker answered the QoS 2 PUBLISH with PUBACK (it downgrades to QoS 1): it has
+        /// the message; the device's PUBREL is completed by the gateway alone.
+        #[serde(default)]
+        acked: bool,
     },
     /// A QoS 1/2 message the device handed over while the broker was away; acknowledged to the
     /// device, forwarded when the broker is back.

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info};
 
+use session::Gap;
+
 mod outage;
+mod qos2;
+mod session;
 mod subs;
 
 use super::ctx::Ctx;
@@ -78,6 +82,9 @@ struct UpFlow {
     /// the device's re-sent PUBLISH goes upstream again with the same packet id and DUP, so a
     /// broker that already has it recognises it.
     orphaned: bool,
+    /// QoS 2 from the device, but the broker answered PUBACK (it downgrades to QoS 1): the
+    /// broker has the message, the gateway completes the device's PUBREL itself.
+    broker_done: bool,
 }
 
 /// What the broker is owed once the device has a downlink message.
@@ -141,13 +148,19 @@ enum PendingSub {
         msg_id: u16,
         topic_id: u16,
         filter: String,
+        requested: mqtt::QoS,
     },
     Unsubscribe {
         msg_id: u16,
         filter: String,
     },
-    /// Re-subscription after a will update on a clean session: no device reply.
+    /// The gateway's own (UNSUBSCRIBE after a rejected REGACK): no device reply.
     Internal,
+    /// A subscription the gateway makes again on a session the broker does not have: no
+    /// device reply.
+    Restore {
+        filter: String,
+    },
 }
 
 /// A will update waiting to be applied upstream (MQTT 3.1.1 can only change a will by
@@ -209,6 +222,15 @@ pub(crate) struct Device {
     stored: bool,
     /// When an Asleep device is lost unless it is heard from (spec §6.14, §7.2 tolerance).
     sleep_deadline: Option<Instant>,
+    /// A sleeping device's CONNECT(clean 0, Will=1) is being prompted on its kept session.
+    rewill: bool,
+    /// Filters the gateway subscribed again on this session while the device's subscription
+    /// never lapsed: their retained re-deliveries are not the device's (see session.rs).
+    resubscribed: Vec<String>,
+    /// Filters the device itself subscribed on this session (their retained messages are).
+    subscribed_here: Vec<String>,
+    /// The session on which a QoS downgrade by the broker was logged.
+    downgrade_noted: Option<SessionId>,
 }
 
 fn to_mqtt_qos(q: codec::QoS) -> mqtt::QoS {
@@ -258,6 +280,10 @@ impl Device {
             will_resp: None,
             stored: false,
             sleep_deadline: None,
+            rewill: false,
+            resubscribed: Vec::new(),
+            subscribed_here: Vec::new(),
+            downgrade_noted: None,
             id,
             client_id,
             addr,
@@ -307,8 +333,9 @@ impl Device {
             consider(t);
         }
         if let Some(f) = &self.inflight {
-            // A sleeping radio hears nothing: retransmissions pause while Asleep.
-            if self.state != DeviceState::Asleep {
+            // A sleeping radio hears nothing: retransmissions pause while Asleep (and while a
+            // kept session's will prompt runs; they resume with it).
+            if matches!(self.state, DeviceState::Active | DeviceState::Awake) {
                 consider(f.sent_at + self.retry_interval);
             }
         }
@@ -490,6 +517,7 @@ impl Device {
             pkid,
             topic_id,
             released,
+            acked,
         } = r
         {
             self.next_pkid = self.next_pkid.max(pkid);
@@ -506,6 +534,7 @@ impl Device {
                     },
                     qos: codec::QoS::ExactlyOnce,
                     orphaned: true,
+                    broker_done: acked,
                 },
             );
         }
@@ -565,9 +594,20 @@ impl Device {
         self.keep_alive = Duration::from_secs(u64::from(c.duration));
         self.last_heard = now;
         let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
-        if sleeping && !c.clean_session && !c.will && self.session.is_some() {
+        // Clean session 0 keeps all stored state (§6.3): a sleeping device (or one being
+        // prompted for its will on such a kept session) carries on with the same session.
+        let keep = (sleeping || self.rewill) && !c.clean_session && self.session.is_some();
+        if keep && c.will {
+            // The new will needs a new upstream session; it is made once the device has its
+            // buffer (see session.rs), so nothing buffered is lost to the switch.
+            self.prompt_keeping_session(ctx, now);
+            return;
+        }
+        if keep {
             // Leaving sleep for Active (spec §6.14): the upstream session, the topic ids and
             // the buffered messages carry on; the buffer is delivered now.
+            self.rewill = false;
+            self.stage_deadline = None;
             self.set_state(ctx, DeviceState::Active);
             ctx.transmit(
                 &self.addr,
@@ -631,13 +671,22 @@ impl Device {
             }
             Some(w) => {
                 debug!(client_id = %self.client_id, topic = %w.topic, "invalid will topic");
-                self.fail_connect(ctx, ReturnCode::NotSupported);
+                if self.abandon_kept_session(ctx) {
+                    ctx.transmit(
+                        &self.addr,
+                        Message::Connack {
+                            return_code: ReturnCode::NotSupported,
+                        },
+                    );
+                } else {
+                    self.fail_connect(ctx, ReturnCode::NotSupported);
+                }
             }
             None => {
                 // The empty WILLTOPIC deletes the will (spec §6.3); no message follows.
                 self.will_topic = None;
                 self.will_msg = Bytes::new();
-                self.open_upstream(ctx, now);
+                self.will_given(ctx, now);
             }
         }
     }
@@ -648,7 +697,17 @@ impl Device {
             return;
         }
         self.will_msg = msg;
-        self.open_upstream(ctx, now);
+        self.will_given(ctx, now);
+    }
+
+    /// The will prompt is complete: open the session carrying it, or carry on with the kept
+    /// one of a sleeping device.
+    fn will_given(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.rewill {
+            self.resume_with_new_will(ctx, now);
+        } else {
+            self.open_upstream(ctx, now);
+        }
     }
 
     fn last_will(&self) -> Option<mqtt::LastWill> {
@@ -676,7 +735,13 @@ impl Device {
         ctx.transmit(&self.addr, Message::Connack { return_code: rc });
     }
 
-    fn on_connack(&mut self, ctx: &mut Ctx, now: Instant, code: mqtt::ConnectReturnCode) {
+    fn on_connack(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        code: mqtt::ConnectReturnCode,
+        session_present: bool,
+    ) {
         if code != mqtt::ConnectReturnCode::Accepted {
             info!(client_id = %self.client_id, ?code, "broker refused the device's session");
             let rc = match code {
@@ -696,6 +761,7 @@ impl Device {
                 return_code: ReturnCode::Accepted,
             },
         );
+        self.session_accepted(ctx, session_present, Gap::Lapsed);
         self.pump(ctx, now);
     }
 
@@ -710,7 +776,9 @@ impl Device {
                 match self.state {
                     DeviceState::AwaitWillTopic | DeviceState::AwaitWillMsg => {
                         debug!(client_id = %self.client_id, "will prompting timed out");
-                        self.set_state(ctx, DeviceState::Disconnected);
+                        if !self.abandon_kept_session(ctx) {
+                            self.set_state(ctx, DeviceState::Disconnected);
+                        }
                     }
                     DeviceState::AwaitBroker => {
                         info!(client_id = %self.client_id, "broker did not accept in time");
@@ -728,6 +796,7 @@ impl Device {
                             ctx,
                             now,
                             mqtt::ConnectReturnCode::ServerUnavailable,
+                            false,
                         );
                         return !self.state.is_live();
                     }
@@ -883,6 +952,9 @@ impl Device {
         self.pending_subs.clear();
         self.held.clear();
         self.will_update = None;
+        self.rewill = false;
+        self.resubscribed.clear();
+        self.subscribed_here.clear();
     }
 
     // ---------------------------------------------------------------- upstream packets
@@ -896,8 +968,12 @@ impl Device {
     ) {
         let is_new = self.will_update.as_ref().and_then(|w| w.new_session) == Some(session);
         if is_new {
-            if let mqtt::Packet::ConnAck { code, .. } = packet {
-                self.finish_will_update(ctx, now, code);
+            if let mqtt::Packet::ConnAck {
+                code,
+                session_present,
+            } = packet
+            {
+                self.finish_will_update(ctx, now, code, session_present);
                 return;
             }
         }
@@ -905,13 +981,19 @@ impl Device {
             return;
         }
         match packet {
-            mqtt::Packet::ConnAck { code, .. } if self.state == DeviceState::AwaitBroker => {
-                self.on_connack(ctx, now, code)
+            mqtt::Packet::ConnAck {
+                code,
+                session_present,
+            } if self.state == DeviceState::AwaitBroker => {
+                self.on_connack(ctx, now, code, session_present)
             }
-            mqtt::Packet::ConnAck { code, .. } => {
+            mqtt::Packet::ConnAck {
+                code,
+                session_present,
+            } => {
                 // A session reopened after a restart or an outage: nothing to tell the device
                 // unless the broker refused it for good.
-                self.on_resumed(ctx, now, session, code);
+                self.on_resumed(ctx, now, session, code, session_present);
             }
             mqtt::Packet::Publish(p) => self.on_broker_publish(ctx, now, p),
             mqtt::Packet::PubAck { packet_id } => self.on_broker_puback(ctx, now, packet_id),
@@ -1110,6 +1192,7 @@ impl Device {
                         stage: UpStage::AwaitBroker,
                         qos: p.qos,
                         orphaned: false,
+                        broker_done: false,
                     },
                 );
                 self.up_by_msg.insert(p.msg_id, pkid);
@@ -1142,8 +1225,12 @@ impl Device {
             ctx.transmit(&self.addr, Message::Pubcomp { msg_id });
             return;
         }
+        let pkid = self.up_by_msg.get(&msg_id).copied();
+        if pkid.is_some_and(|pkid| self.complete_acked_qos2(ctx, pkid)) {
+            return;
+        }
         let Some(session) = self.session else { return };
-        match self.up_by_msg.get(&msg_id).copied() {
+        match pkid {
             Some(pkid) => {
                 if let Some(f) = self.up.get_mut(&pkid) {
                     if f.stage != UpStage::AwaitBroker {
@@ -1178,6 +1265,7 @@ impl Device {
             pkid,
             topic_id: f.topic_id,
             released: f.stage != UpStage::AwaitBroker,
+            acked: f.broker_done,
         };
         ctx.persist(persist::put(
             Table::Uplink,
@@ -1188,6 +1276,10 @@ impl Device {
 
     fn on_broker_puback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
         if self.parked_acked(ctx, pkid) {
+            return;
+        }
+        if self.on_qos2_acked_as_qos1(ctx, pkid) {
+            self.try_will_update(ctx, now);
             return;
         }
         if let Some(f) = self.finish_up(ctx, pkid) {
@@ -1310,6 +1402,7 @@ impl Device {
                 msg_id: s.msg_id,
                 topic_id,
                 filter: filter.clone(),
+                requested: to_mqtt_qos(s.qos),
             },
         );
         ctx.send(
@@ -1331,15 +1424,21 @@ impl Device {
         let Some(pending) = self.pending_subs.remove(&pkid) else {
             return;
         };
+        if let PendingSub::Restore { filter } = &pending {
+            self.on_restored_suback(ctx, filter, codes.first());
+        }
         self.release_will_responses(ctx);
         if let PendingSub::Subscribe {
             msg_id,
             topic_id,
             filter,
+            requested,
         } = pending
         {
             let (qos, topic_id, return_code) = match codes.first() {
                 Some(mqtt::SubackCode::Granted(q)) => {
+                    self.note_downgrade(requested, *q, "subscription granted a lower QoS");
+                    self.subscribed_on_this_session(&filter);
                     self.granted_subscription(ctx, filter, *q);
                     (to_sn_qos(*q), topic_id, ReturnCode::Accepted)
                 }
@@ -1397,152 +1496,6 @@ impl Device {
         }
         self.release_will_responses(ctx);
         self.try_will_update(ctx, now);
-    }
-
-    // ---------------------------------------------------------------- will update (§6.4)
-
-    fn on_will_topic_upd(&mut self, ctx: &mut Ctx, now: Instant, w: Option<WillTopic>) {
-        match w {
-            Some(w) if !mqtt::valid_topic_name(&w.topic) => {
-                ctx.transmit(
-                    &self.addr,
-                    Message::WillTopicResp {
-                        return_code: ReturnCode::NotSupported,
-                    },
-                );
-                return;
-            }
-            Some(w) => self.will_topic = Some(w),
-            None => {
-                // An empty WILLTOPICUPD deletes topic and message (spec §6.4).
-                self.will_topic = None;
-                self.will_msg = Bytes::new();
-            }
-        }
-        self.will_update
-            .get_or_insert_with(Default::default)
-            .respond_topic = true;
-        self.request_will_update(ctx, now);
-    }
-
-    fn on_will_msg_upd(&mut self, ctx: &mut Ctx, now: Instant, msg: Bytes) {
-        self.will_msg = msg;
-        self.will_update
-            .get_or_insert_with(Default::default)
-            .respond_msg = true;
-        self.request_will_update(ctx, now);
-    }
-
-    fn request_will_update(&mut self, ctx: &mut Ctx, now: Instant) {
-        if let Some(w) = self.will_update.as_mut() {
-            if w.new_session.is_some() {
-                w.again = true;
-                return;
-            }
-        }
-        self.try_will_update(ctx, now);
-    }
-
-    /// Replaces the upstream session to carry the new will, once no QoS flow is open on the
-    /// old one (so nothing in flight is lost or doubled).
-    fn try_will_update(&mut self, ctx: &mut Ctx, now: Instant) {
-        let idle =
-            self.up.is_empty() && self.pending_subs.is_empty() && !self.broker_acks_outstanding();
-        let Some(w) = self.will_update.as_mut() else {
-            return;
-        };
-        if w.new_session.is_some() || !idle || !self.state.is_live() {
-            return;
-        }
-        if let Some(old) = self.session.take() {
-            ctx.close(old, true);
-        }
-        let connect = ctx.connect_packet(&self.client_id, self.clean_session, self.last_will());
-        let s = ctx.open(Some(self.id), connect);
-        if let Some(w) = self.will_update.as_mut() {
-            w.new_session = Some(s);
-        }
-        // Bounded like the first CONNECT: without it a silent broker leaves the device
-        // Active with no upstream session for as long as it keeps pinging.
-        self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
-    }
-
-    fn finish_will_update(&mut self, ctx: &mut Ctx, now: Instant, code: mqtt::ConnectReturnCode) {
-        let Some(w) = self.will_update.take() else {
-            return;
-        };
-        let Some(s) = w.new_session else { return };
-        if code != mqtt::ConnectReturnCode::Accepted {
-            info!(client_id = %self.client_id, ?code, "broker refused the session carrying the new will");
-            ctx.close(s, false);
-            // The old session is already gone: treat the refusal like the broker closing the
-            // device's only session, so the device is told to CONNECT again.
-            self.session = Some(s);
-            self.on_upstream_closed(ctx, now, s);
-            return;
-        }
-        self.session = Some(s);
-        self.stage_deadline = None;
-        self.save(ctx);
-        if self.clean_session {
-            // A clean session ended with the old connection: subscribe again.
-            for (filter, qos) in self.subs.clone() {
-                let pkid = self.alloc_pkid();
-                self.pending_subs.insert(pkid, PendingSub::Internal);
-                ctx.send(
-                    s,
-                    mqtt::Packet::Subscribe {
-                        packet_id: pkid,
-                        filters: vec![(filter, qos)],
-                    },
-                );
-            }
-        }
-        // The device hears the update applied once the new session carries its subscriptions
-        // again, so nothing published after the response can miss it.
-        let (t, m) = self.will_resp.unwrap_or_default();
-        self.will_resp = Some((t || w.respond_topic, m || w.respond_msg));
-        self.release_will_responses(ctx);
-        let held: Vec<Message> = self.held.drain(..).collect();
-        for m in held {
-            self.on_active_message(ctx, now, m);
-        }
-        if w.again {
-            self.will_update = Some(WillUpdate::default());
-            self.try_will_update(ctx, now);
-        }
-        self.pump(ctx, now);
-    }
-
-    /// Sends the WILLTOPICRESP / WILLMSGRESP owed once no re-subscription is outstanding.
-    fn release_will_responses(&mut self, ctx: &mut Ctx) {
-        if self
-            .pending_subs
-            .values()
-            .any(|p| matches!(p, PendingSub::Internal))
-        {
-            return;
-        }
-        let Some((topic, msg)) = self.will_resp.take() else {
-            return;
-        };
-        let accepted = ReturnCode::Accepted;
-        if topic {
-            ctx.transmit(
-                &self.addr,
-                Message::WillTopicResp {
-                    return_code: accepted,
-                },
-            );
-        }
-        if msg {
-            ctx.transmit(
-                &self.addr,
-                Message::WillMsgResp {
-                    return_code: accepted,
-                },
-            );
-        }
     }
 
     fn broker_acks_outstanding(&self) -> bool {
@@ -1679,6 +1632,9 @@ impl Device {
     }
 
     fn on_broker_publish(&mut self, ctx: &mut Ctx, now: Instant, p: mqtt::Publish) {
+        if self.drop_redelivered_retained(ctx, &p) {
+            return;
+        }
         let qos = self.granted(&p.topic, p.qos);
         let ack = match (p.qos, p.packet_id) {
             (mqtt::QoS::AtLeastOnce, Some(id)) => BrokerAck::PubAck(id),

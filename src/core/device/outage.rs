@@ -129,11 +129,14 @@ impl Device {
         now: Instant,
         session: SessionId,
         code: mqtt::ConnectReturnCode,
+        session_present: bool,
     ) {
         self.outage.resuming = false;
         match code {
             mqtt::ConnectReturnCode::Accepted => {
                 self.outage.backoff = Duration::ZERO;
+                // The session was away: what the broker lost is subscribed again.
+                self.session_accepted(ctx, session_present, super::Gap::Lapsed);
                 self.flush_parked(ctx, session);
                 self.pump(ctx, now);
             }

@@ -17,6 +17,8 @@ mod downlink;
 mod lifecycle;
 mod limits;
 mod persist;
+mod qos2_downgrade;
+mod session;
 mod sleep;
 mod topics;
 mod uplink;
@@ -29,6 +31,11 @@ pub(super) struct World {
     pub store: std::collections::BTreeMap<(crate::core::Table, Vec<u8>), Vec<u8>>,
     /// Batches emitted but not yet confirmed by the (simulated) store.
     pub unconfirmed: Vec<(u64, Vec<crate::core::PersistOp>)>,
+    /// The simulated broker's memory: ClientIds whose persistent session it keeps (so its
+    /// CONNACK says Session Present 1 when one of them connects with clean session 0 again).
+    pub broker_sessions: std::collections::HashSet<String>,
+    /// (ClientId, clean session) of every session the gateway opened.
+    pub session_clients: std::collections::HashMap<SessionId, (String, bool)>,
 }
 
 pub(super) fn addr(n: u8) -> DeviceAddr {
@@ -157,6 +164,8 @@ impl World {
             out: Vec::new(),
             store: Default::default(),
             unconfirmed: Vec::new(),
+            broker_sessions: Default::default(),
+            session_clients: Default::default(),
         }
     }
 
@@ -164,7 +173,13 @@ impl World {
         while let Some(o) = self.gw.poll_output() {
             match o {
                 Output::Persist { seq, ops } => self.unconfirmed.push((seq, ops)),
-                o => self.out.push(o),
+                o => {
+                    if let Output::Open { session, connect } = &o {
+                        self.session_clients
+                            .insert(*session, (connect.client_id.clone(), connect.clean_session));
+                    }
+                    self.out.push(o)
+                }
             }
         }
     }
@@ -300,14 +315,30 @@ impl World {
         self.drain();
     }
 
+    /// CONNACK with `code`; Session Present as a broker that keeps persistent sessions says it.
     pub fn broker_connack_code(&mut self, session: SessionId, code: mqtt::ConnectReturnCode) {
+        let mut session_present = false;
+        if code == mqtt::ConnectReturnCode::Accepted {
+            if let Some((client_id, clean)) = self.session_clients.get(&session).cloned() {
+                if clean {
+                    self.broker_sessions.remove(&client_id);
+                } else {
+                    session_present = !self.broker_sessions.insert(client_id);
+                }
+            }
+        }
         self.broker(
             session,
             mqtt::Packet::ConnAck {
-                session_present: false,
+                session_present,
                 code,
             },
         );
+    }
+
+    /// The broker forgets every session (restarted without persistence, or expired them).
+    pub fn broker_loses_sessions(&mut self) {
+        self.broker_sessions.clear();
     }
 
     pub fn broker_connack(&mut self, session: SessionId) {
@@ -361,6 +392,27 @@ impl World {
         self.broker_connack(session);
         assert_eq!(self.take_to_device(at), vec![connack(ReturnCode::Accepted)]);
         session
+    }
+
+    /// CONNECT with Will=1 from `at`, answering both prompts with `will` (no Open expected).
+    pub fn connect_prompts(&mut self, at: &DeviceAddr, client_id: &str, clean: bool, will: &Will) {
+        self.device_send(at, connect_msg(client_id, clean, true, 60));
+        assert_eq!(self.take_to_device(at), vec![Message::WillTopicReq]);
+        self.device_send(
+            at,
+            Message::WillTopic(Some(WillTopic {
+                qos: will.qos,
+                retain: will.retain,
+                topic: will.topic.to_owned(),
+            })),
+        );
+        assert_eq!(self.take_to_device(at), vec![Message::WillMsgReq]);
+        self.device_send(
+            at,
+            Message::WillMsg {
+                msg: Bytes::from_static(will.msg),
+            },
+        );
     }
 
     pub fn connect(

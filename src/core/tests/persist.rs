@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::core::{DeviceState, PersistOp, Table};
 
-fn persistent() -> Settings {
+pub(super) fn persistent() -> Settings {
     Settings {
         persistent: true,
         ..settings()
@@ -18,7 +18,7 @@ fn persistent() -> Settings {
 
 impl World {
     /// The store commits the first `n` pending batches and confirms them.
-    fn commit(&mut self, n: usize) {
+    pub(super) fn commit(&mut self, n: usize) {
         let batches: Vec<_> = self
             .unconfirmed
             .drain(..n.min(self.unconfirmed.len()))
@@ -47,12 +47,12 @@ impl World {
         }
     }
 
-    fn commit_all(&mut self) {
+    pub(super) fn commit_all(&mut self) {
         self.commit(usize::MAX);
     }
 
     /// The process dies (unconfirmed batches are lost) and a new gateway restores the store.
-    fn restart(&mut self, settings: Settings) -> crate::core::RestoreReport {
+    pub(super) fn restart(&mut self, settings: Settings) -> crate::core::RestoreReport {
         self.unconfirmed.clear();
         self.out.clear();
         self.gw = Gateway::new(settings, self.now);
