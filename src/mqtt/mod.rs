@@ -9,29 +9,44 @@
 //! [`Packet::encode`] / [`Packet::to_bytes`]. PUBLISH payloads are zero-copy [`Bytes`] slices
 //! of the receive buffer.
 //!
-//! # Map
+//! # Map: what each file owns, and what it must never do
 //!
-//! | file | owns | must never |
-//! |---|---|---|
-//! | `mod.rs` | [`decode`] (streaming, size cap), dispatch to the kinds, `Packet::{encode, encoded_len, to_bytes}` | parse a field itself |
-//! | `header.rs` | type numbers, flag rules, Remaining Length both ways | look past the fixed header |
-//! | `reader.rs` | the one checked reader: bytes, u16, packet ids, strings, binary, topics | index unchecked or read past the body |
-//! | `field.rs` | encode-side length/put helpers for the same fields | write what it did not validate |
-//! | `connect.rs` | CONNECT | accept another protocol name or level |
-//! | `connack.rs` | CONNACK | accept reserved flag bits or codes |
-//! | `publish.rs` | PUBLISH flags and body | copy the payload on decode |
-//! | `packet_id_only.rs` | PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK | accept a zero packet id |
-//! | `subscribe.rs`, `suback.rs`, `unsubscribe.rs` | those kinds, [`SubackCode`] bytes | accept an empty list |
-//! | `empty.rs` | PINGREQ, PINGRESP, DISCONNECT | write a body byte |
-//! | `packet.rs` | the packet types as plain data | hold encoding logic |
-//! | `error.rs`, `topic.rs` | typed errors; topic validity and matching | — |
+//! - `mod.rs`: [`decode`] (streaming, size cap checked before the body arrives) and the
+//!   dispatch of `decode` and `Packet::{encode, encoded_len, to_bytes}` to the kinds. Never
+//!   parses or writes a field itself.
+//! - `header.rs`: packet type numbers, fixed-header flag rules, Remaining Length both ways.
+//!   Never looks past the fixed header.
+//! - `reader.rs`: the one checked reader (bytes, u16, packet ids, strings, binary data, topic
+//!   names and filters, nothing-left-over). Never indexes unchecked or reads past the body.
+//! - `field.rs`: the encode-side length/put helpers for the same fields. Never writes a field
+//!   its length check would reject.
+//! - One file per kind, each owning that kind's body both ways: `connect.rs`, `connack.rs`,
+//!   `publish.rs` (also the PUBLISH flag bits), `packet_id_only.rs` (PUBACK, PUBREC, PUBREL,
+//!   PUBCOMP, UNSUBACK), `subscribe.rs`, `suback.rs` (also the [`SubackCode`] byte),
+//!   `unsubscribe.rs`, `empty.rs` (PINGREQ, PINGRESP, DISCONNECT). Never reads wire data
+//!   except through the reader, or checks the fixed header.
+//! - `packet.rs`: the packet types as plain data. Never holds encoding logic.
+//! - `error.rs`: the typed errors. Never carries free-form text.
+//! - `topic.rs`: topic name/filter validity and matching. Never matches an invalid argument.
 //!
-//! Every kind module has the same shape: `decode_body` (from a [`Reader`] positioned after the
-//! fixed header), `body_len` (validates, returns the Remaining Length) and `encode_body`, with
-//! its byte vectors beside them.
+//! Every kind module has the same shape: `decode_body` (from the reader, positioned after the
+//! fixed header), `body_len` (validates the packet, returns its Remaining Length) and
+//! `encode_body`, with its byte vectors beside them. `tests.rs` holds the round trips and
+//! property tests that span all kinds.
 //!
 //! [`Bytes`]: bytes::Bytes
-//! [`Reader`]: reader::Reader
+
+// Input must never be able to panic the codec; clippy enforces it outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::indexing_slicing
+    )
+)]
 
 mod connack;
 mod connect;

@@ -1,9 +1,9 @@
 //! The MQTT 3.1.1 control packets as plain data (spec §2, §3).
 //!
-//! Owns: the packet types, the small enums of the wire format and their byte conversions.
-//! Invariants that the type system cannot carry (e.g. `Publish::packet_id` is `Some` iff
-//! `qos > 0`) are checked by the encoder and guaranteed by the decoder. Must never: hold wire
-//! bytes or encoding logic; those live in the per-kind modules.
+//! Owns: the packet types, the small enums of the wire format and the QoS / return-code byte
+//! conversions. Invariants that the type system cannot carry (e.g. `Publish::packet_id` is
+//! `Some` iff `qos > 0`) are checked by the encoder and guaranteed by the decoder. Must never:
+//! hold wire bytes or encoding logic; those live in the per-kind modules.
 
 use bytes::Bytes;
 
