@@ -1,4 +1,7 @@
 //! Typed codec errors: protocol violations are data, not strings.
+//!
+//! Owns: [`DecodeError`] and [`EncodeError`], one variant per rule a packet can break. Must
+//! never: carry free-form text or wire bytes, or lose which rule was broken.
 
 use thiserror::Error;
 

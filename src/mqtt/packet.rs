@@ -1,12 +1,14 @@
 //! The MQTT 3.1.1 control packets as plain data (spec §2, §3).
 //!
-//! Owns: the packet types and the small enums of the wire format. Invariants that the type
-//! system cannot carry (e.g. `Publish::packet_id` is `Some` iff `qos > 0`) are checked by the
-//! encoder and guaranteed by the decoder.
+//! Owns: the packet types, the small enums of the wire format and the QoS / return-code byte
+//! conversions. Invariants that the type system cannot carry (e.g. `Publish::packet_id` is
+//! `Some` iff `qos > 0`) are checked by the encoder and guaranteed by the decoder. Must never:
+//! hold wire bytes or encoding logic; those live in the per-kind modules.
 
 use bytes::Bytes;
 
 use super::error::DecodeError;
+use super::header::kind;
 
 /// Quality of service of a message or a subscription (§4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -114,25 +116,6 @@ pub enum SubackCode {
     Failure,
 }
 
-impl SubackCode {
-    pub(crate) const FAILURE: u8 = 0x80;
-
-    pub(crate) fn to_byte(self) -> u8 {
-        match self {
-            SubackCode::Granted(qos) => qos.into(),
-            SubackCode::Failure => Self::FAILURE,
-        }
-    }
-
-    pub(crate) fn from_byte(byte: u8) -> Result<Self, DecodeError> {
-        match byte {
-            Self::FAILURE => Ok(SubackCode::Failure),
-            0..=2 => QoS::try_from(byte).map(SubackCode::Granted),
-            other => Err(DecodeError::InvalidSubackCode(other)),
-        }
-    }
-}
-
 /// Every MQTT 3.1.1 control packet, client-to-server and server-to-client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
@@ -174,43 +157,6 @@ pub enum Packet {
     PingReq,
     PingResp,
     Disconnect,
-}
-
-/// Control packet type numbers: the high nibble of the first byte (§2.2.1, Table 2.1).
-pub(crate) mod kind {
-    pub const CONNECT: u8 = 1;
-    pub const CONNACK: u8 = 2;
-    pub const PUBLISH: u8 = 3;
-    pub const PUBACK: u8 = 4;
-    pub const PUBREC: u8 = 5;
-    pub const PUBREL: u8 = 6;
-    pub const PUBCOMP: u8 = 7;
-    pub const SUBSCRIBE: u8 = 8;
-    pub const SUBACK: u8 = 9;
-    pub const UNSUBSCRIBE: u8 = 10;
-    pub const UNSUBACK: u8 = 11;
-    pub const PINGREQ: u8 = 12;
-    pub const PINGRESP: u8 = 13;
-    pub const DISCONNECT: u8 = 14;
-}
-
-/// Protocol name and level of MQTT 3.1.1 (§3.1.2.1, §3.1.2.2).
-pub(crate) const PROTOCOL_NAME: &str = "MQTT";
-pub(crate) const PROTOCOL_LEVEL: u8 = 4;
-
-/// Largest value the Remaining Length field can carry (§2.2.3).
-pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
-
-/// CONNECT flag bits (§3.1.2.3).
-pub(crate) mod connect_flags {
-    pub const RESERVED: u8 = 0x01;
-    pub const CLEAN_SESSION: u8 = 0x02;
-    pub const WILL: u8 = 0x04;
-    pub const WILL_QOS_SHIFT: u8 = 3;
-    pub const WILL_QOS_MASK: u8 = 0x18;
-    pub const WILL_RETAIN: u8 = 0x20;
-    pub const PASSWORD: u8 = 0x40;
-    pub const USERNAME: u8 = 0x80;
 }
 
 impl Packet {

@@ -1,4 +1,8 @@
 //! Round trips across encoder and decoder, and property tests.
+//!
+//! Owns: the properties that span every kind (each sample and each arbitrary packet decodes to
+//! itself, any split of a stream decodes the same, arbitrary bytes never panic). Per-kind byte
+//! vectors live beside their kind. Must never: weaken a property to make a case pass.
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;

@@ -1,6 +1,8 @@
 //! Topic names, topic filters and matching (§4.7).
 //!
+//! Owns: what a valid topic name and topic filter are, and whether a filter matches a name.
 //! Pure string functions; the codec uses the validity checks, the broker side uses matching.
+//! Must never: allocate per level, or match anything when either argument is invalid.
 
 /// Longest string the wire format can carry (§1.5.3).
 const MAX_STRING_LEN: usize = 65_535;
