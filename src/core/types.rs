@@ -93,7 +93,13 @@ pub enum Output {
     Persist { seq: u64, ops: Vec<PersistOp> },
 }
 
-/// What the core keeps durable, by kind.
+/// What the core keeps durable, by kind: the one definition, used by the core to say what to
+/// persist and by `store/` to keep it (on disk under [`Table::name`]).
+///
+/// A closed set, so a typo cannot create a table and the store can reject a row whose table
+/// this version does not know. Adding a variant means a new schema version in
+/// `store/sqlite.rs`, so that an older gateway refuses the file instead of calling it corrupt.
+/// The derived order (declaration order) is the order the store loads tables in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     /// One record per persistent device session (clean session 0), keyed by ClientId.
@@ -108,7 +114,16 @@ pub enum Table {
 }
 
 impl Table {
-    pub fn name(self) -> &'static str {
+    /// Every table, in load order.
+    pub const ALL: [Table; 4] = [
+        Table::Device,
+        Table::Buffer,
+        Table::Uplink,
+        Table::Subscription,
+    ];
+
+    /// The name stored on disk. Stable: changing one is a schema change.
+    pub const fn name(self) -> &'static str {
         match self {
             Table::Device => "device",
             Table::Buffer => "buffer",
@@ -117,33 +132,42 @@ impl Table {
         }
     }
 
+    /// The table stored under `name`, if this version knows it.
     pub fn from_name(name: &str) -> Option<Table> {
-        match name {
-            "device" => Some(Table::Device),
-            "buffer" => Some(Table::Buffer),
-            "uplink" => Some(Table::Uplink),
-            _ => None,
-        }
+        Table::ALL.into_iter().find(|t| t.name() == name)
     }
 }
 
-/// One change to durable state.
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One change to durable state. A batch of these is committed as one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PersistOp {
+    /// Insert `key`, or replace its value.
     Put {
         table: Table,
         key: Vec<u8>,
         value: Vec<u8>,
     },
-    Delete {
-        table: Table,
-        key: Vec<u8>,
-    },
-    /// Every key of `table` starting with `prefix`.
-    DeletePrefix {
-        table: Table,
-        prefix: Vec<u8>,
-    },
+    /// Remove `key`; nothing happens if it is absent.
+    Delete { table: Table, key: Vec<u8> },
+    /// Remove every key of `table` that starts with `prefix` (an empty prefix empties it).
+    DeletePrefix { table: Table, prefix: Vec<u8> },
+}
+
+impl PersistOp {
+    /// The bytes this op carries (key or prefix plus value), used to bound a batch's size.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            PersistOp::Put { key, value, .. } => key.len() + value.len(),
+            PersistOp::Delete { key, .. } => key.len(),
+            PersistOp::DeletePrefix { prefix, .. } => prefix.len(),
+        }
+    }
 }
 
 /// Plain counters kept by the core; the shell exports them.

@@ -12,53 +12,17 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::core::{PersistOp, Table};
-use crate::store::{self, Batch, SqliteStore, Store, StoreError, Writer};
+use crate::core::PersistOp;
+use crate::store::{Batch, SqliteStore, Store, StoreError, Writer};
 
 /// Records as the core's restore wants them.
-pub type Records = Vec<(Table, Vec<u8>, Vec<u8>)>;
+pub type Records = Vec<crate::store::Record>;
 
 pub struct Persistence {
     tx: Option<std_mpsc::SyncSender<Batch>>,
     confirmed: watch::Receiver<u64>,
     thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
-}
-
-fn to_store_table(t: Table) -> store::Table {
-    match t {
-        Table::Device => store::Table::Device,
-        Table::Buffer => store::Table::Buffer,
-        Table::Uplink => store::Table::Uplink,
-        Table::Subscription => store::Table::Subscription,
-    }
-}
-
-fn to_core_table(t: store::Table) -> Table {
-    match t {
-        store::Table::Device => Table::Device,
-        store::Table::Buffer => Table::Buffer,
-        store::Table::Uplink => Table::Uplink,
-        store::Table::Subscription => Table::Subscription,
-    }
-}
-
-fn to_store_op(op: PersistOp) -> store::Op {
-    match op {
-        PersistOp::Put { table, key, value } => store::Op::Put {
-            table: to_store_table(table),
-            key,
-            value,
-        },
-        PersistOp::Delete { table, key } => store::Op::Delete {
-            table: to_store_table(table),
-            key,
-        },
-        PersistOp::DeletePrefix { table, prefix } => store::Op::DeletePrefix {
-            table: to_store_table(table),
-            prefix,
-        },
-    }
 }
 
 impl Persistence {
@@ -76,11 +40,7 @@ impl Persistence {
         path: &Path,
         depth: usize,
     ) -> Result<(Persistence, Records), StoreError> {
-        let records = store
-            .load()?
-            .into_iter()
-            .map(|(t, k, v)| (to_core_table(t), k, v))
-            .collect::<Records>();
+        let records: Records = store.load()?;
         info!(path = %path.display(), records = records.len(), "store opened");
         let (tx, rx) = std_mpsc::sync_channel::<Batch>(depth);
         let (confirmed_tx, confirmed) = watch::channel(0u64);
@@ -117,10 +77,7 @@ impl Persistence {
     /// is full.
     pub async fn submit(&self, seq: u64, ops: Vec<PersistOp>) {
         let Some(tx) = &self.tx else { return };
-        let batch = Batch {
-            seq,
-            ops: ops.into_iter().map(to_store_op).collect(),
-        };
+        let batch = Batch { seq, ops };
         match tx.try_send(batch) {
             Ok(()) => {}
             Err(std_mpsc::TrySendError::Full(batch)) => {
@@ -154,6 +111,7 @@ impl Persistence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Table;
     use crate::store::MemoryStore;
 
     fn put(n: u8) -> PersistOp {

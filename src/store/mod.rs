@@ -20,91 +20,15 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
 use std::path::PathBuf;
 
 pub use memory::MemoryStore;
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 pub use writer::{Batch, Writer, WriterFailed, WriterLimits};
 
-/// The tables the store keeps. A closed set: each is one kind of record the core persists (the
-/// same four, with the same on-disk names, as the core's own `Table`; the shell maps one to the
-/// other).
-///
-/// An enum rather than a free-form name so a typo cannot create a table, and so [`Store::load`]
-/// can reject a row whose table this version does not know (a [`StoreError::Corrupt`]).
-/// Adding a variant therefore means bumping [`SCHEMA_VERSION`], so that an older gateway refuses
-/// the file with [`StoreError::NewerSchema`] instead of calling it corrupt.
-///
-/// The derived order (declaration order) is the order [`Store::load`] returns tables in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Table {
-    /// One record per persistent device session.
-    Device,
-    /// Messages buffered for a sleeping device.
-    Buffer,
-    /// In-flight uplink QoS state and parked uplink messages.
-    Uplink,
-    /// One row per subscription of a persistent device session.
-    Subscription,
-}
-
-impl Table {
-    /// Every table, in load order.
-    pub const ALL: [Table; 4] = [
-        Table::Device,
-        Table::Buffer,
-        Table::Uplink,
-        Table::Subscription,
-    ];
-
-    /// The name stored on disk. Stable: changing one is a schema change.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Table::Device => "device",
-            Table::Buffer => "buffer",
-            Table::Uplink => "uplink",
-            Table::Subscription => "subscription",
-        }
-    }
-
-    /// The table stored under `name`, if this version knows it.
-    pub fn from_name(name: &str) -> Option<Table> {
-        Table::ALL.into_iter().find(|t| t.name() == name)
-    }
-}
-
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// One change to the store. A slice of these is committed as one transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Insert `key`, or replace its value.
-    Put {
-        table: Table,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    /// Remove `key`; nothing happens if it is absent.
-    Delete { table: Table, key: Vec<u8> },
-    /// Remove every key that starts with `prefix` (an empty prefix empties the table).
-    DeletePrefix { table: Table, prefix: Vec<u8> },
-}
-
-impl Op {
-    /// The bytes this op carries (key or prefix plus value), used to bound a batch's size.
-    pub fn payload_len(&self) -> usize {
-        match self {
-            Op::Put { key, value, .. } => key.len() + value.len(),
-            Op::Delete { key, .. } => key.len(),
-            Op::DeletePrefix { prefix, .. } => prefix.len(),
-        }
-    }
-}
+/// The tables and the changes the store keeps: defined once, by the core, which says what is
+/// durable ([`Table`], and [`Op`] = the core's `PersistOp`).
+pub use crate::core::{PersistOp as Op, Table};
 
 /// One record as returned by [`Store::load`]: table, key, value.
 pub type Record = (Table, Vec<u8>, Vec<u8>);
