@@ -8,7 +8,7 @@
 //! 2. drain [`Gateway::poll_output`] until `None` and carry each [`Output`] out in order;
 //! 3. sleep until [`Gateway::poll_timeout`] (or the next input) and call `handle_timeout`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,27 +16,16 @@ use tracing::{debug, info};
 
 use super::admission::{Admission, Class, LogLimiter};
 use super::ctx::Ctx;
-use super::device::{qos0_publish, short_name, Device, DeviceState};
+use super::device::{Device, DeviceState};
 use super::discovery;
 use super::persist::{self, DeviceRecord};
+use super::qos_minus_one::QosMinusOne;
 use super::settings::Settings;
 use super::timers::TimerQueue;
 use super::types::{DeviceAddr, GroupId, Output, PeerAddr, SessionId, Stats, Table};
 use super::DeviceId;
-use crate::codec::{self, Message, TopicRef};
+use crate::codec::{self, Message};
 use crate::mqtt;
-
-/// The gateway's own upstream session for QoS -1 publishes from any address (spec §6.8).
-#[derive(Debug, Default)]
-struct QosMinusOne {
-    session: Option<SessionId>,
-    connected: bool,
-    held: VecDeque<mqtt::Publish>,
-    /// No new attempt before this, after a failed one.
-    retry_at: Option<Instant>,
-    /// The opening session must be accepted by then.
-    connect_deadline: Option<Instant>,
-}
 
 /// What [`Gateway::restore`] brought back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -117,8 +106,7 @@ impl Gateway {
         [
             self.timers.next_deadline(),
             self.next_advertise,
-            self.qos_m1.retry_at,
-            self.qos_m1.connect_deadline,
+            self.qos_m1.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -195,7 +183,7 @@ impl Gateway {
                 return;
             }
             Message::Publish(p) if p.qos == codec::QoS::MinusOne => {
-                self.on_qos_minus_one(now, &from, p);
+                self.qos_m1.on_publish(&mut self.ctx, now, &from, p);
                 return;
             }
             _ => {}
@@ -391,45 +379,6 @@ impl Gateway {
         }
     }
 
-    fn on_qos_minus_one(&mut self, now: Instant, from: &DeviceAddr, p: codec::Publish) {
-        let topic = match p.topic {
-            TopicRef::Predefined(id) => self.ctx.predefined_by_id.get(&id).cloned(),
-            TopicRef::Short(s) => short_name(s).filter(|n| mqtt::valid_topic_name(n)),
-            TopicRef::Id(_) => None, // QoS -1 allows only predefined ids and short names
-        };
-        let Some(topic) = topic else {
-            self.ctx.stats.wrong_state += 1;
-            debug!(peer = %from, topic = ?p.topic, "QoS -1 PUBLISH on an unusable topic dropped");
-            return;
-        };
-        self.ctx.stats.uplink_publishes += 1;
-        let publish = qos0_publish(topic, p.retain, p.data);
-        let q = &mut self.qos_m1;
-        match (q.session, q.connected) {
-            (Some(s), true) => self.ctx.send(s, mqtt::Packet::Publish(publish)),
-            _ => {
-                if q.held.len() < self.ctx.settings.max_queued_per_device {
-                    q.held.push_back(publish);
-                } else {
-                    self.ctx.stats.downlink_dropped += 1;
-                }
-                self.open_qos_m1(now);
-            }
-        }
-    }
-
-    fn open_qos_m1(&mut self, now: Instant) {
-        let q = &mut self.qos_m1;
-        if q.session.is_some() || q.retry_at.is_some_and(|t| t > now) {
-            return;
-        }
-        q.retry_at = None;
-        q.connect_deadline = Some(now + self.ctx.settings.upstream_connect_timeout);
-        let client_id = format!("mqttsn-gw-{}-qos-1", self.ctx.settings.gateway_id);
-        let connect = self.ctx.connect_packet(&client_id, true, None);
-        q.session = Some(self.ctx.open(None, connect));
-    }
-
     /// A packet decoded from an upstream session.
     pub fn handle_upstream(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
         self.upstream_in(now, session, packet);
@@ -437,20 +386,8 @@ impl Gateway {
     }
 
     fn upstream_in(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
-        if self.qos_m1.session == Some(session) {
-            if let mqtt::Packet::ConnAck { code, .. } = packet {
-                self.qos_m1.connect_deadline = None;
-                if code == mqtt::ConnectReturnCode::Accepted {
-                    self.qos_m1.connected = true;
-                    for p in std::mem::take(&mut self.qos_m1.held) {
-                        self.ctx.send(session, mqtt::Packet::Publish(p));
-                    }
-                } else {
-                    info!(?code, "broker refused the gateway's QoS -1 session");
-                    self.ctx.close(session, true);
-                    self.qos_m1_failed(now);
-                }
-            }
+        if self.qos_m1.owns(session) {
+            self.qos_m1.on_upstream(&mut self.ctx, now, packet);
             return;
         }
         let Some(&id) = self.ctx.by_session.get(&session) else {
@@ -470,8 +407,8 @@ impl Gateway {
     }
 
     fn upstream_closed(&mut self, now: Instant, session: SessionId) {
-        if self.qos_m1.session == Some(session) {
-            self.qos_m1_failed(now);
+        if self.qos_m1.owns(session) {
+            self.qos_m1.on_closed(&self.ctx, now);
             return;
         }
         let Some(id) = self.ctx.by_session.remove(&session) else {
@@ -481,16 +418,6 @@ impl Gateway {
         if let Some(dev) = self.devices.get_mut(&id) {
             dev.on_upstream_closed(&mut self.ctx, now, session);
             self.settle(id, tx_mark);
-        }
-    }
-
-    fn qos_m1_failed(&mut self, now: Instant) {
-        let q = &mut self.qos_m1;
-        q.session = None;
-        q.connected = false;
-        q.connect_deadline = None;
-        if !q.held.is_empty() {
-            q.retry_at = Some(now + self.ctx.settings.retry_interval);
         }
     }
 
@@ -616,19 +543,7 @@ impl Gateway {
                 }
             }
         }
-        if self.qos_m1.connect_deadline.is_some_and(|t| t <= now) {
-            info!("the broker did not accept the gateway's QoS -1 session in time");
-            if let Some(s) = self.qos_m1.session {
-                self.ctx.close(s, false);
-            }
-            self.qos_m1_failed(now);
-        }
-        if self.qos_m1.retry_at.is_some_and(|t| t <= now) {
-            self.qos_m1.retry_at = None;
-            if !self.qos_m1.held.is_empty() {
-                self.open_qos_m1(now);
-            }
-        }
+        self.qos_m1.on_timeout(&mut self.ctx, now);
     }
 
     /// After `id` handled an input: charge what was sent to it since `tx_mark` to its silence

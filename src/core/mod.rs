@@ -11,6 +11,7 @@ mod device;
 mod discovery;
 mod gateway;
 pub mod persist;
+mod qos_minus_one;
 pub mod settings;
 mod timers;
 pub mod topics;
