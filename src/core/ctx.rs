@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use tracing::debug;
 
+use super::durability::Durability;
 use super::settings::Settings;
 use super::types::{DeviceAddr, Output, PersistOp, SessionId, Stats};
 use super::DeviceId;
@@ -22,16 +23,8 @@ pub(crate) struct Ctx {
     pub predefined_by_id: HashMap<u16, String>,
     pub predefined_by_name: HashMap<String, u16>,
     scratch: BytesMut,
-    /// Changes to make durable, emitted as one `Output::Persist` per input.
-    batch: Vec<PersistOp>,
-    /// Sequence number of the batch being built.
-    seq: u64,
-    /// Effects that promise durability, released once their batch is confirmed.
-    pending: VecDeque<(u64, Output)>,
-    /// Sessions with a deferred packet: later packets on them wait too, to keep their order.
-    held: HashMap<SessionId, usize>,
-    /// Highest batch the store confirmed.
-    confirmed: u64,
+    /// The batch of the current input and the effects waiting for the store.
+    durability: Durability,
     /// Octets of every frame queued for a device so far (the gateway charges the difference
     /// around a device's input to that device).
     pub tx_bytes: u64,
@@ -47,6 +40,7 @@ impl Ctx {
             .map(|(id, name)| (name.clone(), *id))
             .collect();
         Ctx {
+            durability: Durability::new(settings.persistent),
             settings,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -55,11 +49,6 @@ impl Ctx {
             predefined_by_id,
             predefined_by_name,
             scratch: BytesMut::with_capacity(256),
-            batch: Vec::new(),
-            seq: 1,
-            pending: VecDeque::new(),
-            held: HashMap::new(),
-            confirmed: 0,
             tx_bytes: 0,
         }
     }
@@ -70,63 +59,23 @@ impl Ctx {
 
     /// Adds a change to the current durable batch (nothing when persistence is off).
     pub fn persist(&mut self, op: PersistOp) {
-        if self.settings.persistent {
-            self.batch.push(op);
-        }
+        self.durability.persist(op);
     }
 
     /// Emits `out` once everything persisted so far is durable (at once when persistence is
     /// off). Design rule 2: an acknowledgement that promises durability waits for the store.
     pub fn after_persist(&mut self, out: Output) {
-        if !self.settings.persistent {
-            self.out.push_back(out);
-            return;
-        }
-        if let Output::Send { session, .. } = &out {
-            *self.held.entry(*session).or_insert(0) += 1;
-        }
-        self.pending.push_back((self.seq, out));
+        self.durability.after_persist(&mut self.out, out);
     }
 
-    /// Closes the current batch: emits it as `Output::Persist`. Deferred effects of an input
-    /// that persisted nothing wait only for the batches before it.
+    /// Closes the current batch: emits it as `Output::Persist`.
     pub fn flush_persist(&mut self) {
-        if self.batch.is_empty() {
-            let prev = self.seq - 1;
-            if self.confirmed >= prev {
-                self.confirm(self.seq);
-            } else {
-                for (s, _) in self.pending.iter_mut().rev() {
-                    if *s != self.seq {
-                        break;
-                    }
-                    *s = prev;
-                }
-            }
-            return;
-        }
-        let ops = std::mem::take(&mut self.batch);
-        self.out.push_back(Output::Persist { seq: self.seq, ops });
-        self.seq += 1;
+        self.durability.flush(&mut self.out);
     }
 
     /// The store made batch `seq` (and every earlier one) durable: release what waited on it.
     pub fn confirm(&mut self, seq: u64) {
-        self.confirmed = self.confirmed.max(seq.min(self.seq - 1));
-        while self.pending.front().is_some_and(|(s, _)| *s <= seq) {
-            let Some((_, out)) = self.pending.pop_front() else {
-                break;
-            };
-            if let Output::Send { session, .. } = &out {
-                if let Some(n) = self.held.get_mut(session) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.held.remove(session);
-                    }
-                }
-            }
-            self.out.push_back(out);
-        }
+        self.durability.confirm(&mut self.out, seq);
     }
 
     /// Encodes `message` for `to` (encapsulated again when it came through a forwarder).
@@ -178,7 +127,7 @@ impl Ctx {
     }
 
     pub fn send(&mut self, session: SessionId, packet: mqtt::Packet) {
-        if self.held.contains_key(&session) {
+        if self.durability.holds(session) {
             // An earlier packet on this session waits for the store: keep the order.
             self.after_persist(Output::Send { session, packet });
         } else {
@@ -203,7 +152,7 @@ impl Ctx {
             self.send(session, mqtt::Packet::Disconnect);
         }
         self.by_session.remove(&session);
-        if self.held.contains_key(&session) {
+        if self.durability.holds(session) {
             // Packets still wait for the store: the close follows them, never overtakes them.
             self.after_persist(Output::Close { session });
         } else {

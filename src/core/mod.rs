@@ -9,6 +9,7 @@ mod admission;
 mod ctx;
 mod device;
 mod discovery;
+mod durability;
 mod gateway;
 pub mod persist;
 mod qos_minus_one;
