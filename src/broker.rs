@@ -377,6 +377,7 @@ mod imp {
             Type::MessageAcked,
             Type::MessageDropped,
             Type::ClientConnected,
+            Type::SessionTerminated,
         ] {
             let hooks = Durability {
                 scx: scx.clone(),

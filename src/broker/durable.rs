@@ -562,6 +562,15 @@ pub struct Durability {
 }
 
 impl Durability {
+    /// `session` expired: if it was persistent, the journal owes it nothing any more.
+    async fn expired(&self, session: &Session) {
+        if session.connect_info().await.is_ok_and(|c| !c.clean_start()) {
+            let client_id = session.id.client_id.to_string();
+            self.owed.pending.lock().await.remove(&client_id);
+            self.owed.journal.forget(client_id).await;
+        }
+    }
+
     /// `session`'s client acknowledged `p`: a persistent session's journal row goes.
     async fn acked(&self, session: &Session, p: &Publish) {
         if session.connect_info().await.is_ok_and(|c| !c.clean_start()) {
@@ -631,6 +640,11 @@ impl Handler for Durability {
                     let key = message_key(&p.topic, &p.payload);
                     self.owed.journal.ack(client_id, key).await;
                 }
+            }
+            // A persistent session that expired (7 days away): nothing is owed any more. (Its
+            // queued messages were also dropped one by one, which deleted their rows.)
+            Parameter::SessionTerminated(session, rmqtt::types::Reason::SessionExpiration) => {
+                self.expired(session).await
             }
             Parameter::ClientConnected(session) => {
                 let clean = session.connect_info().await.is_ok_and(|c| c.clean_start());
