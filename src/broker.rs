@@ -6,16 +6,20 @@
 //! process, which would keep the gateway's runtime from ever shutting down. With its own
 //! runtime, [`BrokerHandle::shutdown`] can let go of it with `shutdown_background`.
 //!
-//! This is the only file that names the broker crate (rmqtt and its retainer and
-//! session-storage plugins), so it can be swapped without touching anything else. The gateway
+//! This module (this file, [`durable`] and [`journal`]) is the only one that names the broker
+//! crate (rmqtt and its retainer and session-storage plugins), so it can be swapped without
+//! touching anything else. The gateway
 //! does not talk to the broker through any back door: device sessions connect to
 //! [`BrokerHandle::local_addr`] over TCP exactly as they would to an upstream broker.
 //!
-//! Persistence: retained messages and persistent sessions (clean-session 0: subscriptions and
-//! the QoS 1/2 messages queued while offline) are kept in two sled databases under
-//! `broker.embedded.data_dir` (`retain/` and `session/`). sled writes them out every 500 ms,
-//! so a `kill -9` loses at most the last half second; [`BrokerHandle::shutdown`] waits for one
-//! such flush.
+//! Persistence: what the broker acknowledges is on disk first. Retained messages and the
+//! QoS 1/2 messages owed to persistent sessions (clean-session 0) are written to a journal
+//! (`journal.db`, SQLite with `synchronous=FULL`, group commit) before rmqtt sends its PUBACK,
+//! so a `kill -9` right after the acknowledgement loses nothing; see [`durable`]. Sessions
+//! and their subscriptions are kept by rmqtt-session-storage in sled under `session/`, written
+//! in the background (sled flushes every 500 ms); [`BrokerHandle::shutdown`] waits for one
+//! such flush. When the journal cannot write (e.g. the disk is full), no more PUBACKs go out
+//! and [`BrokerHandle::failure`] resolves, so the gateway stops.
 //!
 //! Without the `embedded-broker` feature, [`start`] fails with [`BrokerError::NotBuilt`].
 
@@ -36,6 +40,9 @@ pub struct EmbeddedSettings {
     /// `allow_anonymous`: clients without a user name are let in even though credentials are
     /// configured. Config validation keeps a LAN-facing broker from being open by accident.
     pub allow_anonymous: bool,
+    /// `max_queued_messages`: QoS 1/2 messages kept per persistent session while its client is
+    /// away or its in-flight window is full; more are dropped and counted.
+    pub max_queued_messages: usize,
 }
 
 /// Why the embedded broker did not start. Each message names the configuration key and value.
@@ -98,6 +105,42 @@ fn check_data_dir(dir: &std::path::Path) -> Result<(), BrokerError> {
 pub use imp::{start, BrokerHandle};
 
 #[cfg(feature = "embedded-broker")]
+mod durable;
+#[cfg(feature = "embedded-broker")]
+mod journal;
+
+/// Compares two byte strings in time that depends only on their lengths, not on where they
+/// differ, so a password cannot be guessed byte by byte from response times.
+#[cfg_attr(not(feature = "embedded-broker"), allow(dead_code))]
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    let longest = a.len().max(b.len());
+    for i in 0..longest {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    // black_box keeps the optimiser from turning the loop into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(!constant_time_eq(b"a\0", b"a"));
+    }
+}
+
+#[cfg(feature = "embedded-broker")]
 mod imp {
     use std::net::SocketAddr;
     use std::num::NonZeroU16;
@@ -105,17 +148,25 @@ mod imp {
     use std::time::Duration;
 
     use rmqtt::context::ServerContext;
+    use rmqtt::hook::Priority;
     use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
     use rmqtt::net::Builder;
-    use rmqtt::retain::{DefaultRetainStorage, RetainStorage, RetainSyncMode};
+    use rmqtt::retain::DefaultRetainStorage;
     use rmqtt::server::MqttServer;
+    use rmqtt::shared::DefaultShared;
     use rmqtt::types::AuthResult;
-    use rmqtt::types::{Id, Retain, TopicFilter, TopicName};
-    use rmqtt::utils::StatsMergeMode;
+    use rmqtt::types::Id;
     use tokio::runtime::Runtime;
     use tracing::info;
 
-    use super::{check_data_dir, BrokerError, EmbeddedSettings};
+    use super::durable::{Drops, Durability, DurableRetain, DurableShared, Owed};
+    use super::journal::Journal;
+    use super::{check_data_dir, constant_time_eq, BrokerError, EmbeddedSettings};
+
+    /// In-flight window per session (messages sent and not yet acknowledged).
+    const MAX_INFLIGHT: u16 = 16;
+    /// Above every plugin's hooks (they use the default, 0), so the journal's hooks run first.
+    const DURABILITY_PRIORITY: Priority = 1000;
 
     /// How long a persistent session (clean-session 0) and a message queued for it are kept
     /// while the client is away. MQTT 3.1.1 sets no limit; rmqtt's defaults (2 h and 5 min)
@@ -131,6 +182,8 @@ mod imp {
         local_addr: SocketAddr,
         /// The broker's own runtime; `None` once shut down.
         runtime: Option<Runtime>,
+        journal: Journal,
+        drops: std::sync::Arc<Drops>,
     }
 
     /// A handle dropped without [`BrokerHandle::shutdown`] (e.g. when the gateway fails to
@@ -147,6 +200,19 @@ mod imp {
         /// The address it listens on (the configured one, with port 0 resolved).
         pub fn local_addr(&self) -> SocketAddr {
             self.local_addr
+        }
+
+        /// Resolves when the broker can no longer store what it acknowledges (its journal
+        /// under `broker.embedded.data_dir` failed to write, e.g. the disk is full), with the
+        /// reason naming the directory.
+        pub async fn failure(&self) -> String {
+            self.journal.failed().await.to_string()
+        }
+
+        /// QoS 1/2 messages dropped so far because a session's queue was full
+        /// (`broker.embedded.max_queued_messages`).
+        pub fn dropped_messages(&self) -> u64 {
+            self.drops.count()
         }
 
         /// Waits for the store's periodic flush, so that everything acknowledged so far is on
@@ -197,11 +263,13 @@ mod imp {
         let owned = settings.clone();
         let started = runtime.spawn(async move { run(&owned).await }).await;
         match started {
-            Ok(Ok(local_addr)) => {
+            Ok(Ok((local_addr, journal, drops))) => {
                 info!(addr = %local_addr, data_dir = %settings.data_dir.display(), "embedded MQTT broker listening");
                 Ok(BrokerHandle {
                     local_addr,
                     runtime: Some(runtime),
+                    journal,
+                    drops,
                 })
             }
             Ok(Err(e)) => {
@@ -219,8 +287,10 @@ mod imp {
     }
 
     /// Opens the store, binds the listener and spawns the accept loop on the current (the
-    /// broker's) runtime. Returns the bound address.
-    async fn run(settings: &EmbeddedSettings) -> Result<SocketAddr, BrokerError> {
+    /// broker's) runtime. Returns the bound address, the journal and the drop counter.
+    async fn run(
+        settings: &EmbeddedSettings,
+    ) -> Result<(SocketAddr, Journal, std::sync::Arc<Drops>), BrokerError> {
         // sled wants absolute paths to be safe from a later change of working directory.
         let data_dir =
             std::path::absolute(&settings.data_dir).map_err(|source| BrokerError::DataDir {
@@ -231,12 +301,23 @@ mod imp {
             path: settings.data_dir.clone(),
             reason: format!("{e:#}"),
         };
+        // Per session: the queue, the in-flight window, and room for the messages being
+        // routed while rmqtt drops the oldest (its drop deletes the row).
+        let per_session = settings
+            .max_queued_messages
+            .saturating_add(2 * usize::from(MAX_INFLIGHT));
+        let (journal, contents) = Journal::open(&data_dir.join("journal.db"), per_session)
+            .map_err(|e| BrokerError::Store {
+                path: settings.data_dir.clone(),
+                reason: e.reason,
+            })?;
 
         let scx = ServerContext::new()
             // rmqtt refuses clients when the host's load average is high; a small gateway box
             // is often busy, and its devices must still get in.
             .busy_check_enable(false)
-            .plugins_config_map_add("rmqtt-retainer", sled_config(&data_dir.join("retain")))
+            // Retained messages live in memory; the journal is their copy on disk.
+            .plugins_config_map_add("rmqtt-retainer", "storage.type = \"ram\"\n".to_owned())
             .plugins_config_map_add(
                 "rmqtt-session-storage",
                 sled_config(&data_dir.join("session")),
@@ -248,12 +329,32 @@ mod imp {
             .map_err(store_err)?;
         {
             let mut retain = scx.extends.retain_mut().await;
-            let stored = std::mem::replace(&mut *retain, Box::new(DefaultRetainStorage::new()));
-            *retain = Box::new(ReadYourWrites(stored));
+            let inner = std::mem::replace(&mut *retain, Box::new(DefaultRetainStorage::new()));
+            let durable = DurableRetain {
+                inner,
+                journal: journal.clone(),
+            };
+            let restored = durable
+                .restore(contents.retained)
+                .await
+                .map_err(store_err)?;
+            info!(restored, "retained messages read from the broker journal");
+            *retain = Box::new(durable);
         }
         rmqtt_session_storage::register(&scx, true, false)
             .await
             .map_err(store_err)?;
+        let drops = Drops::new();
+        let owed = Owed::new(journal.clone(), drops.clone(), contents.owed);
+        {
+            let mut shared = scx.extends.shared_mut().await;
+            let inner = std::mem::replace(&mut *shared, Box::new(DefaultShared::new(None)));
+            *shared = Box::new(DurableShared {
+                inner,
+                scx: scx.clone(),
+                owed: owed.clone(),
+            });
+        }
 
         let credentials = settings.username.clone().map(|user| Credentials {
             user,
@@ -269,6 +370,22 @@ mod imp {
             .await;
         if let Some(c) = credentials {
             register.add(Type::ClientAuthenticate, Box::new(c)).await;
+        }
+        for typ in [
+            Type::OfflineMessage,
+            Type::OfflineInflightMessages,
+            Type::MessageAcked,
+            Type::MessageDropped,
+            Type::ClientConnected,
+            Type::SessionTerminated,
+        ] {
+            let hooks = Durability {
+                scx: scx.clone(),
+                owed: owed.clone(),
+            };
+            register
+                .add_priority(typ, DURABILITY_PRIORITY, Box::new(hooks))
+                .await;
         }
         register.start().await;
 
@@ -293,7 +410,8 @@ mod imp {
             // Rebind at once after a restart despite connections in TIME_WAIT.
             .reuseaddr(Some(true))
             .allow_anonymous(allow_anonymous)
-            .max_inflight(NonZeroU16::new(16).expect("16 > 0"))
+            .max_inflight(NonZeroU16::new(MAX_INFLIGHT).expect("16 > 0"))
+            .max_mqueue_len(settings.max_queued_messages)
             .session_expiry_interval(OFFLINE_KEEP)
             .message_expiry_interval(OFFLINE_KEEP)
             .bind()
@@ -308,99 +426,7 @@ mod imp {
                 tracing::error!(error = %e, "embedded broker stopped");
             }
         });
-        Ok(local_addr)
-    }
-
-    /// How long a retained PUBLISH may wait for its message to become readable.
-    const RETAIN_VISIBLE_WAIT: Duration = Duration::from_millis(500);
-
-    /// The retainer plugin queues a retained message for a batch writer and returns at once,
-    /// so a SUBSCRIBE right after the PUBACK could miss it. This wrapper makes `set` return
-    /// (and so the PUBACK wait) until the message reads back, bounded by
-    /// [`RETAIN_VISIBLE_WAIT`].
-    struct ReadYourWrites(Box<dyn RetainStorage>);
-
-    #[async_trait::async_trait]
-    impl RetainStorage for ReadYourWrites {
-        fn enable(&self) -> bool {
-            self.0.enable()
-        }
-
-        fn merge_on_read(&self) -> bool {
-            self.0.merge_on_read()
-        }
-
-        fn need_sync(&self) -> bool {
-            self.0.need_sync()
-        }
-
-        async fn set(
-            &self,
-            topic: &TopicName,
-            retain: Retain,
-            expiry_interval: Option<Duration>,
-        ) -> rmqtt::Result<()> {
-            let payload = retain.publish.payload.clone();
-            self.0.set(topic, retain, expiry_interval).await?;
-            let filter = TopicFilter::from(topic.as_ref());
-            let deadline = tokio::time::Instant::now() + RETAIN_VISIBLE_WAIT;
-            while tokio::time::Instant::now() < deadline {
-                let found = self.0.get(&filter).await.unwrap_or_default();
-                let current = found
-                    .iter()
-                    .find(|(t, _)| t == topic)
-                    .map(|(_, r)| &r.publish.payload);
-                // An empty payload deletes the retained message.
-                let visible = match current {
-                    Some(p) => *p == payload,
-                    None => payload.is_empty(),
-                };
-                if visible {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Ok(())
-        }
-
-        async fn get(&self, topic_filter: &TopicFilter) -> rmqtt::Result<Vec<(TopicName, Retain)>> {
-            self.0.get(topic_filter).await
-        }
-
-        async fn get_all_paginated(
-            &self,
-            offset: usize,
-            limit: usize,
-        ) -> rmqtt::Result<(Vec<(TopicName, Retain, Option<Duration>)>, bool)> {
-            self.0.get_all_paginated(offset, limit).await
-        }
-
-        async fn count(&self) -> isize {
-            self.0.count().await
-        }
-
-        async fn max(&self) -> isize {
-            self.0.max().await
-        }
-
-        fn stats_merge_mode(&self) -> StatsMergeMode {
-            self.0.stats_merge_mode()
-        }
-
-        fn retain_sync_mode(&self) -> RetainSyncMode {
-            self.0.retain_sync_mode()
-        }
-
-        async fn sync_retain_topic(
-            &self,
-            topic: &TopicName,
-            expiry_interval: Option<Duration>,
-            is_set: bool,
-        ) -> rmqtt::Result<()> {
-            self.0
-                .sync_retain_topic(topic, expiry_interval, is_set)
-                .await
-        }
+        Ok((local_addr, journal, drops))
     }
 
     /// Longest time a CONNECT waits for the previous session with its ClientId to be gone.
@@ -463,11 +489,15 @@ mod imp {
             let Parameter::ClientAuthenticate(info) = param else {
                 return (true, acc);
             };
-            let user_ok = info.username().is_some_and(|u| **u == *self.user);
+            // Both compared in constant time, and both always, so neither the user name nor
+            // the password can be found by timing the answer.
+            let user_ok = info
+                .username()
+                .is_some_and(|u| constant_time_eq(u.as_bytes(), self.user.as_bytes()));
             let password_ok = info
                 .password()
-                .is_some_and(|p| p.as_ref() == self.password.as_bytes());
-            let result = if user_ok && password_ok {
+                .is_some_and(|p| constant_time_eq(p.as_ref(), self.password.as_bytes()));
+            let result = if user_ok & password_ok {
                 AuthResult::Allow(false, None)
             } else {
                 AuthResult::BadUsernameOrPassword
@@ -494,6 +524,14 @@ mod imp {
         }
 
         pub async fn shutdown(self) {
+            match self.never {}
+        }
+
+        pub async fn failure(&self) -> String {
+            match self.never {}
+        }
+
+        pub fn dropped_messages(&self) -> u64 {
             match self.never {}
         }
     }

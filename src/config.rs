@@ -354,6 +354,9 @@ pub struct Embedded {
     /// `allow_anonymous`: let clients in without a user name although `bind` is not loopback
     /// (or although credentials are set).
     pub allow_anonymous: bool,
+    /// `max_queued_messages`: QoS 1/2 messages kept per persistent session while its client is
+    /// away (or its in-flight window is full); more are dropped, counted and logged.
+    pub max_queued_messages: usize,
 }
 
 impl Default for Embedded {
@@ -364,6 +367,7 @@ impl Default for Embedded {
             username: None,
             password: None,
             allow_anonymous: false,
+            max_queued_messages: 1000,
         }
     }
 }
@@ -375,6 +379,9 @@ impl Embedded {
             (Some(_), None) => return Err("username is set but password is not: set both".into()),
             (None, Some(_)) => return Err("password is set but username is not: set both".into()),
             _ => {}
+        }
+        if self.max_queued_messages == 0 {
+            return Err("max_queued_messages: must be at least 1".into());
         }
         if !self.bind.ip().is_loopback() && self.username.is_none() && !self.allow_anonymous {
             return Err(format!(

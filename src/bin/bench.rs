@@ -560,6 +560,14 @@ struct Mqtt {
 
 impl Mqtt {
     async fn connect(broker: SocketAddr, client_id: &str) -> Result<Mqtt> {
+        Self::connect_opts(broker, client_id, true).await
+    }
+
+    async fn connect_opts(
+        broker: SocketAddr,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Result<Mqtt> {
         let stream = TcpStream::connect(broker).await?;
         stream.set_nodelay(true)?;
         let mut c = Mqtt {
@@ -568,7 +576,7 @@ impl Mqtt {
         };
         c.send(&mqtt::Packet::Connect(Box::new(mqtt::Connect {
             client_id: client_id.into(),
-            clean_session: true,
+            clean_session,
             keep_alive: 600,
             will: None,
             username: None,
@@ -605,9 +613,13 @@ impl Mqtt {
     }
 
     async fn subscribe(&mut self, filter: &str) -> Result<()> {
+        self.subscribe_qos(filter, mqtt::QoS::AtMostOnce).await
+    }
+
+    async fn subscribe_qos(&mut self, filter: &str, qos: mqtt::QoS) -> Result<()> {
         self.send(&mqtt::Packet::Subscribe {
             packet_id: 1,
-            filters: vec![(filter.into(), mqtt::QoS::AtMostOnce)],
+            filters: vec![(filter.into(), qos)],
         })
         .await?;
         loop {
@@ -656,6 +668,9 @@ async fn run_subscriber(
     while !stop.load(Ordering::Relaxed) {
         while let Some(p) = mqtt::decode(&mut c.buf, 1 << 20)? {
             if let mqtt::Packet::Publish(p) = p {
+                if let (mqtt::QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id) {
+                    c.send(&mqtt::Packet::PubAck { packet_id }).await?;
+                }
                 if let Some((ph, ts)) = read_stamp(&p.payload) {
                     if ph == phase {
                         if check {
@@ -754,6 +769,16 @@ impl Subscriber {
         let live = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(run_subscriber(c, phase, live.clone(), stop.clone(), check));
+        Ok(Subscriber { live, stop, task })
+    }
+
+    /// A persistent session (clean-session 0) subscribed at QoS 1, acknowledging each PUBLISH.
+    async fn start_persistent(broker: SocketAddr, id: &str, phase: u8) -> Result<Subscriber> {
+        let mut c = Mqtt::connect_opts(broker, id, false).await?;
+        c.subscribe_qos("bench/#", mqtt::QoS::AtLeastOnce).await?;
+        let live = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run_subscriber(c, phase, live.clone(), stop.clone(), false));
         Ok(Subscriber { live, stop, task })
     }
 
@@ -1147,11 +1172,20 @@ async fn uplink_qos1(
     a: &Args,
     broker: SocketAddr,
     devs: Vec<(Device, u16)>,
+    persistent_sub: bool,
     rows: &mut Vec<Row>,
 ) -> Result<(Vec<(Device, u16)>, f64)> {
-    eprintln!("[up1] {} devices, QoS 1, {:.0}s", devs.len(), a.secs);
+    eprintln!(
+        "[up1] {} devices, QoS 1, {:.0}s, persistent subscriber: {persistent_sub}",
+        devs.len(),
+        a.secs
+    );
     let n = devs.len();
-    let sub = Subscriber::start(broker, "bench-up1-sub", PHASE_UP1).await?;
+    let sub = if persistent_sub {
+        Subscriber::start_persistent(broker, "bench-up1p-sub", PHASE_UP1).await?
+    } else {
+        Subscriber::start(broker, "bench-up1-sub", PHASE_UP1).await?
+    };
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.secs);
     let mut set = JoinSet::new();
@@ -1206,7 +1240,11 @@ async fn uplink_qos1(
     lat.sort_unstable();
     let rt = rate(acked, acked_at);
     rows.push(row(
-        format!("3. Uplink QoS 1: {n} devices, 1 in flight each (PUBACKs)"),
+        if persistent_sub {
+            format!("3p. Uplink QoS 1: {n} devices, 1 in flight each (PUBACKs), persistent QoS 1 subscriber")
+        } else {
+            format!("3. Uplink QoS 1: {n} devices, 1 in flight each (PUBACKs)")
+        },
         format!("{} msg/s", fmt_rate(rt)),
         "—",
         format!(
@@ -2811,8 +2849,10 @@ async fn cmp_suite(
     c.up0 = Some(uplink_qos0(a, broker, gw, &socks, None, a.udp_window, rows).await?);
     unshare(&mut devs, socks, gw);
     drain(&mut devs).await;
-    let (devs, r) = uplink_qos1(a, broker, devs, rows).await?;
+    let (mut devs, r) = uplink_qos1(a, broker, devs, false, rows).await?;
     c.up1 = Some(r);
+    drain(&mut devs).await;
+    let (devs, _) = uplink_qos1(a, broker, devs, true, rows).await?;
     drop(devs);
     Ok(c)
 }
@@ -3119,7 +3159,7 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
         if a.wants("up1") {
             // Let the QoS 0 backlog drain before the next test.
             drain(&mut devs).await;
-            let (back, r) = uplink_qos1(a, broker, devs, &mut rows).await?;
+            let (back, r) = uplink_qos1(a, broker, devs, false, &mut rows).await?;
             devs = back;
             upstream.up1 = Some(r);
         }

@@ -152,6 +152,7 @@ pub fn embedded_settings(config: &Config) -> EmbeddedSettings {
         username: e.username.clone(),
         password: e.password.clone(),
         allow_anonymous: e.allow_anonymous,
+        max_queued_messages: e.max_queued_messages,
     }
 }
 
@@ -220,16 +221,30 @@ impl Running {
 }
 
 impl Running {
-    /// Resolves if the gateway stops by itself, with the reason: the store failed, so no more
-    /// durable acknowledgement can be given (a supervisor should restart it).
+    /// Resolves if the gateway stops by itself, with the reason: the store (or the embedded
+    /// broker's journal) failed, so no more durable acknowledgement can be given (a supervisor
+    /// should restart it).
     pub async fn failure(&mut self) -> String {
-        loop {
-            if let Some(reason) = self.failed.borrow_and_update().clone() {
-                return reason;
+        let (broker, failed) = (&self.broker, &mut self.failed);
+        let broker = async {
+            match broker {
+                Some(b) => b.failure().await,
+                None => std::future::pending().await,
             }
-            if self.failed.changed().await.is_err() {
-                std::future::pending::<()>().await;
+        };
+        let store = async {
+            loop {
+                if let Some(reason) = failed.borrow_and_update().clone() {
+                    return reason;
+                }
+                if failed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             }
+        };
+        tokio::select! {
+            reason = broker => reason,
+            reason = store => reason,
         }
     }
 }

@@ -256,6 +256,7 @@ pub async fn start_backend(backend: Backend) -> Option<TestBroker> {
                 username: None,
                 password: None,
                 allow_anonymous: false,
+                max_queued_messages: 1000,
             };
             let handle = mqttsn_gateway::broker::start(&settings)
                 .await
