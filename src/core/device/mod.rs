@@ -16,6 +16,9 @@ mod outage;
 mod qos2;
 mod session;
 mod subs;
+mod timers;
+
+use timers::{AfterFire, DeviceTimer, Timers};
 
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
@@ -183,8 +186,8 @@ pub(crate) struct Device {
     pub clean_session: bool,
     keep_alive: Duration,
     pub last_heard: Instant,
-    /// Deadline of the current connect stage.
-    stage_deadline: Option<Instant>,
+    /// The deadlines armed by hand (see timers.rs for every timer).
+    timers: Timers,
     will_topic: Option<WillTopic>,
     will_msg: Bytes,
     pub session: Option<SessionId>,
@@ -220,8 +223,6 @@ pub(crate) struct Device {
     will_resp: Option<(bool, bool)>,
     /// Something was written to the store for this ClientId.
     stored: bool,
-    /// When an Asleep device is lost unless it is heard from (spec §6.14, §7.2 tolerance).
-    sleep_deadline: Option<Instant>,
     /// A sleeping device's CONNECT(clean 0, Will=1) is being prompted on its kept session.
     rewill: bool,
     /// Filters the gateway subscribed again on this session while the device's subscription
@@ -279,7 +280,6 @@ impl Device {
             left_with_broker: 0,
             will_resp: None,
             stored: false,
-            sleep_deadline: None,
             rewill: false,
             resubscribed: Vec::new(),
             subscribed_here: Vec::new(),
@@ -291,7 +291,7 @@ impl Device {
             clean_session: true,
             keep_alive: Duration::ZERO,
             last_heard: now,
-            stage_deadline: None,
+            timers: Timers::default(),
             will_topic: None,
             will_msg: Bytes::new(),
             session: None,
@@ -317,29 +317,32 @@ impl Device {
 
     /// The earliest instant this device needs `on_timeout`.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut next = self.stage_deadline;
-        let mut consider = |t: Instant| {
-            next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        };
-        if self.state == DeviceState::Active && !self.keep_alive.is_zero() {
-            consider(self.last_heard + with_tolerance(self.keep_alive));
-        }
-        if self.state == DeviceState::Asleep {
-            if let Some(d) = self.sleep_deadline {
-                consider(d);
+        timers::earliest(DeviceTimer::ALL.iter().map(|&t| self.deadline(t)))
+    }
+
+    /// When `timer` fires; None when it is not running.
+    fn deadline(&self, timer: DeviceTimer) -> Option<Instant> {
+        match timer {
+            DeviceTimer::OutageReconnect => self.outage.reconnect_at(),
+            DeviceTimer::WillPrompt | DeviceTimer::BrokerConnack | DeviceTimer::SwitchConnack => {
+                self.timers.armed(timer)
             }
-        }
-        if let Some(t) = self.outage.reconnect_at() {
-            consider(t);
-        }
-        if let Some(f) = &self.inflight {
+            DeviceTimer::KeepAlive => (self.state == DeviceState::Active
+                && !self.keep_alive.is_zero())
+            .then(|| self.last_heard + with_tolerance(self.keep_alive)),
+            DeviceTimer::Sleep => self
+                .timers
+                .armed(timer)
+                .filter(|_| self.state == DeviceState::Asleep),
             // A sleeping radio hears nothing: retransmissions pause while Asleep (and while a
             // kept session's will prompt runs; they resume with it).
-            if matches!(self.state, DeviceState::Active | DeviceState::Awake) {
-                consider(f.sent_at + self.retry_interval);
-            }
+            DeviceTimer::Retransmit => match &self.inflight {
+                Some(f) if matches!(self.state, DeviceState::Active | DeviceState::Awake) => {
+                    Some(f.sent_at + self.retry_interval)
+                }
+                _ => None,
+            },
         }
-        next
     }
 
     /// Every state change goes through here so the live/asleep counters stay exact.
@@ -356,7 +359,7 @@ impl Device {
             ctx.stats.devices_asleep += 1;
         }
         if state != DeviceState::Asleep {
-            self.sleep_deadline = None;
+            self.timers.clear_sleep();
         }
         let stored_before = self.record_state();
         self.state = state;
@@ -552,7 +555,10 @@ impl Device {
 
     fn go_to_sleep(&mut self, ctx: &mut Ctx, now: Instant) {
         self.set_state(ctx, DeviceState::Asleep);
-        self.sleep_deadline = Some(now + with_tolerance(self.sleep_duration));
+        self.timers.arm(
+            DeviceTimer::Sleep,
+            now + with_tolerance(self.sleep_duration),
+        );
     }
 
     /// PINGREQ from an Asleep (or Awake) device: deliver the buffer, then PINGRESP.
@@ -607,7 +613,7 @@ impl Device {
             // Leaving sleep for Active (spec §6.14): the upstream session, the topic ids and
             // the buffered messages carry on; the buffer is delivered now.
             self.rewill = false;
-            self.stage_deadline = None;
+            self.timers.clear_upstream_wait();
             self.set_state(ctx, DeviceState::Active);
             ctx.transmit(
                 &self.addr,
@@ -626,7 +632,10 @@ impl Device {
             self.outage.clear_resuming();
             self.topics.mark_all_unknown();
             self.set_state(ctx, DeviceState::AwaitBroker);
-            self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
+            self.timers.arm(
+                DeviceTimer::BrokerConnack,
+                now + ctx.settings.upstream_connect_timeout,
+            );
             return;
         }
         if let Some(old) = self.session.take() {
@@ -650,7 +659,8 @@ impl Device {
         }
         if c.will {
             self.set_state(ctx, DeviceState::AwaitWillTopic);
-            self.stage_deadline = Some(now + will_prompt_time(ctx));
+            self.timers
+                .arm(DeviceTimer::WillPrompt, now + will_prompt_time(ctx));
             ctx.transmit(&self.addr, Message::WillTopicReq);
         } else {
             self.open_upstream(ctx, now);
@@ -666,7 +676,8 @@ impl Device {
             Some(w) if mqtt::valid_topic_name(&w.topic) => {
                 self.will_topic = Some(w);
                 self.set_state(ctx, DeviceState::AwaitWillMsg);
-                self.stage_deadline = Some(now + will_prompt_time(ctx));
+                self.timers
+                    .arm(DeviceTimer::WillPrompt, now + will_prompt_time(ctx));
                 ctx.transmit(&self.addr, Message::WillMsgReq);
             }
             Some(w) => {
@@ -723,7 +734,10 @@ impl Device {
         let connect = ctx.connect_packet(&self.client_id, self.clean_session, self.last_will());
         self.session = Some(ctx.open(Some(self.id), connect));
         self.set_state(ctx, DeviceState::AwaitBroker);
-        self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
+        self.timers.arm(
+            DeviceTimer::BrokerConnack,
+            now + ctx.settings.upstream_connect_timeout,
+        );
     }
 
     fn fail_connect(&mut self, ctx: &mut Ctx, rc: ReturnCode) {
@@ -731,7 +745,7 @@ impl Device {
             ctx.close(s, true);
         }
         self.set_state(ctx, DeviceState::Disconnected);
-        self.stage_deadline = None;
+        self.timers.clear_upstream_wait();
         ctx.transmit(&self.addr, Message::Connack { return_code: rc });
     }
 
@@ -752,7 +766,7 @@ impl Device {
             return;
         }
         self.set_state(ctx, DeviceState::Active);
-        self.stage_deadline = None;
+        self.timers.clear_upstream_wait();
         self.last_heard = now;
         info!(client_id = %self.client_id, peer = %self.addr, "device connected");
         ctx.transmit(
@@ -765,76 +779,83 @@ impl Device {
         self.pump(ctx, now);
     }
 
-    /// Stage deadlines and keep-alive; retransmissions. Returns true when the device is lost.
-    pub fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) -> bool {
-        if self.outage.reconnect_at().is_some_and(|t| t <= now) {
-            self.reconnect(ctx, now);
-        }
-        if let Some(d) = self.stage_deadline {
-            if d <= now {
-                self.stage_deadline = None;
-                match self.state {
-                    DeviceState::AwaitWillTopic | DeviceState::AwaitWillMsg => {
-                        debug!(client_id = %self.client_id, "will prompting timed out");
-                        if !self.abandon_kept_session(ctx) {
-                            self.set_state(ctx, DeviceState::Disconnected);
-                        }
-                    }
-                    DeviceState::AwaitBroker => {
-                        info!(client_id = %self.client_id, "broker did not accept in time");
-                        self.fail_connect(ctx, ReturnCode::Congestion);
-                    }
-                    state
-                        if state.is_live()
-                            && self
-                                .will_update
-                                .as_ref()
-                                .is_some_and(|w| w.new_session.is_some()) =>
-                    {
-                        info!(client_id = %self.client_id, "broker did not accept the replacement session in time");
-                        self.finish_will_update(
-                            ctx,
-                            now,
-                            mqtt::ConnectReturnCode::ServerUnavailable,
-                            false,
-                        );
-                        return !self.state.is_live();
-                    }
-                    _ => {}
-                }
+    /// Fires every timer that is due, in [`DeviceTimer::ALL`] order. Whether the device was
+    /// lost shows in its state (the gateway settles it after every call).
+    pub fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) {
+        for timer in DeviceTimer::ALL {
+            if self.deadline(timer).is_some_and(|d| d <= now)
+                && self.fire(ctx, now, timer) == AfterFire::Stop
+            {
+                return;
             }
         }
-        if self.state == DeviceState::Active
-            && !self.keep_alive.is_zero()
-            && self.last_heard + with_tolerance(self.keep_alive) <= now
-        {
-            info!(client_id = %self.client_id, "keep-alive expired; device lost");
-            self.lose(ctx);
-            return true;
-        }
-        if self.state == DeviceState::Asleep && self.sleep_deadline.is_some_and(|d| d <= now) {
-            info!(client_id = %self.client_id, "sleep duration expired; device lost");
-            self.lose(ctx);
-            return true;
-        }
-        let due = matches!(&self.inflight, Some(f) if f.sent_at + self.retry_interval <= now);
-        if due && matches!(self.state, DeviceState::Active | DeviceState::Awake) {
-            let retries = self.inflight.as_ref().map_or(0, |f| f.retries);
-            if retries >= ctx.settings.max_retries {
-                if self.state == DeviceState::Awake {
+    }
+
+    fn fire(&mut self, ctx: &mut Ctx, now: Instant, timer: DeviceTimer) -> AfterFire {
+        self.timers.disarm(timer);
+        match timer {
+            DeviceTimer::OutageReconnect => self.reconnect(ctx, now),
+            DeviceTimer::WillPrompt => {
+                if matches!(
+                    self.state,
+                    DeviceState::AwaitWillTopic | DeviceState::AwaitWillMsg
+                ) {
+                    debug!(client_id = %self.client_id, "will prompting timed out");
+                    if !self.abandon_kept_session(ctx) {
+                        self.set_state(ctx, DeviceState::Disconnected);
+                    }
+                }
+            }
+            DeviceTimer::BrokerConnack => {
+                if self.state == DeviceState::AwaitBroker {
+                    info!(client_id = %self.client_id, "broker did not accept in time");
+                    self.fail_connect(ctx, ReturnCode::Congestion);
+                }
+            }
+            DeviceTimer::SwitchConnack => {
+                let switching = self
+                    .will_update
+                    .as_ref()
+                    .is_some_and(|w| w.new_session.is_some());
+                if self.state.is_live() && switching {
+                    info!(client_id = %self.client_id, "broker did not accept the replacement session in time");
+                    self.finish_will_update(
+                        ctx,
+                        now,
+                        mqtt::ConnectReturnCode::ServerUnavailable,
+                        false,
+                    );
+                    return AfterFire::Stop;
+                }
+            }
+            DeviceTimer::KeepAlive => {
+                info!(client_id = %self.client_id, "keep-alive expired; device lost");
+                self.lose(ctx);
+                return AfterFire::Stop;
+            }
+            DeviceTimer::Sleep => {
+                info!(client_id = %self.client_id, "sleep duration expired; device lost");
+                self.lose(ctx);
+                return AfterFire::Stop;
+            }
+            DeviceTimer::Retransmit => {
+                let retries = self.inflight.as_ref().map_or(0, |f| f.retries);
+                if retries < ctx.settings.max_retries {
+                    self.retransmit(ctx, now);
+                } else if self.state == DeviceState::Awake {
                     // The device went back to sleep without taking everything: keep the rest
                     // for its next PINGREQ rather than declaring it lost.
                     debug!(client_id = %self.client_id, "awake device stopped answering; asleep again");
                     self.go_to_sleep(ctx, now);
-                    return false;
+                    return AfterFire::Stop;
+                } else {
+                    info!(client_id = %self.client_id, "no answer after N_RETRY; device lost");
+                    self.lose(ctx);
+                    return AfterFire::Stop;
                 }
-                info!(client_id = %self.client_id, "no answer after N_RETRY; device lost");
-                self.lose(ctx);
-                return true;
             }
-            self.retransmit(ctx, now);
         }
-        false
+        AfterFire::Next
     }
 
     /// The device is gone without DISCONNECT: drop the upstream session ungracefully so the
@@ -853,7 +874,7 @@ impl Device {
         self.drop_will_update(ctx, graceful);
         self.reset_flows(ctx);
         self.set_state(ctx, state);
-        self.stage_deadline = None;
+        self.timers.clear_upstream_wait();
     }
 
     /// DISCONNECT from the device: a clean MQTT DISCONNECT upstream (no will).

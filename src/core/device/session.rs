@@ -20,7 +20,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use super::{Device, DeviceState, PendingSub, WillUpdate};
+use super::{Device, DeviceState, DeviceTimer, PendingSub, WillUpdate};
 use crate::codec::{Message, ReturnCode, WillTopic};
 use crate::core::ctx::Ctx;
 use crate::mqtt;
@@ -43,7 +43,8 @@ impl Device {
     pub(super) fn prompt_keeping_session(&mut self, ctx: &mut Ctx, now: Instant) {
         self.rewill = true;
         self.set_state(ctx, DeviceState::AwaitWillTopic);
-        self.stage_deadline = Some(now + super::will_prompt_time(ctx));
+        self.timers
+            .arm(DeviceTimer::WillPrompt, now + super::will_prompt_time(ctx));
         ctx.transmit(&self.addr, Message::WillTopicReq);
     }
 
@@ -51,7 +52,7 @@ impl Device {
     /// delivered, and the new will goes upstream by a session switch.
     pub(super) fn resume_with_new_will(&mut self, ctx: &mut Ctx, now: Instant) {
         self.rewill = false;
-        self.stage_deadline = None;
+        self.timers.clear_upstream_wait();
         self.set_state(ctx, DeviceState::Active);
         ctx.transmit(
             &self.addr,
@@ -244,7 +245,10 @@ impl Device {
         }
         // Bounded like the first CONNECT: without it a silent broker leaves the device
         // Active with no upstream session for as long as it keeps pinging.
-        self.stage_deadline = Some(now + ctx.settings.upstream_connect_timeout);
+        self.timers.arm(
+            DeviceTimer::SwitchConnack,
+            now + ctx.settings.upstream_connect_timeout,
+        );
     }
 
     pub(super) fn finish_will_update(
@@ -268,7 +272,7 @@ impl Device {
             return;
         }
         self.session = Some(s);
-        self.stage_deadline = None;
+        self.timers.clear_upstream_wait();
         self.save(ctx);
         // A clean session ended with the old connection (and a persistent one may have been
         // lost): subscribe again, without re-delivering retained messages.
