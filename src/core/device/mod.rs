@@ -12,13 +12,32 @@ use tracing::{debug, info};
 
 use session::Gap;
 
+mod downlink;
 mod outage;
 mod qos2;
 mod session;
 mod subs;
 mod timers;
+mod types;
 
+use types::{puback_for, puback_topic_id, to_mqtt_qos, to_sn_qos, Link};
+pub(crate) use types::{qos0_publish, short_name};
+pub use types::{with_tolerance, DeviceState};
+
+use downlink::{Downlink, Receiver, Regacked};
 use timers::{AfterFire, DeviceTimer, Timers};
+
+/// Who the device is, for a feature sub-struct (borrows only these three fields, so the
+/// sub-struct itself can be borrowed mutably alongside).
+macro_rules! link {
+    ($d:expr) => {
+        Link {
+            addr: &$d.addr,
+            client_id: &$d.client_id,
+            session: $d.session,
+        }
+    };
+}
 
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
@@ -30,37 +49,6 @@ use crate::codec::{
     TopicRef, Unsubscribe, WillTopic,
 };
 use crate::mqtt;
-
-/// Where a device is in its life (spec §6.14's client states, as seen from the gateway).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceState {
-    /// CONNECT with Will=1 received; WILLTOPICREQ sent.
-    AwaitWillTopic,
-    /// WILLTOPIC received; WILLMSGREQ sent.
-    AwaitWillMsg,
-    /// Upstream session opening; the device's CONNACK waits for the broker's.
-    AwaitBroker,
-    Active,
-    /// Sent DISCONNECT (or the broker closed its session).
-    Disconnected,
-    /// Keep-alive or N_RETRY exceeded: the upstream session was dropped so the will fired.
-    Lost,
-    /// Sent DISCONNECT with a Duration: the upstream session stays, messages are buffered,
-    /// the sleep timer supervises the device (spec §6.14).
-    Asleep,
-    /// Sent PINGREQ with its ClientId: the buffer is being delivered; PINGRESP ends it.
-    Awake,
-}
-
-impl DeviceState {
-    /// Connected to the gateway with a live upstream session.
-    pub fn is_live(self) -> bool {
-        matches!(
-            self,
-            DeviceState::Active | DeviceState::Asleep | DeviceState::Awake
-        )
-    }
-}
 
 /// Why an uplink QoS 1/2 flow waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,61 +76,6 @@ struct UpFlow {
     /// QoS 2 from the device, but the broker answered PUBACK (it downgrades to QoS 1): the
     /// broker has the message, the gateway completes the device's PUBREL itself.
     broker_done: bool,
-}
-
-/// What the broker is owed once the device has a downlink message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BrokerAck {
-    None,
-    PubAck(u16),
-    PubRec(u16),
-}
-
-#[derive(Debug, Clone)]
-enum Down {
-    Register {
-        topic_id: u16,
-        name: String,
-    },
-    Publish {
-        topic: TopicRef,
-        qos: codec::QoS,
-        retain: bool,
-        data: Bytes,
-        ack: BrokerAck,
-        /// Already re-registered once after the device said "invalid topic id".
-        reregistered: bool,
-        /// Sequence of its durable copy (a sleeping device's message already acknowledged to
-        /// the broker); deleted once the device has it.
-        stored: Option<u64>,
-    },
-}
-
-/// Whether a downlink message can be queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Room {
-    Fits,
-    /// QoS 0 (or a message owing the broker nothing): drop it.
-    Drop,
-    /// QoS 1/2: do not acknowledge; the broker keeps it.
-    LeaveWithBroker,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DownStage {
-    Regack,
-    Puback,
-    Pubrec,
-    Pubcomp,
-}
-
-#[derive(Debug, Clone)]
-struct Inflight {
-    item: Down,
-    msg_id: u16,
-    stage: DownStage,
-    sent_at: Instant,
-    retries: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -198,9 +131,8 @@ pub(crate) struct Device {
     up_by_msg: HashMap<u16, u16>,
     pending_subs: HashMap<u16, PendingSub>,
     next_pkid: u16,
-    queue: VecDeque<Down>,
-    inflight: Option<Inflight>,
-    next_msg_id: u16,
+    /// Messages to the device: queue, in flight, sleep buffer.
+    down: Downlink,
     will_update: Option<WillUpdate>,
     /// Uplink messages held while the upstream session is being replaced.
     held: VecDeque<Message>,
@@ -213,12 +145,8 @@ pub(crate) struct Device {
     retry_interval: Duration,
     /// The Duration of the last DISCONNECT(Duration), while Asleep/Awake.
     sleep_duration: Duration,
-    /// Sequence for the next durable sleep-buffer record.
-    next_buffer_seq: u64,
     /// Riding out a broker outage (persistent sessions with a store).
     outage: outage::Outage,
-    /// QoS 1/2 messages the buffer had no room for, left unacknowledged at the broker.
-    left_with_broker: u32,
     /// WILLTOPICRESP / WILLMSGRESP owed once the new session's re-subscriptions are acked.
     will_resp: Option<(bool, bool)>,
     /// Something was written to the store for this ClientId.
@@ -234,36 +162,6 @@ pub(crate) struct Device {
     downgrade_noted: Option<SessionId>,
 }
 
-fn to_mqtt_qos(q: codec::QoS) -> mqtt::QoS {
-    match q {
-        codec::QoS::MinusOne | codec::QoS::AtMostOnce => mqtt::QoS::AtMostOnce,
-        codec::QoS::AtLeastOnce => mqtt::QoS::AtLeastOnce,
-        codec::QoS::ExactlyOnce => mqtt::QoS::ExactlyOnce,
-    }
-}
-
-fn to_sn_qos(q: mqtt::QoS) -> codec::QoS {
-    match q {
-        mqtt::QoS::AtMostOnce => codec::QoS::AtMostOnce,
-        mqtt::QoS::AtLeastOnce => codec::QoS::AtLeastOnce,
-        mqtt::QoS::ExactlyOnce => codec::QoS::ExactlyOnce,
-    }
-}
-
-/// Spec §7.2: the gateway tolerates +50 % on short periods, +10 % on periods over a minute.
-pub fn with_tolerance(period: Duration) -> Duration {
-    if period > Duration::from_secs(60) {
-        period + period / 10
-    } else {
-        period + period / 2
-    }
-}
-
-/// A short topic name as text; short names are two characters (spec §6.7).
-pub fn short_name(s: [u8; 2]) -> Option<String> {
-    std::str::from_utf8(&s).ok().map(str::to_owned)
-}
-
 impl Device {
     pub fn new(
         id: DeviceId,
@@ -275,9 +173,7 @@ impl Device {
         Device {
             retry_interval,
             sleep_duration: Duration::ZERO,
-            next_buffer_seq: 1,
             outage: outage::Outage::default(),
-            left_with_broker: 0,
             will_resp: None,
             stored: false,
             rewill: false,
@@ -301,9 +197,7 @@ impl Device {
             up_by_msg: HashMap::new(),
             pending_subs: HashMap::new(),
             next_pkid: 0,
-            queue: VecDeque::new(),
-            inflight: None,
-            next_msg_id: 0,
+            down: Downlink::new(),
             will_update: None,
             held: VecDeque::new(),
             proven: false,
@@ -336,12 +230,10 @@ impl Device {
                 .filter(|_| self.state == DeviceState::Asleep),
             // A sleeping radio hears nothing: retransmissions pause while Asleep (and while a
             // kept session's will prompt runs; they resume with it).
-            DeviceTimer::Retransmit => match &self.inflight {
-                Some(f) if matches!(self.state, DeviceState::Active | DeviceState::Awake) => {
-                    Some(f.sent_at + self.retry_interval)
-                }
-                _ => None,
-            },
+            DeviceTimer::Retransmit => self
+                .down
+                .retransmit_at(self.retry_interval)
+                .filter(|_| matches!(self.state, DeviceState::Active | DeviceState::Awake)),
         }
     }
 
@@ -485,27 +377,7 @@ impl Device {
 
     /// Puts back a buffered message (already acknowledged to the broker) in sequence order.
     pub fn restore_buffered(&mut self, ctx: &mut Ctx, n: u64, r: persist::BufferedRecord) {
-        self.next_buffer_seq = self.next_buffer_seq.max(n + 1);
-        let qos = to_sn_qos(mqtt::QoS::try_from(r.qos).unwrap_or(mqtt::QoS::AtMostOnce));
-        // Already acknowledged upstream: the table limit must not lose it.
-        let Some((topic, register)) = self.resolve_downlink(ctx, &r.topic, usize::MAX) else {
-            return;
-        };
-        if let Some(topic_id) = register {
-            self.queue.push_back(Down::Register {
-                topic_id,
-                name: r.topic.clone(),
-            });
-        }
-        self.queue.push_back(Down::Publish {
-            topic,
-            qos,
-            retain: r.retain,
-            data: Bytes::from(r.data.0),
-            ack: BrokerAck::None,
-            reregistered: false,
-            stored: Some(n),
-        });
+        self.down.restore_buffered(ctx, &mut self.topics, n, r);
     }
 
     /// Puts back an uplink QoS 2 flow: the device's re-sent PUBLISH or PUBREL continues it
@@ -574,23 +446,7 @@ impl Device {
     /// Sends what was in flight when the device fell asleep again at once (DUP), with a fresh
     /// retry budget.
     fn resume_inflight(&mut self, ctx: &mut Ctx, now: Instant) {
-        if self.inflight.is_some() {
-            self.retransmit(ctx, now);
-            if let Some(f) = self.inflight.as_mut() {
-                f.retries = 0;
-            }
-        }
-    }
-
-    /// Buffered octets, for the sleep buffer's byte bound.
-    fn queued_bytes(&self) -> usize {
-        self.queue
-            .iter()
-            .map(|d| match d {
-                Down::Register { name, .. } => name.len() + 8,
-                Down::Publish { data, .. } => data.len() + 8,
-            })
-            .sum()
+        self.down.resume(ctx, &link!(self), now);
     }
 
     // ---------------------------------------------------------------- connect
@@ -648,7 +504,7 @@ impl Device {
         if c.clean_session {
             // A clean session starts from nothing, in the store too.
             self.forget(ctx);
-            self.queue.clear();
+            self.down.clear_queue();
             self.topics.clear();
             self.subs.clear();
             self.will_topic = None;
@@ -839,9 +695,8 @@ impl Device {
                 return AfterFire::Stop;
             }
             DeviceTimer::Retransmit => {
-                let retries = self.inflight.as_ref().map_or(0, |f| f.retries);
-                if retries < ctx.settings.max_retries {
-                    self.retransmit(ctx, now);
+                if self.down.retries() < ctx.settings.max_retries {
+                    self.down.retransmit(ctx, &link!(self), now);
                 } else if self.state == DeviceState::Awake {
                     // The device went back to sleep without taking everything: keep the rest
                     // for its next PINGREQ rather than declaring it lost.
@@ -954,22 +809,7 @@ impl Device {
                 f.orphaned = true;
             }
         }
-        let owned = self
-            .inflight
-            .take()
-            .map(|f| f.item)
-            .into_iter()
-            .chain(self.queue.drain(..))
-            .filter(|d| {
-                matches!(
-                    d,
-                    Down::Publish {
-                        stored: Some(_),
-                        ..
-                    }
-                )
-            });
-        self.queue = owned.collect();
+        self.down.end_session();
         self.pending_subs.clear();
         self.held.clear();
         self.will_update = None;
@@ -1087,7 +927,7 @@ impl Device {
             }
             Message::Regack(r) => self.on_regack(ctx, now, r),
             Message::Puback(p) => self.on_puback(ctx, now, p),
-            Message::Pubrec { msg_id } => self.on_pubrec(ctx, now, msg_id),
+            Message::Pubrec { msg_id } => self.down.on_pubrec(ctx, &link!(self), now, msg_id),
             Message::Pubcomp { msg_id } => self.on_pubcomp(ctx, now, msg_id),
             Message::WillTopicUpd(w) => self.on_will_topic_upd(ctx, now, w),
             Message::WillMsgUpd { msg } => self.on_will_msg_upd(ctx, now, msg),
@@ -1519,123 +1359,7 @@ impl Device {
         self.try_will_update(ctx, now);
     }
 
-    fn broker_acks_outstanding(&self) -> bool {
-        let owes = |d: &Down| matches!(d, Down::Publish { ack, .. } if *ack != BrokerAck::None);
-        self.queue.iter().any(owes) || self.inflight.as_ref().is_some_and(|f| owes(&f.item))
-    }
-
-    // ---------------------------------------------------------------- downlink
-
-    fn next_msg_id(&mut self) -> u16 {
-        self.next_msg_id = match self.next_msg_id {
-            0xFFFF => 1,
-            n => n + 1,
-        };
-        self.next_msg_id
-    }
-
-    fn ack_broker(&self, ctx: &mut Ctx, ack: BrokerAck) {
-        let Some(session) = self.session else { return };
-        match ack {
-            BrokerAck::None => {}
-            BrokerAck::PubAck(packet_id) => ctx.send(session, mqtt::Packet::PubAck { packet_id }),
-            BrokerAck::PubRec(packet_id) => ctx.send(session, mqtt::Packet::PubRec { packet_id }),
-        }
-    }
-
-    /// The device has the message, or never will: owe the broker nothing more and forget the
-    /// durable copy.
-    fn release(&self, ctx: &mut Ctx, item: &Down) {
-        if let Down::Publish { ack, stored, .. } = item {
-            self.ack_broker(ctx, *ack);
-            if let Some(n) = stored {
-                ctx.persist(PersistOp::Delete {
-                    table: Table::Buffer,
-                    key: persist::numbered_key(&self.client_id, *n),
-                });
-            }
-        }
-    }
-
-    fn drop_down(&self, ctx: &mut Ctx, item: Down) {
-        ctx.stats.downlink_dropped += 1;
-        // Acknowledged so the broker's in-flight window does not stall on a message the device
-        // can never take.
-        self.release(ctx, &item);
-    }
-
-    /// Whether a new downlink message (plus a REGISTER it may need) fits. While the device
-    /// sleeps the sleep-buffer bounds apply, and QoS 0 is dropped oldest first (or not kept at
-    /// all, by config). A QoS 1/2 message that does not fit is left unacknowledged at the
-    /// broker, which keeps it and redelivers it when the session resumes: nothing the gateway
-    /// acknowledged is ever dropped.
-    fn make_room(
-        &mut self,
-        ctx: &mut Ctx,
-        item: &Down,
-        topic_len: usize,
-        registers: usize,
-    ) -> Room {
-        let Down::Publish { qos, data, ack, .. } = item else {
-            return Room::Fits;
-        };
-        let qos0 = matches!(qos, codec::QoS::AtMostOnce | codec::QoS::MinusOne);
-        let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
-        let full = if sleeping {
-            if qos0 && !ctx.settings.sleep_keep_qos0 && self.state == DeviceState::Asleep {
-                ctx.stats.sleep_buffer_dropped += 1;
-                return Room::Drop;
-            }
-            let count = 1 + registers;
-            let bytes = data.len() + 8 + registers * (topic_len + 8);
-            let fits = |d: &Device| {
-                d.queue.len() + count <= ctx.settings.sleep_buffer_messages
-                    && d.queued_bytes() + bytes <= ctx.settings.sleep_buffer_bytes
-            };
-            while !fits(self) {
-                let oldest_qos0 = self.queue.iter().position(|d| {
-                    matches!(
-                        d,
-                        Down::Publish {
-                            qos: codec::QoS::AtMostOnce | codec::QoS::MinusOne,
-                            ..
-                        }
-                    )
-                });
-                let Some(i) = oldest_qos0 else { break };
-                self.queue.remove(i);
-                ctx.stats.sleep_buffer_dropped += 1;
-            }
-            !fits(self)
-        } else {
-            self.queue.len() + registers >= ctx.settings.max_queued_per_device
-        };
-        if !full {
-            return Room::Fits;
-        }
-        if sleeping {
-            ctx.stats.sleep_buffer_dropped += 1;
-        }
-        if *ack == BrokerAck::None || self.clean_session {
-            // A clean session cannot be resumed to get it again: drop it (counted).
-            Room::Drop
-        } else {
-            Room::LeaveWithBroker
-        }
-    }
-
-    /// Messages left unacknowledged at the broker are only re-sent when the session resumes
-    /// (MQTT 3.1.1 §4.4), so once there is room again the session is resumed: the broker
-    /// re-delivers them with DUP (the same switch a will update uses).
-    fn resync_left_with_broker(&mut self, ctx: &mut Ctx, now: Instant) {
-        if self.left_with_broker == 0 || !self.queue.is_empty() || self.inflight.is_some() {
-            return;
-        }
-        info!(client_id = %self.client_id, left = self.left_with_broker, "resuming the session to get back messages left with the broker");
-        self.left_with_broker = 0;
-        self.will_update.get_or_insert_with(Default::default);
-        self.try_will_update(ctx, now);
-    }
+    // ---------------------------------------------------------------- downlink (downlink.rs)
 
     /// The QoS the device gets: the publication's, capped by the best matching grant.
     fn granted(&self, topic: &str, qos: mqtt::QoS) -> mqtt::QoS {
@@ -1647,203 +1371,39 @@ impl Device {
             .map_or(qos, |g| g.min(qos))
     }
 
-    fn register_pending(&self, topic_id: u16) -> bool {
-        let is_reg = |d: &Down| matches!(d, Down::Register { topic_id: t, .. } if *t == topic_id);
-        self.queue.iter().any(is_reg) || self.inflight.as_ref().is_some_and(|f| is_reg(&f.item))
-    }
-
     fn on_broker_publish(&mut self, ctx: &mut Ctx, now: Instant, p: mqtt::Publish) {
         if self.drop_redelivered_retained(ctx, &p) {
             return;
         }
         let qos = self.granted(&p.topic, p.qos);
-        let ack = match (p.qos, p.packet_id) {
-            (mqtt::QoS::AtLeastOnce, Some(id)) => BrokerAck::PubAck(id),
-            (mqtt::QoS::ExactlyOnce, Some(id)) => BrokerAck::PubRec(id),
-            _ => BrokerAck::None,
+        let to = Receiver {
+            state: self.state,
+            clean_session: self.clean_session,
+            durable: self.persistent(ctx),
         };
-        if ack != BrokerAck::None && self.already_queued(ack) {
-            return; // the broker re-sent a message we still hold
-        }
-        let limit = ctx.settings.max_topics_per_device;
-        let (topic, register) = match self.resolve_downlink(ctx, &p.topic, limit) {
-            Some((t, r)) => (Some(t), r),
-            None => (None, None),
-        };
-        let publish = Down::Publish {
-            topic: topic.unwrap_or(TopicRef::Id(0)),
-            qos: to_sn_qos(qos),
-            retain: p.retain,
-            data: p.payload,
-            ack,
-            reregistered: false,
-            stored: None,
-        };
-        if topic.is_none() {
-            debug!(client_id = %self.client_id, topic = %p.topic, "topic table full; dropping");
-            self.drop_down(ctx, publish);
-            return;
-        }
-        let extra = usize::from(register.is_some());
-        match self.make_room(ctx, &publish, p.topic.len(), extra) {
-            Room::Fits => {}
-            Room::Drop => {
-                debug!(client_id = %self.client_id, topic = %p.topic, state = ?self.state, "no room for a QoS 0 message to the device; dropped");
-                self.drop_down(ctx, publish);
-                return;
-            }
-            Room::LeaveWithBroker => {
-                ctx.stats.downlink_dropped += 1;
-                self.left_with_broker += 1;
-                debug!(client_id = %self.client_id, topic = %p.topic, state = ?self.state, "no room; left unacknowledged at the broker");
-                return;
-            }
-        }
-        let publish = self.store_for_sleeper(ctx, publish, &p.topic);
-        if let Some(topic_id) = register {
-            self.queue.push_back(Down::Register {
-                topic_id,
-                name: p.topic,
-            });
-        }
-        self.queue.push_back(publish);
-        self.pump(ctx, now);
-    }
-
-    /// With a store, a sleeping device's QoS 1/2 message is written down and acknowledged to
-    /// the broker once durable (so the broker's in-flight window does not cap the buffer).
-    fn store_for_sleeper(&mut self, ctx: &mut Ctx, mut item: Down, topic: &str) -> Down {
-        let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
-        let (Some(session), true) = (self.session, sleeping && self.persistent(ctx)) else {
-            return item;
-        };
-        if let Down::Publish {
-            ack,
-            stored,
-            qos,
-            retain,
-            data,
-            ..
-        } = &mut item
+        if self
+            .down
+            .offer(ctx, &link!(self), &mut self.topics, to, p, qos)
         {
-            let packet = match *ack {
-                BrokerAck::None => return item,
-                BrokerAck::PubAck(packet_id) => mqtt::Packet::PubAck { packet_id },
-                BrokerAck::PubRec(packet_id) => mqtt::Packet::PubRec { packet_id },
-            };
-            let n = self.next_buffer_seq;
-            self.next_buffer_seq += 1;
-            let record = persist::BufferedRecord {
-                topic: topic.to_owned(),
-                qos: to_mqtt_qos(*qos) as u8,
-                retain: *retain,
-                data: persist::Hex(data.to_vec()),
-            };
-            ctx.persist(persist::put(
-                Table::Buffer,
-                persist::numbered_key(&self.client_id, n),
-                &record,
-            ));
-            ctx.after_persist(Output::Send { session, packet });
-            *ack = BrokerAck::None;
-            *stored = Some(n);
+            self.pump(ctx, now);
         }
-        item
     }
 
-    /// How a downlink topic is named to the device: its table id, a predefined id or a short
-    /// name; and the id to REGISTER first when the device does not know it yet. None when the
-    /// table is full.
-    fn resolve_downlink(
-        &mut self,
-        ctx: &Ctx,
-        topic: &str,
-        table_limit: usize,
-    ) -> Option<(TopicRef, Option<u16>)> {
-        if let Some((id, known)) = self.topics.id_of(topic) {
-            let register = (!known && !self.register_pending(id)).then_some(id);
-            return Some((TopicRef::Id(id), register));
-        }
-        if let Some(id) = ctx.predefined_by_name.get(topic) {
-            return Some((TopicRef::Predefined(*id), None));
-        }
-        if let Ok(s) = <[u8; 2]>::try_from(topic.as_bytes()) {
-            return Some((TopicRef::Short(s), None));
-        }
-        let id = self.topics.get_or_insert(topic, false, table_limit).ok()?;
-        Some((TopicRef::Id(id), Some(id)))
-    }
-
-    fn already_queued(&self, ack: BrokerAck) -> bool {
-        let same = |d: &Down| matches!(d, Down::Publish { ack: a, .. } if *a == ack);
-        self.queue.iter().any(same) || self.inflight.as_ref().is_some_and(|f| same(&f.item))
-    }
-
-    /// Sends queued items while nothing is in flight (one QoS 1/2 PUBLISH or REGISTER at a time).
+    /// Sends what is queued while the device can hear; then what follows from an empty queue:
+    /// the session resumed for messages left at the broker, an Awake device's PINGRESP, a
+    /// session switch that waited for the downlink.
     pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
         if !matches!(self.state, DeviceState::Active | DeviceState::Awake) {
             return;
         }
-        while self.inflight.is_none() {
-            let Some(item) = self.queue.pop_front() else {
-                break;
-            };
-            match item {
-                Down::Register { topic_id, ref name } => {
-                    let msg_id = self.next_msg_id();
-                    let msg = Message::Register(Register {
-                        topic_id,
-                        msg_id,
-                        topic_name: name.clone(),
-                    });
-                    if !ctx.transmit(&self.addr, msg) {
-                        // Too long for the device's link: abort its publishes silently (§6.10).
-                        self.topics.remove(topic_id);
-                        self.drop_topic(ctx, topic_id);
-                        continue;
-                    }
-                    self.inflight = Some(Inflight {
-                        item,
-                        msg_id,
-                        stage: DownStage::Regack,
-                        sent_at: now,
-                        retries: 0,
-                    });
-                }
-                Down::Publish { qos, .. } => {
-                    let msg_id = match qos {
-                        codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => self.next_msg_id(),
-                        _ => 0,
-                    };
-                    let Some(frame) = ctx.encode(&self.addr, publish_message(&item, msg_id, false))
-                    else {
-                        self.drop_down(ctx, item);
-                        continue;
-                    };
-                    ctx.transmit_frame(&self.addr, frame);
-                    ctx.stats.downlink_publishes += 1;
-                    match qos {
-                        codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => {
-                            let stage = if qos == codec::QoS::AtLeastOnce {
-                                DownStage::Puback
-                            } else {
-                                DownStage::Pubrec
-                            };
-                            self.inflight = Some(Inflight {
-                                item,
-                                msg_id,
-                                stage,
-                                sent_at: now,
-                                retries: 0,
-                            });
-                        }
-                        _ => self.release(ctx, &item),
-                    }
-                }
-            }
+        self.down
+            .send_queued(ctx, &link!(self), &mut self.topics, now);
+        if self.down.take_left_with_broker(&self.client_id) {
+            // The same switch a will update uses: the broker re-delivers them with DUP.
+            self.will_update.get_or_insert_with(Default::default);
+            self.try_will_update(ctx, now);
         }
-        self.resync_left_with_broker(ctx, now);
-        if self.state == DeviceState::Awake && self.inflight.is_none() && self.queue.is_empty() {
+        if self.state == DeviceState::Awake && self.down.is_idle() {
             // Everything buffered is delivered: PINGRESP closes the transfer, never earlier.
             ctx.transmit(&self.addr, Message::PingResp);
             self.go_to_sleep(ctx, now);
@@ -1851,66 +1411,13 @@ impl Device {
         self.try_will_update(ctx, now);
     }
 
-    fn retransmit(&mut self, ctx: &mut Ctx, now: Instant) {
-        let Some(f) = self.inflight.as_mut() else {
-            return;
-        };
-        f.retries += 1;
-        f.sent_at = now;
-        ctx.stats.retransmissions += 1;
-        let msg = match (&f.item, f.stage) {
-            (_, DownStage::Pubcomp) => Message::Pubrel { msg_id: f.msg_id },
-            (Down::Register { topic_id, name }, _) => Message::Register(Register {
-                topic_id: *topic_id,
-                msg_id: f.msg_id,
-                topic_name: name.clone(),
-            }),
-            (item @ Down::Publish { .. }, _) => publish_message(item, f.msg_id, true),
-        };
-        ctx.transmit(&self.addr, msg);
-    }
-
-    /// Drops queued publishes on `topic_id` (the device rejected or cannot take the topic).
-    fn drop_topic(&mut self, ctx: &mut Ctx, topic_id: u16) {
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        let queued: Vec<Down> = self.queue.drain(..).collect();
-        for d in queued {
-            if matches!(&d, Down::Publish { topic: TopicRef::Id(t), .. } if *t == topic_id) {
-                self.drop_down(ctx, d);
-            } else {
-                kept.push_back(d);
-            }
-        }
-        self.queue = kept;
-    }
-
-    fn inflight_matches(&self, msg_id: u16, stage: DownStage) -> bool {
-        self.inflight
-            .as_ref()
-            .is_some_and(|f| f.msg_id == msg_id && f.stage == stage)
-    }
-
     fn on_regack(&mut self, ctx: &mut Ctx, now: Instant, r: Regack) {
-        if !self.inflight_matches(r.msg_id, DownStage::Regack) {
-            ctx.stats.wrong_state += 1;
-            return;
-        }
-        let Some(Inflight {
-            item: Down::Register { topic_id, name },
-            ..
-        }) = self.inflight.take()
-        else {
+        let Some(regacked) = self.down.on_regack(ctx, &link!(self), &mut self.topics, r) else {
             return;
         };
-        if r.return_code == ReturnCode::Accepted {
-            self.topics.mark_known(topic_id);
-            self.save(ctx);
-        } else {
-            // A rejected REGISTER is an unsubscribe from that name (spec §6.10).
-            info!(client_id = %self.client_id, topic = %name, rc = ?r.return_code, "device rejected REGISTER");
-            self.topics.remove(topic_id);
-            self.save(ctx);
-            self.drop_topic(ctx, topic_id);
+        self.save(ctx);
+        if let Regacked::Rejected { topic_id, name } = regacked {
+            self.down.drop_topic(ctx, &link!(self), topic_id);
             if let Some(session) = self.session {
                 if mqtt::valid_topic_filter(&name)
                     && self.upstream_busy() < ctx.settings.max_queued_per_device
@@ -1931,134 +1438,22 @@ impl Device {
     }
 
     fn on_puback(&mut self, ctx: &mut Ctx, now: Instant, p: Puback) {
-        if !self.inflight_matches(p.msg_id, DownStage::Puback) {
-            if p.return_code == ReturnCode::InvalidTopicId {
-                // The device lost a normal id (e.g. on a QoS 0 PUBLISH): register it again next time.
-                self.topics.mark_unknown(p.topic_id);
-            } else {
-                ctx.stats.wrong_state += 1;
-            }
-            return;
-        }
-        let Some(f) = self.inflight.take() else {
-            return;
-        };
-        match p.return_code {
-            ReturnCode::Accepted => self.release(ctx, &f.item),
-            ReturnCode::Congestion => {
-                // Keep it in flight; it goes again after T_RETRY.
-                self.inflight = Some(Inflight { sent_at: now, ..f });
-                return;
-            }
-            _ => self.on_rejected_publish(ctx, f.item),
-        }
-        self.pump(ctx, now);
-    }
-
-    /// PUBACK "invalid topic id" for a downlink PUBLISH: re-register a normal id once, else drop.
-    fn on_rejected_publish(&mut self, ctx: &mut Ctx, mut item: Down) {
-        if let Down::Publish {
-            topic: TopicRef::Id(id),
-            reregistered: reregistered @ false,
-            ..
-        } = &mut item
+        if self
+            .down
+            .on_puback(ctx, &link!(self), &mut self.topics, now, p)
         {
-            if let Some(name) = self.topics.name(*id).map(str::to_owned) {
-                *reregistered = true;
-                let topic_id = *id;
-                self.queue.push_front(item);
-                self.queue.push_front(Down::Register { topic_id, name });
-                return;
-            }
+            self.pump(ctx, now);
         }
-        self.drop_down(ctx, item);
-    }
-
-    fn on_pubrec(&mut self, ctx: &mut Ctx, now: Instant, msg_id: u16) {
-        if self.inflight_matches(msg_id, DownStage::Pubcomp) {
-            // Our PUBREL was lost.
-            ctx.transmit(&self.addr, Message::Pubrel { msg_id });
-            return;
-        }
-        if !self.inflight_matches(msg_id, DownStage::Pubrec) {
-            ctx.stats.wrong_state += 1;
-            return;
-        }
-        if let Some(mut f) = self.inflight.take() {
-            // The device has the message: the broker may forget it.
-            self.release(ctx, &f.item);
-            if let Down::Publish { ack, stored, .. } = &mut f.item {
-                *ack = BrokerAck::None;
-                *stored = None;
-            }
-            f.stage = DownStage::Pubcomp;
-            f.sent_at = now;
-            f.retries = 0;
-            self.inflight = Some(f);
-        }
-        ctx.transmit(&self.addr, Message::Pubrel { msg_id });
     }
 
     fn on_pubcomp(&mut self, ctx: &mut Ctx, now: Instant, msg_id: u16) {
-        if !self.inflight_matches(msg_id, DownStage::Pubcomp) {
-            ctx.stats.wrong_state += 1;
-            return;
+        if self.down.on_pubcomp(ctx, msg_id) {
+            self.pump(ctx, now);
         }
-        self.inflight = None;
-        self.pump(ctx, now);
     }
 }
 
 /// How long a will prompt waits for the device: what its own retries (N_RETRY × T_RETRY) allow.
 fn will_prompt_time(ctx: &Ctx) -> Duration {
     ctx.settings.retry_interval * (ctx.settings.max_retries + 1)
-}
-
-/// The TopicId a PUBACK for `p` carries: the id, or the short name's two octets.
-fn puback_topic_id(p: &Publish) -> u16 {
-    match p.topic {
-        TopicRef::Id(i) | TopicRef::Predefined(i) => i,
-        TopicRef::Short(s) => u16::from_be_bytes(s),
-    }
-}
-
-/// PUBACK for the device's `p` with `rc`.
-pub(super) fn puback_for(p: &Publish, rc: ReturnCode) -> Message {
-    Message::Puback(Puback {
-        topic_id: puback_topic_id(p),
-        msg_id: p.msg_id,
-        return_code: rc,
-    })
-}
-
-/// An MQTT QoS 0 PUBLISH (device QoS 0 and -1 alike).
-pub(crate) fn qos0_publish(topic: String, retain: bool, payload: Bytes) -> mqtt::Publish {
-    mqtt::Publish {
-        dup: false,
-        qos: mqtt::QoS::AtMostOnce,
-        retain,
-        topic,
-        packet_id: None,
-        payload,
-    }
-}
-
-fn publish_message(item: &Down, msg_id: u16, dup: bool) -> Message {
-    match item {
-        Down::Publish {
-            topic,
-            qos,
-            retain,
-            data,
-            ..
-        } => Message::Publish(Publish {
-            dup,
-            qos: *qos,
-            retain: *retain,
-            topic: *topic,
-            msg_id,
-            data: data.clone(),
-        }),
-        Down::Register { .. } => Message::PingResp, // unreachable by construction
-    }
 }

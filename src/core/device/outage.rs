@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::info;
 
-use super::{puback_for, to_mqtt_qos, Device};
+use super::types::{puback_for, to_mqtt_qos};
+use super::Device;
 use crate::codec::{self, Message, Publish, ReturnCode};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};

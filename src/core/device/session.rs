@@ -93,10 +93,7 @@ impl Device {
                 subscriptions = self.subs.len(),
                 "broker lost the device's session (CONNACK Session Present 0); subscribing again"
             );
-            if self.left_with_broker > 0 {
-                info!(client_id = %self.client_id, lost = self.left_with_broker, "messages left unacknowledged at the broker went with its session");
-                self.left_with_broker = 0;
-            }
+            self.down.forget_left_with_broker(&self.client_id);
         }
         for (filter, qos) in self.subs.clone() {
             let packet_id = self.alloc_pkid();
@@ -227,7 +224,7 @@ impl Device {
     pub(super) fn try_will_update(&mut self, ctx: &mut Ctx, now: Instant) {
         let idle = self.up.values().all(|f| f.broker_done)
             && self.pending_subs.is_empty()
-            && !self.broker_acks_outstanding()
+            && !self.down.owes_broker()
             && !self.outage.resuming();
         let Some(w) = self.will_update.as_mut() else {
             return;

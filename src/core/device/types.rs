@@ -1,0 +1,112 @@
+//! Small things two or more device features share: the device's life state, the QoS
+//! conversions, the PUBACK a device is owed, and [`Link`] (who the device is, for a feature
+//! that sends to it or writes its rows).
+//!
+//! Owns no state. Must never: import a feature file (they all sit above this one).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::codec::{self, Message, Puback, Publish, ReturnCode, TopicRef};
+use crate::core::types::{DeviceAddr, SessionId};
+use crate::mqtt;
+
+/// Where a device is in its life (spec §6.14's client states, as seen from the gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// CONNECT with Will=1 received; WILLTOPICREQ sent.
+    AwaitWillTopic,
+    /// WILLTOPIC received; WILLMSGREQ sent.
+    AwaitWillMsg,
+    /// Upstream session opening; the device's CONNACK waits for the broker's.
+    AwaitBroker,
+    Active,
+    /// Sent DISCONNECT (or the broker closed its session).
+    Disconnected,
+    /// Keep-alive or N_RETRY exceeded: the upstream session was dropped so the will fired.
+    Lost,
+    /// Sent DISCONNECT with a Duration: the upstream session stays, messages are buffered,
+    /// the sleep timer supervises the device (spec §6.14).
+    Asleep,
+    /// Sent PINGREQ with its ClientId: the buffer is being delivered; PINGRESP ends it.
+    Awake,
+}
+
+impl DeviceState {
+    /// Connected to the gateway with a live upstream session.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            DeviceState::Active | DeviceState::Asleep | DeviceState::Awake
+        )
+    }
+}
+
+/// Who a feature is working for: where the device is, its ClientId (the store's key prefix)
+/// and its current upstream session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Link<'a> {
+    pub addr: &'a DeviceAddr,
+    pub client_id: &'a str,
+    pub session: Option<SessionId>,
+}
+
+pub(crate) fn to_mqtt_qos(q: codec::QoS) -> mqtt::QoS {
+    match q {
+        codec::QoS::MinusOne | codec::QoS::AtMostOnce => mqtt::QoS::AtMostOnce,
+        codec::QoS::AtLeastOnce => mqtt::QoS::AtLeastOnce,
+        codec::QoS::ExactlyOnce => mqtt::QoS::ExactlyOnce,
+    }
+}
+
+pub(crate) fn to_sn_qos(q: mqtt::QoS) -> codec::QoS {
+    match q {
+        mqtt::QoS::AtMostOnce => codec::QoS::AtMostOnce,
+        mqtt::QoS::AtLeastOnce => codec::QoS::AtLeastOnce,
+        mqtt::QoS::ExactlyOnce => codec::QoS::ExactlyOnce,
+    }
+}
+
+/// Spec §7.2: the gateway tolerates +50 % on short periods, +10 % on periods over a minute.
+pub fn with_tolerance(period: Duration) -> Duration {
+    if period > Duration::from_secs(60) {
+        period + period / 10
+    } else {
+        period + period / 2
+    }
+}
+
+/// A short topic name as text; short names are two characters (spec §6.7).
+pub fn short_name(s: [u8; 2]) -> Option<String> {
+    std::str::from_utf8(&s).ok().map(str::to_owned)
+}
+
+/// The TopicId a PUBACK for `p` carries: the id, or the short name's two octets.
+pub(crate) fn puback_topic_id(p: &Publish) -> u16 {
+    match p.topic {
+        TopicRef::Id(i) | TopicRef::Predefined(i) => i,
+        TopicRef::Short(s) => u16::from_be_bytes(s),
+    }
+}
+
+/// PUBACK for the device's `p` with `rc`.
+pub(crate) fn puback_for(p: &Publish, rc: ReturnCode) -> Message {
+    Message::Puback(Puback {
+        topic_id: puback_topic_id(p),
+        msg_id: p.msg_id,
+        return_code: rc,
+    })
+}
+
+/// An MQTT QoS 0 PUBLISH (device QoS 0 and -1 alike).
+pub(crate) fn qos0_publish(topic: String, retain: bool, payload: Bytes) -> mqtt::Publish {
+    mqtt::Publish {
+        dup: false,
+        qos: mqtt::QoS::AtMostOnce,
+        retain,
+        topic,
+        packet_id: None,
+        payload,
+    }
+}
