@@ -14,18 +14,19 @@ use session::Gap;
 
 mod downlink;
 mod outage;
-mod qos2;
 mod session;
 mod subs;
 mod timers;
 mod types;
+mod uplink;
 
-use types::{puback_for, puback_topic_id, to_mqtt_qos, to_sn_qos, Link};
 pub(crate) use types::{qos0_publish, short_name};
+use types::{to_mqtt_qos, to_sn_qos, Link, PacketIds};
 pub use types::{with_tolerance, DeviceState};
 
 use downlink::{Downlink, Receiver, Regacked};
 use timers::{AfterFire, DeviceTimer, Timers};
+use uplink::{Acked, Busy, Uplink};
 
 /// Who the device is, for a feature sub-struct (borrows only these three fields, so the
 /// sub-struct itself can be borrowed mutably alongside).
@@ -42,41 +43,13 @@ macro_rules! link {
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
 use super::topics::TopicTable;
-use super::types::{DeviceAddr, Output, PersistOp, SessionId, Table};
+use super::types::{DeviceAddr, PersistOp, SessionId, Table};
 use super::DeviceId;
 use crate::codec::{
     self, Message, Puback, Publish, Regack, Register, ReturnCode, Suback, Subscribe, TopicFilter,
-    TopicRef, Unsubscribe, WillTopic,
+    Unsubscribe, WillTopic,
 };
 use crate::mqtt;
-
-/// Why an uplink QoS 1/2 flow waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// Each variant names what the flow awaits; the shared prefix is the point.
-#[allow(clippy::enum_variant_names)]
-enum UpStage {
-    /// Forwarded; waiting for the broker's PUBACK (QoS 1) or PUBREC (QoS 2).
-    AwaitBroker,
-    /// PUBREC sent to the device; waiting for its PUBREL.
-    AwaitPubrel,
-    /// PUBREL forwarded; waiting for the broker's PUBCOMP.
-    AwaitPubcomp,
-}
-
-#[derive(Debug, Clone)]
-struct UpFlow {
-    msg_id: u16,
-    topic_id: u16,
-    stage: UpStage,
-    qos: codec::QoS,
-    /// The session that carried it ended before the broker answered (reconnect, restart):
-    /// the device's re-sent PUBLISH goes upstream again with the same packet id and DUP, so a
-    /// broker that already has it recognises it.
-    orphaned: bool,
-    /// QoS 2 from the device, but the broker answered PUBACK (it downgrades to QoS 1): the
-    /// broker has the message, the gateway completes the device's PUBREL itself.
-    broker_done: bool,
-}
 
 #[derive(Debug, Clone)]
 enum PendingSub {
@@ -127,10 +100,11 @@ pub(crate) struct Device {
     topics: TopicTable,
     /// Granted subscriptions (filter, QoS), for the QoS downgrade and resubscription.
     subs: Vec<(String, mqtt::QoS)>,
-    up: HashMap<u16, UpFlow>,
-    up_by_msg: HashMap<u16, u16>,
+    /// Messages from the device: the open QoS 1/2 flows.
+    up: Uplink,
     pending_subs: HashMap<u16, PendingSub>,
-    next_pkid: u16,
+    /// The upstream session's packet ids (uplink, subscriptions, parked messages).
+    pkids: PacketIds,
     /// Messages to the device: queue, in flight, sleep buffer.
     down: Downlink,
     will_update: Option<WillUpdate>,
@@ -193,10 +167,9 @@ impl Device {
             session: None,
             topics: TopicTable::default(),
             subs: Vec::new(),
-            up: HashMap::new(),
-            up_by_msg: HashMap::new(),
+            up: Uplink::default(),
             pending_subs: HashMap::new(),
-            next_pkid: 0,
+            pkids: PacketIds::default(),
             down: Downlink::new(),
             will_update: None,
             held: VecDeque::new(),
@@ -387,32 +360,7 @@ impl Device {
             self.restore_parked(n, r);
             return;
         }
-        if let UplinkRecord::Qos2 {
-            msg_id,
-            pkid,
-            topic_id,
-            released,
-            acked,
-        } = r
-        {
-            self.next_pkid = self.next_pkid.max(pkid);
-            self.up_by_msg.insert(msg_id, pkid);
-            self.up.insert(
-                pkid,
-                UpFlow {
-                    msg_id,
-                    topic_id,
-                    stage: if released {
-                        UpStage::AwaitPubrel
-                    } else {
-                        UpStage::AwaitBroker
-                    },
-                    qos: codec::QoS::ExactlyOnce,
-                    orphaned: true,
-                    broker_done: acked,
-                },
-            );
-        }
+        self.up.restore(&mut self.pkids, r);
     }
 
     // ---------------------------------------------------------------- sleep (§6.14)
@@ -792,23 +740,7 @@ impl Device {
     /// except what a persistent session still owes: messages already acknowledged to the
     /// broker for the device, and uplink flows the broker may hold under their packet ids.
     fn reset_flows(&mut self, ctx: &mut Ctx) {
-        if self.clean_session {
-            self.up.clear();
-            self.up_by_msg.clear();
-            if ctx.persistent() {
-                ctx.persist(PersistOp::DeletePrefix {
-                    table: Table::Uplink,
-                    prefix: persist::device_prefix(&self.client_id),
-                });
-            }
-        } else {
-            // QoS 1 may be repeated; only QoS 2 flows must keep their packet ids.
-            self.up.retain(|_, f| f.qos == codec::QoS::ExactlyOnce);
-            self.up_by_msg.retain(|_, pkid| self.up.contains_key(pkid));
-            for f in self.up.values_mut() {
-                f.orphaned = true;
-            }
-        }
+        self.up.end_session(ctx, &link!(self), self.clean_session);
         self.down.end_session();
         self.pending_subs.clear();
         self.held.clear();
@@ -878,16 +810,9 @@ impl Device {
     // ---------------------------------------------------------------- uplink
 
     fn alloc_pkid(&mut self) -> u16 {
-        loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0
-                && !self.up.contains_key(&self.next_pkid)
-                && !self.pending_subs.contains_key(&self.next_pkid)
-                && !self.outage.uses_pkid(self.next_pkid)
-            {
-                return self.next_pkid;
-            }
-        }
+        let (up, subs, outage) = (&self.up, &self.pending_subs, &self.outage);
+        self.pkids
+            .alloc(|id| up.uses(id) || subs.contains_key(&id) || outage.uses_pkid(id))
     }
 
     fn upstream_busy(&self) -> usize {
@@ -937,51 +862,16 @@ impl Device {
     }
 
     fn on_register(&mut self, ctx: &mut Ctx, r: Register) {
-        let rc = if !mqtt::valid_topic_name(&r.topic_name) {
-            Err(ReturnCode::NotSupported)
-        } else {
-            self.topics
-                .get_or_insert(&r.topic_name, true, ctx.settings.max_topics_per_device)
-                .map_err(|_| ReturnCode::Congestion)
-        };
-        let (topic_id, return_code) = match rc {
-            Ok(id) => (id, ReturnCode::Accepted),
-            Err(rc) => (0, rc),
-        };
-        if return_code == ReturnCode::Accepted {
+        let regack = uplink::register(ctx, &mut self.topics, r);
+        if regack.return_code == ReturnCode::Accepted {
             self.save(ctx);
         }
-        ctx.transmit(
-            &self.addr,
-            Message::Regack(Regack {
-                topic_id,
-                msg_id: r.msg_id,
-                return_code,
-            }),
-        );
+        ctx.transmit(&self.addr, Message::Regack(regack));
     }
 
     /// The topic name of an uplink PUBLISH; answers PUBACK "invalid topic ID" when it has none.
     fn uplink_topic(&self, ctx: &mut Ctx, p: &Publish) -> Option<String> {
-        match self.resolve_uplink(ctx, p.topic) {
-            Ok(t) => Some(t),
-            Err(_) => {
-                debug!(client_id = %self.client_id, ?p.topic, "PUBLISH on unknown topic id");
-                ctx.transmit(&self.addr, puback_for(p, ReturnCode::InvalidTopicId));
-                None
-            }
-        }
-    }
-
-    /// The topic name of an uplink PUBLISH, or the id to report as invalid.
-    fn resolve_uplink(&self, ctx: &Ctx, topic: TopicRef) -> Result<String, u16> {
-        match topic {
-            TopicRef::Id(id) => self.topics.name(id).map(str::to_owned).ok_or(id),
-            TopicRef::Predefined(id) => ctx.predefined_by_id.get(&id).cloned().ok_or(id),
-            TopicRef::Short(s) => short_name(s)
-                .filter(|n| mqtt::valid_topic_name(n))
-                .ok_or_else(|| u16::from_be_bytes(s)),
-        }
+        uplink::topic_name(ctx, &link!(self), &self.topics, p)
     }
 
     fn on_publish(&mut self, ctx: &mut Ctx, p: Publish) {
@@ -996,89 +886,25 @@ impl Device {
         let Some(topic) = self.uplink_topic(ctx, &p) else {
             return;
         };
-        let topic_id = puback_topic_id(&p);
-        let reject = |ctx: &mut Ctx, addr: &DeviceAddr, rc: ReturnCode| {
-            ctx.transmit(addr, puback_for(&p, rc));
+        let durable = self.persistent(ctx);
+        let busy = Busy {
+            others: self.pending_subs.len() + self.outage.in_flight(),
+            limit: ctx.settings.max_queued_per_device,
         };
-        match p.qos {
-            codec::QoS::MinusOne | codec::QoS::AtMostOnce => {
-                ctx.stats.uplink_publishes += 1;
-                ctx.send(
-                    session,
-                    mqtt::Packet::Publish(qos0_publish(topic, p.retain, p.data)),
-                );
-            }
-            codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => {
-                if let Some(&pkid) = self.up_by_msg.get(&p.msg_id) {
-                    // A re-send of a flow we already carry: never forward it twice.
-                    if let Some(f) = self.up.get_mut(&pkid) {
-                        if p.qos == codec::QoS::ExactlyOnce && f.stage == UpStage::AwaitPubrel {
-                            ctx.transmit(&self.addr, Message::Pubrec { msg_id: p.msg_id });
-                        } else if f.orphaned && f.stage == UpStage::AwaitBroker {
-                            f.orphaned = false;
-                            ctx.send(
-                                session,
-                                mqtt::Packet::Publish(mqtt::Publish {
-                                    dup: true,
-                                    qos: to_mqtt_qos(p.qos),
-                                    retain: p.retain,
-                                    topic,
-                                    packet_id: Some(pkid),
-                                    payload: p.data,
-                                }),
-                            );
-                        }
-                    }
-                    return;
-                }
-                if self.upstream_busy() >= ctx.settings.max_queued_per_device {
-                    // Flows orphaned by an old session give way to new ones.
-                    let orphan = self.up.iter().find(|(_, f)| f.orphaned).map(|(k, _)| *k);
-                    match orphan {
-                        Some(pkid) => {
-                            self.finish_up(ctx, pkid);
-                        }
-                        None => {
-                            reject(ctx, &self.addr, ReturnCode::Congestion);
-                            return;
-                        }
-                    }
-                }
-                let pkid = self.alloc_pkid();
-                self.up.insert(
-                    pkid,
-                    UpFlow {
-                        msg_id: p.msg_id,
-                        topic_id,
-                        stage: UpStage::AwaitBroker,
-                        qos: p.qos,
-                        orphaned: false,
-                        broker_done: false,
-                    },
-                );
-                self.up_by_msg.insert(p.msg_id, pkid);
-                ctx.stats.uplink_publishes += 1;
-                let publish = mqtt::Packet::Publish(mqtt::Publish {
-                    dup: false,
-                    qos: to_mqtt_qos(p.qos),
-                    retain: p.retain,
-                    topic,
-                    packet_id: Some(pkid),
-                    payload: p.data,
-                });
-                if p.qos == codec::QoS::ExactlyOnce && self.persistent(ctx) {
-                    // Exactly once across a restart: the MsgId -> packet id map is durable
-                    // before the broker can see the message.
-                    self.save_qos2(ctx, pkid);
-                    ctx.after_persist(Output::Send {
-                        session,
-                        packet: publish,
-                    });
-                } else {
-                    ctx.send(session, publish);
-                }
-            }
-        }
+        let (subs, outage) = (&self.pending_subs, &self.outage);
+        let in_use = |id| subs.contains_key(&id) || outage.uses_pkid(id);
+        let link = link!(self);
+        self.up.on_publish(
+            ctx,
+            &link,
+            session,
+            durable,
+            topic,
+            p,
+            busy,
+            &mut self.pkids,
+            in_use,
+        );
     }
 
     fn on_pubrel(&mut self, ctx: &mut Ctx, msg_id: u16) {
@@ -1086,71 +912,20 @@ impl Device {
             ctx.transmit(&self.addr, Message::Pubcomp { msg_id });
             return;
         }
-        let pkid = self.up_by_msg.get(&msg_id).copied();
-        if pkid.is_some_and(|pkid| self.complete_acked_qos2(ctx, pkid)) {
-            return;
-        }
-        let Some(session) = self.session else { return };
-        match pkid {
-            Some(pkid) => {
-                if let Some(f) = self.up.get_mut(&pkid) {
-                    if f.stage != UpStage::AwaitBroker {
-                        f.stage = UpStage::AwaitPubcomp;
-                        ctx.send(session, mqtt::Packet::PubRel { packet_id: pkid });
-                    }
-                }
-            }
-            // Already completed: the device missed our PUBCOMP.
-            None => {
-                ctx.transmit(&self.addr, Message::Pubcomp { msg_id });
-            }
-        }
-    }
-
-    fn finish_up(&mut self, ctx: &mut Ctx, pkid: u16) -> Option<UpFlow> {
-        let f = self.up.remove(&pkid)?;
-        self.up_by_msg.remove(&f.msg_id);
-        if f.qos == codec::QoS::ExactlyOnce && self.persistent(ctx) {
-            ctx.persist(PersistOp::Delete {
-                table: Table::Uplink,
-                key: persist::numbered_key(&self.client_id, u64::from(pkid)),
-            });
-        }
-        Some(f)
-    }
-
-    fn save_qos2(&self, ctx: &mut Ctx, pkid: u16) {
-        let Some(f) = self.up.get(&pkid) else { return };
-        let record = UplinkRecord::Qos2 {
-            msg_id: f.msg_id,
-            pkid,
-            topic_id: f.topic_id,
-            released: f.stage != UpStage::AwaitBroker,
-            acked: f.broker_done,
-        };
-        ctx.persist(persist::put(
-            Table::Uplink,
-            persist::numbered_key(&self.client_id, u64::from(pkid)),
-            &record,
-        ));
+        let durable = self.persistent(ctx);
+        self.up.on_pubrel(ctx, &link!(self), durable, msg_id);
     }
 
     fn on_broker_puback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
         if self.parked_acked(ctx, pkid) {
             return;
         }
-        if self.on_qos2_acked_as_qos1(ctx, pkid) {
-            self.try_will_update(ctx, now);
-            return;
-        }
-        if let Some(f) = self.finish_up(ctx, pkid) {
-            ctx.transmit(
-                &self.addr,
-                Message::Puback(Puback {
-                    topic_id: f.topic_id,
-                    msg_id: f.msg_id,
-                    return_code: ReturnCode::Accepted,
-                }),
+        let durable = self.persistent(ctx);
+        if self.up.on_broker_puback(ctx, &link!(self), durable, pkid) == Acked::Downgraded {
+            self.note_downgrade(
+                mqtt::QoS::ExactlyOnce,
+                mqtt::QoS::AtLeastOnce,
+                "PUBLISH answered with PUBACK",
             );
         }
         self.try_will_update(ctx, now);
@@ -1160,35 +935,32 @@ impl Device {
         if self.parked_released(ctx, pkid) {
             return;
         }
-        let Some(f) = self.up.get_mut(&pkid) else {
-            return;
-        };
-        let msg_id = f.msg_id;
-        if f.stage == UpStage::AwaitBroker {
-            f.stage = UpStage::AwaitPubrel;
-            if self.persistent(ctx) {
-                // PUBREC promises the device it will not be delivered twice: durable first.
-                self.save_qos2(ctx, pkid);
-                if let Some(frame) = ctx.encode(&self.addr, Message::Pubrec { msg_id }) {
-                    ctx.after_persist(Output::Transmit {
-                        to: self.addr.clone(),
-                        frame,
-                    });
-                }
-                return;
-            }
-        }
-        ctx.transmit(&self.addr, Message::Pubrec { msg_id });
+        let durable = self.persistent(ctx);
+        self.up.on_broker_pubrec(ctx, &link!(self), durable, pkid);
     }
 
     fn on_broker_pubcomp(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
         if self.parked_acked(ctx, pkid) {
             return;
         }
-        if let Some(f) = self.finish_up(ctx, pkid) {
-            ctx.transmit(&self.addr, Message::Pubcomp { msg_id: f.msg_id });
-        }
+        let durable = self.persistent(ctx);
+        self.up.on_broker_pubcomp(ctx, &link!(self), durable, pkid);
         self.try_will_update(ctx, now);
+    }
+
+    /// Logs, once per upstream session, that the broker gave less than the QoS asked for.
+    fn note_downgrade(&mut self, asked: mqtt::QoS, got: mqtt::QoS, what: &str) {
+        if got >= asked || self.session.is_none() || self.downgrade_noted == self.session {
+            return;
+        }
+        self.downgrade_noted = self.session;
+        info!(
+            client_id = %self.client_id,
+            asked = asked as u8,
+            got = got as u8,
+            what,
+            "broker downgrades QoS (logged once per session); the device's QoS 2 exchange with the gateway is completed as the spec has it"
+        );
     }
 
     fn on_subscribe(&mut self, ctx: &mut Ctx, s: Subscribe) {

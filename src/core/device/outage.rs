@@ -286,7 +286,7 @@ impl Device {
         {
             self.outage.next = self.outage.next.max(n.saturating_sub(PARKED_BASE) + 1);
             if let Some(id) = pkid {
-                self.next_pkid = self.next_pkid.max(id);
+                self.pkids.at_least(id);
             }
             self.outage.parked.push_back(Parked {
                 key: n,

@@ -222,7 +222,7 @@ impl Device {
     /// Replaces the upstream session to carry the new will, once no QoS flow is open on the
     /// old one (so nothing in flight is lost or doubled).
     pub(super) fn try_will_update(&mut self, ctx: &mut Ctx, now: Instant) {
-        let idle = self.up.values().all(|f| f.broker_done)
+        let idle = self.up.broker_idle()
             && self.pending_subs.is_empty()
             && !self.down.owes_broker()
             && !self.outage.resuming();

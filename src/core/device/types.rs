@@ -43,6 +43,30 @@ impl DeviceState {
     }
 }
 
+/// The upstream session's packet-id space. Uplink flows, subscriptions and parked messages
+/// share it; the caller says which ids are in use.
+#[derive(Debug, Default)]
+pub(crate) struct PacketIds {
+    next: u16,
+}
+
+impl PacketIds {
+    /// The next free packet id after the last one given (never 0).
+    pub fn alloc(&mut self, in_use: impl Fn(u16) -> bool) -> u16 {
+        loop {
+            self.next = self.next.wrapping_add(1);
+            if self.next != 0 && !in_use(self.next) {
+                return self.next;
+            }
+        }
+    }
+
+    /// Ids up to `id` were given out before a restart: start after it.
+    pub fn at_least(&mut self, id: u16) {
+        self.next = self.next.max(id);
+    }
+}
+
 /// Who a feature is working for: where the device is, its ClientId (the store's key prefix)
 /// and its current upstream session.
 #[derive(Debug, Clone, Copy)]
