@@ -4,29 +4,29 @@
 //! Owns everything about one device and its upstream session's packet-id space. Never does
 //! I/O: effects go into [`Ctx`]. Every method that takes `now` uses only that for time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use session::Gap;
+use subscriptions::{Gap, Subacked, Subscriptions};
 
 mod downlink;
 mod outage;
 mod session;
-mod subs;
+mod subscriptions;
 mod timers;
 mod types;
 mod uplink;
 
 pub(crate) use types::{qos0_publish, short_name};
-use types::{to_mqtt_qos, to_sn_qos, Link, PacketIds};
+use types::{to_mqtt_qos, to_sn_qos, Busy, Link, PacketIds};
 pub use types::{with_tolerance, DeviceState};
 
 use downlink::{Downlink, Receiver, Regacked};
 use timers::{AfterFire, DeviceTimer, Timers};
-use uplink::{Acked, Busy, Uplink};
+use uplink::{Acked, Uplink};
 
 /// Who the device is, for a feature sub-struct (borrows only these three fields, so the
 /// sub-struct itself can be borrowed mutably alongside).
@@ -46,31 +46,9 @@ use super::topics::TopicTable;
 use super::types::{DeviceAddr, PersistOp, SessionId, Table};
 use super::DeviceId;
 use crate::codec::{
-    self, Message, Puback, Publish, Regack, Register, ReturnCode, Suback, Subscribe, TopicFilter,
-    Unsubscribe, WillTopic,
+    self, Message, Puback, Publish, Regack, Register, ReturnCode, Subscribe, Unsubscribe, WillTopic,
 };
 use crate::mqtt;
-
-#[derive(Debug, Clone)]
-enum PendingSub {
-    Subscribe {
-        msg_id: u16,
-        topic_id: u16,
-        filter: String,
-        requested: mqtt::QoS,
-    },
-    Unsubscribe {
-        msg_id: u16,
-        filter: String,
-    },
-    /// The gateway's own (UNSUBSCRIBE after a rejected REGACK): no device reply.
-    Internal,
-    /// A subscription the gateway makes again on a session the broker does not have: no
-    /// device reply.
-    Restore {
-        filter: String,
-    },
-}
 
 /// A will update waiting to be applied upstream (MQTT 3.1.1 can only change a will by
 /// reconnecting).
@@ -98,11 +76,10 @@ pub(crate) struct Device {
     will_msg: Bytes,
     pub session: Option<SessionId>,
     topics: TopicTable,
-    /// Granted subscriptions (filter, QoS), for the QoS downgrade and resubscription.
-    subs: Vec<(String, mqtt::QoS)>,
+    /// Granted and pending subscriptions.
+    subs: Subscriptions,
     /// Messages from the device: the open QoS 1/2 flows.
     up: Uplink,
-    pending_subs: HashMap<u16, PendingSub>,
     /// The upstream session's packet ids (uplink, subscriptions, parked messages).
     pkids: PacketIds,
     /// Messages to the device: queue, in flight, sleep buffer.
@@ -127,11 +104,6 @@ pub(crate) struct Device {
     stored: bool,
     /// A sleeping device's CONNECT(clean 0, Will=1) is being prompted on its kept session.
     rewill: bool,
-    /// Filters the gateway subscribed again on this session while the device's subscription
-    /// never lapsed: their retained re-deliveries are not the device's (see session.rs).
-    resubscribed: Vec<String>,
-    /// Filters the device itself subscribed on this session (their retained messages are).
-    subscribed_here: Vec<String>,
     /// The session on which a QoS downgrade by the broker was logged.
     downgrade_noted: Option<SessionId>,
 }
@@ -151,8 +123,6 @@ impl Device {
             will_resp: None,
             stored: false,
             rewill: false,
-            resubscribed: Vec::new(),
-            subscribed_here: Vec::new(),
             downgrade_noted: None,
             id,
             client_id,
@@ -166,9 +136,8 @@ impl Device {
             will_msg: Bytes::new(),
             session: None,
             topics: TopicTable::default(),
-            subs: Vec::new(),
+            subs: Subscriptions::default(),
             up: Uplink::default(),
-            pending_subs: HashMap::new(),
             pkids: PacketIds::default(),
             down: Downlink::new(),
             will_update: None,
@@ -315,12 +284,13 @@ impl Device {
         d.will_msg = r.will.map(|w| Bytes::from(w.msg.0)).unwrap_or_default();
         let old_subs = !r.subs.is_empty();
         for (f, q) in r.subs {
-            d.restore_subscription(f, q);
+            d.subs.restore(f, q);
         }
         if old_subs {
             // Written by an older version inside the device record: move them to their rows.
-            for (f, q) in d.subs.clone() {
-                d.store_subscription(ctx, &f, q);
+            let durable = d.persistent(ctx);
+            if d.subs.store_all(ctx, &link!(d), durable) {
+                d.stored = true;
             }
             d.save(ctx);
         }
@@ -351,6 +321,11 @@ impl Device {
     /// Puts back a buffered message (already acknowledged to the broker) in sequence order.
     pub fn restore_buffered(&mut self, ctx: &mut Ctx, n: u64, r: persist::BufferedRecord) {
         self.down.restore_buffered(ctx, &mut self.topics, n, r);
+    }
+
+    /// Puts back a stored subscription (at restore).
+    pub fn restore_subscription(&mut self, filter: String, qos: u8) {
+        self.subs.restore(filter, qos);
     }
 
     /// Puts back an uplink QoS 2 flow: the device's re-sent PUBLISH or PUBREL continues it
@@ -742,12 +717,10 @@ impl Device {
     fn reset_flows(&mut self, ctx: &mut Ctx) {
         self.up.end_session(ctx, &link!(self), self.clean_session);
         self.down.end_session();
-        self.pending_subs.clear();
         self.held.clear();
         self.will_update = None;
         self.rewill = false;
-        self.resubscribed.clear();
-        self.subscribed_here.clear();
+        self.subs.end_session();
     }
 
     // ---------------------------------------------------------------- upstream packets
@@ -810,13 +783,9 @@ impl Device {
     // ---------------------------------------------------------------- uplink
 
     fn alloc_pkid(&mut self) -> u16 {
-        let (up, subs, outage) = (&self.up, &self.pending_subs, &self.outage);
+        let (up, subs, outage) = (&self.up, &self.subs, &self.outage);
         self.pkids
-            .alloc(|id| up.uses(id) || subs.contains_key(&id) || outage.uses_pkid(id))
-    }
-
-    fn upstream_busy(&self) -> usize {
-        self.up.len() + self.pending_subs.len() + self.outage.in_flight()
+            .alloc(|id| up.uses(id) || subs.uses(id) || outage.uses_pkid(id))
     }
 
     /// Messages a device may send while Active. Returns false when the message is not one.
@@ -888,11 +857,11 @@ impl Device {
         };
         let durable = self.persistent(ctx);
         let busy = Busy {
-            others: self.pending_subs.len() + self.outage.in_flight(),
+            others: self.subs.pending_len() + self.outage.in_flight(),
             limit: ctx.settings.max_queued_per_device,
         };
-        let (subs, outage) = (&self.pending_subs, &self.outage);
-        let in_use = |id| subs.contains_key(&id) || outage.uses_pkid(id);
+        let (subs, outage) = (&self.subs, &self.outage);
+        let in_use = |id| subs.uses(id) || outage.uses_pkid(id);
         let link = link!(self);
         self.up.on_publish(
             ctx,
@@ -963,87 +932,29 @@ impl Device {
         );
     }
 
+    // ---------------------------------------------------------------- subscriptions (subscriptions.rs)
+
+    /// Packet ids in use outside the subscriptions, against their bound.
+    fn busy_besides_subs(&self, ctx: &Ctx) -> Busy {
+        Busy {
+            others: self.up.len() + self.outage.in_flight(),
+            limit: ctx.settings.max_queued_per_device,
+        }
+    }
+
     fn on_subscribe(&mut self, ctx: &mut Ctx, s: Subscribe) {
-        let Some(session) = self.session else { return };
-        let nack = |ctx: &mut Ctx, addr: &DeviceAddr, topic_id: u16, rc: ReturnCode| {
-            ctx.transmit(
-                addr,
-                Message::Suback(Suback {
-                    qos: codec::QoS::AtMostOnce,
-                    topic_id,
-                    msg_id: s.msg_id,
-                    return_code: rc,
-                }),
-            );
-        };
-        if self
-            .pending_subs
-            .values()
-            .any(|p| matches!(p, PendingSub::Subscribe { msg_id, .. } if *msg_id == s.msg_id))
-        {
-            return; // a re-send; the SUBACK is on its way
-        }
-        let (filter, topic_id) = match &s.topic {
-            TopicFilter::Name(name) => {
-                if !mqtt::valid_topic_filter(name) {
-                    nack(ctx, &self.addr, 0, ReturnCode::NotSupported);
-                    return;
-                }
-                if mqtt::valid_topic_name(name) {
-                    match self
-                        .topics
-                        .get_or_insert(name, true, ctx.settings.max_topics_per_device)
-                    {
-                        Ok(id) => (name.clone(), id),
-                        Err(_) => {
-                            nack(ctx, &self.addr, 0, ReturnCode::Congestion);
-                            return;
-                        }
-                    }
-                } else {
-                    (name.clone(), 0) // wildcard: ids come later by REGISTER
-                }
-            }
-            TopicFilter::Predefined(id) => match ctx.predefined_by_id.get(id) {
-                Some(name) => (name.clone(), *id),
-                None => {
-                    nack(ctx, &self.addr, *id, ReturnCode::InvalidTopicId);
-                    return;
-                }
-            },
-            TopicFilter::Short(s2) => match short_name(*s2).filter(|n| mqtt::valid_topic_filter(n))
-            {
-                Some(n) => (n, 0),
-                None => {
-                    nack(ctx, &self.addr, 0, ReturnCode::NotSupported);
-                    return;
-                }
-            },
-        };
-        if self.upstream_busy() >= ctx.settings.max_queued_per_device {
-            nack(ctx, &self.addr, 0, ReturnCode::Congestion);
-            return;
-        }
-        if !self.subscription_fits(ctx, &filter) {
-            nack(ctx, &self.addr, 0, ReturnCode::Congestion);
-            return;
-        }
-        let pkid = self.alloc_pkid();
-        self.pending_subs.insert(
-            pkid,
-            PendingSub::Subscribe {
-                msg_id: s.msg_id,
-                topic_id,
-                filter: filter.clone(),
-                requested: to_mqtt_qos(s.qos),
-            },
-        );
-        ctx.send(
-            session,
-            mqtt::Packet::Subscribe {
-                packet_id: pkid,
-                filters: vec![(filter, to_mqtt_qos(s.qos))],
-            },
+        let busy = self.busy_besides_subs(ctx);
+        let (up, outage) = (&self.up, &self.outage);
+        let in_use = |id| up.uses(id) || outage.uses_pkid(id);
+        let link = link!(self);
+        self.subs.on_subscribe(
+            ctx,
+            &link,
+            &mut self.topics,
+            s,
+            busy,
+            &mut self.pkids,
+            in_use,
         );
     }
 
@@ -1054,100 +965,71 @@ impl Device {
         pkid: u16,
         codes: &[mqtt::SubackCode],
     ) {
-        let Some(pending) = self.pending_subs.remove(&pkid) else {
+        let Some(acked) = self.subs.on_suback(&link!(self), pkid, codes.first()) else {
             return;
         };
-        if let PendingSub::Restore { filter } = &pending {
-            self.on_restored_suback(ctx, filter, codes.first());
+        if let Subacked::Restored {
+            changed: Some((asked, got)),
+        } = acked
+        {
+            self.note_downgrade(asked, got, "subscription granted a lower QoS");
+            self.save(ctx);
         }
         self.release_will_responses(ctx);
-        if let PendingSub::Subscribe {
-            msg_id,
-            topic_id,
-            filter,
-            requested,
-        } = pending
-        {
-            let (qos, topic_id, return_code) = match codes.first() {
-                Some(mqtt::SubackCode::Granted(q)) => {
-                    self.note_downgrade(requested, *q, "subscription granted a lower QoS");
-                    self.subscribed_on_this_session(&filter);
-                    self.granted_subscription(ctx, filter, *q);
-                    (to_sn_qos(*q), topic_id, ReturnCode::Accepted)
-                }
-                _ => (codec::QoS::AtMostOnce, 0, ReturnCode::NotSupported),
-            };
-            ctx.transmit(
-                &self.addr,
-                Message::Suback(Suback {
-                    qos,
-                    topic_id,
-                    msg_id,
-                    return_code,
-                }),
-            );
+        if let Subacked::Device(reply) = acked {
+            if let Some((asked, got)) = reply.downgraded() {
+                self.note_downgrade(asked, got, "subscription granted a lower QoS");
+            }
+            let durable = self.persistent(ctx);
+            if self.subs.answer(ctx, &link!(self), durable, reply) {
+                self.stored = true;
+            }
         }
         self.try_will_update(ctx, now);
     }
 
     fn on_unsubscribe(&mut self, ctx: &mut Ctx, u: Unsubscribe) {
-        let Some(session) = self.session else { return };
-        let filter = match &u.topic {
-            TopicFilter::Name(n) => Some(n.clone()),
-            TopicFilter::Predefined(id) => ctx.predefined_by_id.get(id).cloned(),
-            TopicFilter::Short(s) => short_name(*s),
-        };
-        let Some(filter) = filter.filter(|f| mqtt::valid_topic_filter(f)) else {
-            // Nothing to unsubscribe from; the spec gives UNSUBACK no return code.
-            ctx.transmit(&self.addr, Message::Unsuback { msg_id: u.msg_id });
-            return;
-        };
-        if self.upstream_busy() >= ctx.settings.max_queued_per_device {
-            return; // the device will re-send
-        }
-        let pkid = self.alloc_pkid();
-        self.pending_subs.insert(
-            pkid,
-            PendingSub::Unsubscribe {
-                msg_id: u.msg_id,
-                filter: filter.clone(),
-            },
-        );
-        ctx.send(
-            session,
-            mqtt::Packet::Unsubscribe {
-                packet_id: pkid,
-                filters: vec![filter],
-            },
-        );
+        let busy = self.busy_besides_subs(ctx);
+        let (up, outage) = (&self.up, &self.outage);
+        let in_use = |id| up.uses(id) || outage.uses_pkid(id);
+        let link = link!(self);
+        self.subs
+            .on_unsubscribe(ctx, &link, u, busy, &mut self.pkids, in_use);
     }
 
     fn on_broker_unsuback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
-        if let Some(PendingSub::Unsubscribe { msg_id, filter }) = self.pending_subs.remove(&pkid) {
-            self.removed_subscription(ctx, &filter);
-            ctx.transmit(&self.addr, Message::Unsuback { msg_id });
-        }
+        let durable = self.persistent(ctx);
+        self.subs.on_unsuback(ctx, &link!(self), durable, pkid);
         self.release_will_responses(ctx);
         self.try_will_update(ctx, now);
     }
 
-    // ---------------------------------------------------------------- downlink (downlink.rs)
-
-    /// The QoS the device gets: the publication's, capped by the best matching grant.
-    fn granted(&self, topic: &str, qos: mqtt::QoS) -> mqtt::QoS {
+    /// The broker accepted the device's (new or resumed) session. Without a session at the
+    /// broker, subscribe again to every filter the gateway knows for the device.
+    fn session_accepted(&mut self, ctx: &mut Ctx, session_present: bool, gap: Gap) {
+        let remake = self.clean_session || !session_present;
+        if remake && self.session.is_some() && self.subs.count() > 0 && !self.clean_session {
+            info!(
+                client_id = %self.client_id,
+                subscriptions = self.subs.count(),
+                "broker lost the device's session (CONNACK Session Present 0); subscribing again"
+            );
+            self.down.forget_left_with_broker(&self.client_id);
+        }
+        let (up, outage) = (&self.up, &self.outage);
+        let in_use = |id| up.uses(id) || outage.uses_pkid(id);
+        let link = link!(self);
         self.subs
-            .iter()
-            .filter(|(f, _)| mqtt::topic_matches(f, topic))
-            .map(|(_, q)| *q)
-            .max()
-            .map_or(qos, |g| g.min(qos))
+            .session_accepted(ctx, &link, remake, gap, &mut self.pkids, in_use);
     }
 
+    // ---------------------------------------------------------------- downlink (downlink.rs)
+
     fn on_broker_publish(&mut self, ctx: &mut Ctx, now: Instant, p: mqtt::Publish) {
-        if self.drop_redelivered_retained(ctx, &p) {
+        if self.subs.drop_redelivered_retained(ctx, &link!(self), &p) {
             return;
         }
-        let qos = self.granted(&p.topic, p.qos);
+        let qos = self.subs.granted_qos(&p.topic, p.qos);
         let to = Receiver {
             state: self.state,
             clean_session: self.clean_session,
@@ -1191,19 +1073,11 @@ impl Device {
         if let Regacked::Rejected { topic_id, name } = regacked {
             self.down.drop_topic(ctx, &link!(self), topic_id);
             if let Some(session) = self.session {
-                if mqtt::valid_topic_filter(&name)
-                    && self.upstream_busy() < ctx.settings.max_queued_per_device
-                {
-                    let pkid = self.alloc_pkid();
-                    self.pending_subs.insert(pkid, PendingSub::Internal);
-                    ctx.send(
-                        session,
-                        mqtt::Packet::Unsubscribe {
-                            packet_id: pkid,
-                            filters: vec![name],
-                        },
-                    );
-                }
+                let busy = self.busy_besides_subs(ctx);
+                let (up, outage) = (&self.up, &self.outage);
+                let in_use = |id| up.uses(id) || outage.uses_pkid(id);
+                self.subs
+                    .unsubscribe_internal(ctx, session, name, busy, &mut self.pkids, in_use);
             }
         }
         self.pump(ctx, now);

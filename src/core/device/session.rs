@@ -18,22 +18,12 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use tracing::{debug, info};
+use tracing::info;
 
-use super::{Device, DeviceState, DeviceTimer, PendingSub, WillUpdate};
+use super::{Device, DeviceState, DeviceTimer, WillUpdate};
 use crate::codec::{Message, ReturnCode, WillTopic};
 use crate::core::ctx::Ctx;
 use crate::mqtt;
-
-/// Whether retained messages for re-made subscriptions reach the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Gap {
-    /// The device's subscriptions never lapsed (a session switch the gateway made).
-    None,
-    /// The session was away (restart, outage, device reconnect): the device may have missed
-    /// messages, retained ones are its way to catch up.
-    Lapsed,
-}
 
 impl Device {
     // ---------------------------------------------------------------- CONNECT(clean 0, will 1) from sleep
@@ -73,105 +63,6 @@ impl Device {
             return false;
         }
         self.end_sessions(ctx, true, DeviceState::Disconnected);
-        true
-    }
-
-    // ---------------------------------------------------------------- Session Present
-
-    /// The broker accepted the device's (new or resumed) session. Without a session at the
-    /// broker, subscribe again to every filter the gateway knows for the device.
-    pub(super) fn session_accepted(&mut self, ctx: &mut Ctx, session_present: bool, gap: Gap) {
-        self.resubscribed.clear();
-        self.subscribed_here.clear();
-        let Some(session) = self.session else { return };
-        if self.subs.is_empty() || (!self.clean_session && session_present) {
-            return;
-        }
-        if !self.clean_session {
-            info!(
-                client_id = %self.client_id,
-                subscriptions = self.subs.len(),
-                "broker lost the device's session (CONNACK Session Present 0); subscribing again"
-            );
-            self.down.forget_left_with_broker(&self.client_id);
-        }
-        for (filter, qos) in self.subs.clone() {
-            let packet_id = self.alloc_pkid();
-            self.pending_subs.insert(
-                packet_id,
-                PendingSub::Restore {
-                    filter: filter.clone(),
-                },
-            );
-            ctx.send(
-                session,
-                mqtt::Packet::Subscribe {
-                    packet_id,
-                    filters: vec![(filter.clone(), qos)],
-                },
-            );
-            if gap == Gap::None {
-                self.resubscribed.push(filter);
-            }
-        }
-    }
-
-    /// SUBACK for a subscription the gateway made again.
-    pub(super) fn on_restored_suback(
-        &mut self,
-        ctx: &mut Ctx,
-        filter: &str,
-        code: Option<&mqtt::SubackCode>,
-    ) {
-        match code {
-            Some(mqtt::SubackCode::Granted(q)) => {
-                let Some(i) = self.subs.iter().position(|(f, _)| f == filter) else {
-                    return;
-                };
-                let asked = self.subs[i].1;
-                if asked != *q {
-                    self.note_downgrade(asked, *q, "subscription granted a lower QoS");
-                    self.subs[i].1 = *q;
-                    self.save(ctx);
-                }
-            }
-            _ => {
-                info!(client_id = %self.client_id, filter, "broker refused a subscription the gateway made again");
-            }
-        }
-    }
-
-    /// The device subscribed itself on this session: retained messages for it are its due.
-    pub(super) fn subscribed_on_this_session(&mut self, filter: &str) {
-        if !self.resubscribed.is_empty() && !self.subscribed_here.iter().any(|f| f == filter) {
-            self.subscribed_here.push(filter.to_owned());
-        }
-    }
-
-    /// A retained message sent only because the gateway re-subscribed for a device whose
-    /// subscription never lapsed: acknowledged to the broker, not delivered. Returns true when
-    /// `p` was one.
-    pub(super) fn drop_redelivered_retained(&self, ctx: &mut Ctx, p: &mqtt::Publish) -> bool {
-        if !p.retain || self.resubscribed.is_empty() {
-            return false;
-        }
-        let matches = |f: &String| mqtt::topic_matches(f, &p.topic);
-        if !self.resubscribed.iter().any(matches) || self.subscribed_here.iter().any(matches) {
-            return false;
-        }
-        debug!(client_id = %self.client_id, topic = %p.topic, "retained message from a re-subscription the device did not make; not delivered");
-        if let Some(session) = self.session {
-            match (p.qos, p.packet_id) {
-                (mqtt::QoS::AtLeastOnce, Some(packet_id)) => {
-                    ctx.send(session, mqtt::Packet::PubAck { packet_id })
-                }
-                // The broker's PUBREL is answered with PUBCOMP like any downlink QoS 2.
-                (mqtt::QoS::ExactlyOnce, Some(packet_id)) => {
-                    ctx.send(session, mqtt::Packet::PubRec { packet_id })
-                }
-                _ => {}
-            }
-        }
         true
     }
 
@@ -223,7 +114,7 @@ impl Device {
     /// old one (so nothing in flight is lost or doubled).
     pub(super) fn try_will_update(&mut self, ctx: &mut Ctx, now: Instant) {
         let idle = self.up.broker_idle()
-            && self.pending_subs.is_empty()
+            && self.subs.pending_len() == 0
             && !self.down.owes_broker()
             && !self.outage.resuming();
         let Some(w) = self.will_update.as_mut() else {
@@ -273,7 +164,7 @@ impl Device {
         self.save(ctx);
         // A clean session ended with the old connection (and a persistent one may have been
         // lost): subscribe again, without re-delivering retained messages.
-        self.session_accepted(ctx, session_present, Gap::None);
+        self.session_accepted(ctx, session_present, super::Gap::None);
         // The device hears the update applied once the new session carries its subscriptions
         // again, so nothing published after the response can miss it.
         let (t, m) = self.will_resp.unwrap_or_default();
@@ -292,11 +183,7 @@ impl Device {
 
     /// Sends the WILLTOPICRESP / WILLMSGRESP owed once no re-subscription is outstanding.
     pub(super) fn release_will_responses(&mut self, ctx: &mut Ctx) {
-        if self
-            .pending_subs
-            .values()
-            .any(|p| matches!(p, PendingSub::Internal | PendingSub::Restore { .. }))
-        {
+        if self.subs.remaking() {
             return;
         }
         let Some((topic, msg)) = self.will_resp.take() else {

@@ -67,6 +67,15 @@ impl PacketIds {
     }
 }
 
+/// How full the session's packet-id space is outside the feature asking (a bound on open
+/// requests per device: `limits.max_queued_per_device`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Busy {
+    /// Packet ids in use by the other features.
+    pub others: usize,
+    pub limit: usize,
+}
+
 /// Who a feature is working for: where the device is, its ClientId (the store's key prefix)
 /// and its current upstream session.
 #[derive(Debug, Clone, Copy)]

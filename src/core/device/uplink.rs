@@ -12,8 +12,8 @@ use std::collections::HashMap;
 
 use tracing::debug;
 
-use super::types::PacketIds;
 use super::types::{puback_for, puback_topic_id, qos0_publish, short_name, to_mqtt_qos, Link};
+use super::types::{Busy, PacketIds};
 use crate::codec::{self, Message, Puback, Publish, Regack, Register, ReturnCode, TopicRef};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
@@ -56,14 +56,6 @@ pub(super) enum Acked {
     Done,
     /// The broker took a QoS 2 PUBLISH as QoS 1 (the caller logs the downgrade once).
     Downgraded,
-}
-
-/// How full the session's packet-id space is, outside the uplink flows.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Busy {
-    /// Packet ids used by others (subscriptions, parked messages on their way).
-    pub others: usize,
-    pub limit: usize,
 }
 
 #[derive(Debug, Default)]
