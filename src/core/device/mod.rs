@@ -332,7 +332,7 @@ impl Device {
     /// under the same packet id.
     pub fn restore_uplink(&mut self, n: u64, r: UplinkRecord) {
         if matches!(r, UplinkRecord::Parked { .. }) {
-            self.restore_parked(n, r);
+            self.outage.restore(&mut self.pkids, n, r);
             return;
         }
         self.up.restore(&mut self.pkids, r);
@@ -682,7 +682,7 @@ impl Device {
                     self.session = None;
                     self.drop_will_update(ctx, false);
                     self.reset_flows(ctx);
-                    self.start_outage(now);
+                    self.outage.start(now, self.retry_interval, &self.client_id);
                 }
                 _ => {
                     self.session = None;
@@ -704,7 +704,7 @@ impl Device {
     }
 
     /// The broker ended the device's session and it cannot be resumed: tell the device.
-    pub(super) fn broker_ended_session(&mut self, ctx: &mut Ctx) {
+    fn broker_ended_session(&mut self, ctx: &mut Ctx) {
         info!(client_id = %self.client_id, "broker closed the session; telling the device");
         // `session` is already gone (the broker ended it); only a will update's is left.
         self.end_sessions(ctx, false, DeviceState::Disconnected);
@@ -781,12 +781,6 @@ impl Device {
     }
 
     // ---------------------------------------------------------------- uplink
-
-    fn alloc_pkid(&mut self) -> u16 {
-        let (up, subs, outage) = (&self.up, &self.subs, &self.outage);
-        self.pkids
-            .alloc(|id| up.uses(id) || subs.uses(id) || outage.uses_pkid(id))
-    }
 
     /// Messages a device may send while Active. Returns false when the message is not one.
     pub fn on_active_message(&mut self, ctx: &mut Ctx, now: Instant, msg: Message) -> bool {
@@ -886,7 +880,7 @@ impl Device {
     }
 
     fn on_broker_puback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
-        if self.parked_acked(ctx, pkid) {
+        if self.outage.acked(ctx, &link!(self), pkid) {
             return;
         }
         let durable = self.persistent(ctx);
@@ -901,7 +895,7 @@ impl Device {
     }
 
     fn on_broker_pubrec(&mut self, ctx: &mut Ctx, pkid: u16) {
-        if self.parked_released(ctx, pkid) {
+        if self.outage.released(ctx, &link!(self), pkid) {
             return;
         }
         let durable = self.persistent(ctx);
@@ -909,12 +903,72 @@ impl Device {
     }
 
     fn on_broker_pubcomp(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
-        if self.parked_acked(ctx, pkid) {
+        if self.outage.acked(ctx, &link!(self), pkid) {
             return;
         }
         let durable = self.persistent(ctx);
         self.up.on_broker_pubcomp(ctx, &link!(self), durable, pkid);
         self.try_will_update(ctx, now);
+    }
+
+    // ---------------------------------------------------------------- outage (outage.rs)
+
+    fn reconnect(&mut self, ctx: &mut Ctx, _now: Instant) {
+        self.outage.stop_waiting();
+        if self.session.is_some() || !self.state.is_live() {
+            return;
+        }
+        let connect = ctx.connect_packet(&self.client_id, false, self.last_will());
+        self.session = Some(ctx.open(Some(self.id), connect));
+        self.outage.set_resuming();
+    }
+
+    /// CONNACK on a session reopened after a restart or an outage.
+    fn on_resumed(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        session: SessionId,
+        code: mqtt::ConnectReturnCode,
+        session_present: bool,
+    ) {
+        self.outage.clear_resuming();
+        match code {
+            mqtt::ConnectReturnCode::Accepted => {
+                self.outage.accepted();
+                // The session was away: what the broker lost is subscribed again.
+                self.session_accepted(ctx, session_present, Gap::Lapsed);
+                let (up, subs) = (&self.up, &self.subs);
+                let in_use = |id| up.uses(id) || subs.uses(id);
+                let link = link!(self);
+                self.outage
+                    .flush(ctx, &link, session, &mut self.pkids, in_use);
+                self.pump(ctx, now);
+            }
+            mqtt::ConnectReturnCode::ServerUnavailable => {
+                // Still coming back: try again later.
+                ctx.close(session, false);
+                self.on_upstream_closed(ctx, now, session);
+            }
+            _ => {
+                info!(client_id = %self.client_id, ?code, "broker refused the resumed session");
+                ctx.close(session, false);
+                self.outage.stop_waiting();
+                self.session = None;
+                self.broker_ended_session(ctx);
+            }
+        }
+    }
+
+    /// A PUBLISH while the broker is away. Returns after answering the device.
+    fn park(&mut self, ctx: &mut Ctx, p: Publish) {
+        if !self.state.is_live() || self.clean_session || !ctx.persistent() {
+            return;
+        }
+        let Some(topic) = self.uplink_topic(ctx, &p) else {
+            return;
+        };
+        self.outage.park(ctx, &link!(self), topic, p);
     }
 
     /// Logs, once per upstream session, that the broker gave less than the QoS asked for.
