@@ -4,7 +4,6 @@
 //! Owns everything about one device and its upstream session's packet-id space. Never does
 //! I/O: effects go into [`Ctx`]. Every method that takes `now` uses only that for time.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use subscriptions::{Gap, Subacked, Subscriptions};
 
 mod downlink;
 mod outage;
-mod session;
+mod session_switch;
 mod subscriptions;
 mod timers;
 mod types;
@@ -25,6 +24,7 @@ use types::{to_mqtt_qos, to_sn_qos, Busy, Link, PacketIds};
 pub use types::{with_tolerance, DeviceState};
 
 use downlink::{Downlink, Receiver, Regacked};
+use session_switch::SessionSwitch;
 use timers::{AfterFire, DeviceTimer, Timers};
 use uplink::{Acked, Uplink};
 
@@ -50,18 +50,6 @@ use crate::codec::{
 };
 use crate::mqtt;
 
-/// A will update waiting to be applied upstream (MQTT 3.1.1 can only change a will by
-/// reconnecting).
-#[derive(Debug, Clone, Default)]
-struct WillUpdate {
-    respond_topic: bool,
-    respond_msg: bool,
-    /// The replacement session, once opened.
-    new_session: Option<SessionId>,
-    /// Another update arrived while `new_session` was opening.
-    again: bool,
-}
-
 pub(crate) struct Device {
     pub id: DeviceId,
     pub client_id: String,
@@ -84,9 +72,8 @@ pub(crate) struct Device {
     pkids: PacketIds,
     /// Messages to the device: queue, in flight, sleep buffer.
     down: Downlink,
-    will_update: Option<WillUpdate>,
-    /// Uplink messages held while the upstream session is being replaced.
-    held: VecDeque<Message>,
+    /// A replacement of the upstream session (new will, messages left at the broker).
+    switch: SessionSwitch,
     /// Spoke since its CONNACK (not just a CONNECT, possibly spoofed): never evicted for a
     /// newcomer. Kept by the gateway.
     pub proven: bool,
@@ -98,8 +85,6 @@ pub(crate) struct Device {
     sleep_duration: Duration,
     /// Riding out a broker outage (persistent sessions with a store).
     outage: outage::Outage,
-    /// WILLTOPICRESP / WILLMSGRESP owed once the new session's re-subscriptions are acked.
-    will_resp: Option<(bool, bool)>,
     /// Something was written to the store for this ClientId.
     stored: bool,
     /// A sleeping device's CONNECT(clean 0, Will=1) is being prompted on its kept session.
@@ -120,7 +105,6 @@ impl Device {
             retry_interval,
             sleep_duration: Duration::ZERO,
             outage: outage::Outage::default(),
-            will_resp: None,
             stored: false,
             rewill: false,
             downgrade_noted: None,
@@ -140,8 +124,7 @@ impl Device {
             up: Uplink::default(),
             pkids: PacketIds::default(),
             down: Downlink::new(),
-            will_update: None,
-            held: VecDeque::new(),
+            switch: SessionSwitch::default(),
             proven: false,
             silent_bytes: 0,
         }
@@ -421,7 +404,7 @@ impl Device {
             // The device restarted its connection: end the old session without its will.
             ctx.close(old, true);
         }
-        self.drop_will_update(ctx, true);
+        self.abandon_switch(ctx, true);
         self.reset_flows(ctx);
         self.clean_session = c.clean_session;
         if c.clean_session {
@@ -498,6 +481,44 @@ impl Device {
         } else {
             self.open_upstream(ctx, now);
         }
+    }
+
+    /// A sleeping device sends CONNECT with clean session 0 and Will=1: prompt for the will
+    /// but keep the upstream session, the topic ids and the buffer.
+    fn prompt_keeping_session(&mut self, ctx: &mut Ctx, now: Instant) {
+        self.rewill = true;
+        self.set_state(ctx, DeviceState::AwaitWillTopic);
+        self.timers
+            .arm(DeviceTimer::WillPrompt, now + will_prompt_time(ctx));
+        ctx.transmit(&self.addr, Message::WillTopicReq);
+    }
+
+    /// The will prompt of a kept session is done: Active on the same session, the buffer is
+    /// delivered, and the new will goes upstream by a session switch.
+    fn resume_with_new_will(&mut self, ctx: &mut Ctx, now: Instant) {
+        self.rewill = false;
+        self.timers.clear_upstream_wait();
+        self.set_state(ctx, DeviceState::Active);
+        ctx.transmit(
+            &self.addr,
+            Message::Connack {
+                return_code: ReturnCode::Accepted,
+            },
+        );
+        info!(client_id = %self.client_id, "sleeping device reconnected with a new will; session kept");
+        self.switch.want();
+        self.resume_inflight(ctx, now);
+        self.pump(ctx, now);
+    }
+
+    /// The will prompt of a kept session failed or stalled: end the session as a fresh CONNECT
+    /// would have (gracefully, so the old will does not fire).
+    fn abandon_kept_session(&mut self, ctx: &mut Ctx) -> bool {
+        if !self.rewill {
+            return false;
+        }
+        self.end_sessions(ctx, true, DeviceState::Disconnected);
+        true
     }
 
     fn last_will(&self) -> Option<mqtt::LastWill> {
@@ -592,18 +613,10 @@ impl Device {
                 }
             }
             DeviceTimer::SwitchConnack => {
-                let switching = self
-                    .will_update
-                    .as_ref()
-                    .is_some_and(|w| w.new_session.is_some());
+                let switching = self.switch.opening().is_some();
                 if self.state.is_live() && switching {
                     info!(client_id = %self.client_id, "broker did not accept the replacement session in time");
-                    self.finish_will_update(
-                        ctx,
-                        now,
-                        mqtt::ConnectReturnCode::ServerUnavailable,
-                        false,
-                    );
+                    self.finish_switch(ctx, now, mqtt::ConnectReturnCode::ServerUnavailable, false);
                     return AfterFire::Stop;
                 }
             }
@@ -649,7 +662,7 @@ impl Device {
         if let Some(s) = self.session.take() {
             ctx.close(s, graceful);
         }
-        self.drop_will_update(ctx, graceful);
+        self.abandon_switch(ctx, graceful);
         self.reset_flows(ctx);
         self.set_state(ctx, state);
         self.timers.clear_upstream_wait();
@@ -667,9 +680,7 @@ impl Device {
 
     /// The broker closed the device's session (or could not be reached).
     pub fn on_upstream_closed(&mut self, ctx: &mut Ctx, now: Instant, session: SessionId) {
-        if self.will_update.as_ref().and_then(|w| w.new_session) == Some(session)
-            || self.session == Some(session)
-        {
+        if self.switch.opening() == Some(session) || self.session == Some(session) {
             match self.state {
                 DeviceState::AwaitBroker => {
                     self.session = None;
@@ -680,7 +691,7 @@ impl Device {
                     // A persistent session with a store rides the outage out: the device stays
                     // connected, its QoS 1/2 messages are parked, the session is resumed.
                     self.session = None;
-                    self.drop_will_update(ctx, false);
+                    self.abandon_switch(ctx, false);
                     self.reset_flows(ctx);
                     self.outage.start(now, self.retry_interval, &self.client_id);
                 }
@@ -692,13 +703,9 @@ impl Device {
         }
     }
 
-    /// Abandons a will update in progress, closing its replacement session.
-    fn drop_will_update(&mut self, ctx: &mut Ctx, graceful: bool) {
-        if let Some(WillUpdate {
-            new_session: Some(s),
-            ..
-        }) = self.will_update.take()
-        {
+    /// Abandons a session switch in progress, closing its replacement session.
+    fn abandon_switch(&mut self, ctx: &mut Ctx, graceful: bool) {
+        if let Some(s) = self.switch.abandon() {
             ctx.close(s, graceful);
         }
     }
@@ -717,8 +724,7 @@ impl Device {
     fn reset_flows(&mut self, ctx: &mut Ctx) {
         self.up.end_session(ctx, &link!(self), self.clean_session);
         self.down.end_session();
-        self.held.clear();
-        self.will_update = None;
+        self.switch.end_session();
         self.rewill = false;
         self.subs.end_session();
     }
@@ -732,14 +738,14 @@ impl Device {
         session: SessionId,
         packet: mqtt::Packet,
     ) {
-        let is_new = self.will_update.as_ref().and_then(|w| w.new_session) == Some(session);
+        let is_new = self.switch.opening() == Some(session);
         if is_new {
             if let mqtt::Packet::ConnAck {
                 code,
                 session_present,
             } = packet
             {
-                self.finish_will_update(ctx, now, code, session_present);
+                self.finish_switch(ctx, now, code, session_present);
                 return;
             }
         }
@@ -784,10 +790,7 @@ impl Device {
 
     /// Messages a device may send while Active. Returns false when the message is not one.
     pub fn on_active_message(&mut self, ctx: &mut Ctx, now: Instant, msg: Message) -> bool {
-        if self
-            .will_update
-            .as_ref()
-            .is_some_and(|w| w.new_session.is_some())
+        if self.switch.opening().is_some()
             && matches!(
                 msg,
                 Message::Publish(_)
@@ -797,9 +800,7 @@ impl Device {
             )
         {
             // The upstream session is being replaced; keep the order, answer after.
-            if self.held.len() < ctx.settings.max_queued_per_device {
-                self.held.push_back(msg);
-            } else {
+            if !self.switch.hold(msg, ctx.settings.max_queued_per_device) {
                 ctx.stats.wrong_state += 1;
             }
             return true;
@@ -891,7 +892,7 @@ impl Device {
                 "PUBLISH answered with PUBACK",
             );
         }
-        self.try_will_update(ctx, now);
+        self.try_switch(ctx, now);
     }
 
     fn on_broker_pubrec(&mut self, ctx: &mut Ctx, pkid: u16) {
@@ -908,7 +909,7 @@ impl Device {
         }
         let durable = self.persistent(ctx);
         self.up.on_broker_pubcomp(ctx, &link!(self), durable, pkid);
-        self.try_will_update(ctx, now);
+        self.try_switch(ctx, now);
     }
 
     // ---------------------------------------------------------------- outage (outage.rs)
@@ -1039,7 +1040,7 @@ impl Device {
                 self.stored = true;
             }
         }
-        self.try_will_update(ctx, now);
+        self.try_switch(ctx, now);
     }
 
     fn on_unsubscribe(&mut self, ctx: &mut Ctx, u: Unsubscribe) {
@@ -1055,7 +1056,7 @@ impl Device {
         let durable = self.persistent(ctx);
         self.subs.on_unsuback(ctx, &link!(self), durable, pkid);
         self.release_will_responses(ctx);
-        self.try_will_update(ctx, now);
+        self.try_switch(ctx, now);
     }
 
     /// The broker accepted the device's (new or resumed) session. Without a session at the
@@ -1075,6 +1076,105 @@ impl Device {
         let link = link!(self);
         self.subs
             .session_accepted(ctx, &link, remake, gap, &mut self.pkids, in_use);
+    }
+
+    // ---------------------------------------------------------------- session switch (session_switch.rs)
+
+    fn on_will_topic_upd(&mut self, ctx: &mut Ctx, now: Instant, w: Option<WillTopic>) {
+        match w {
+            Some(w) if !mqtt::valid_topic_name(&w.topic) => {
+                ctx.transmit(
+                    &self.addr,
+                    Message::WillTopicResp {
+                        return_code: ReturnCode::NotSupported,
+                    },
+                );
+                return;
+            }
+            Some(w) => self.will_topic = Some(w),
+            None => {
+                // An empty WILLTOPICUPD deletes topic and message (spec §6.4).
+                self.will_topic = None;
+                self.will_msg = Bytes::new();
+            }
+        }
+        if self.switch.want_for_will(true) {
+            self.try_switch(ctx, now);
+        }
+    }
+
+    fn on_will_msg_upd(&mut self, ctx: &mut Ctx, now: Instant, msg: Bytes) {
+        self.will_msg = msg;
+        if self.switch.want_for_will(false) {
+            self.try_switch(ctx, now);
+        }
+    }
+
+    /// Opens the replacement session a switch wants, once no QoS flow is open on the old one
+    /// (so nothing in flight is lost or doubled).
+    fn try_switch(&mut self, ctx: &mut Ctx, now: Instant) {
+        let idle = self.up.broker_idle()
+            && self.subs.pending_len() == 0
+            && !self.down.owes_broker()
+            && !self.outage.resuming();
+        if !self.switch.waiting() || !idle || !self.state.is_live() {
+            return;
+        }
+        if let Some(old) = self.session.take() {
+            ctx.close(old, true);
+        }
+        let connect = ctx.connect_packet(&self.client_id, self.clean_session, self.last_will());
+        self.switch.opened(ctx.open(Some(self.id), connect));
+        // Bounded like the first CONNECT: without it a silent broker leaves the device
+        // Active with no upstream session for as long as it keeps pinging.
+        self.timers.arm(
+            DeviceTimer::SwitchConnack,
+            now + ctx.settings.upstream_connect_timeout,
+        );
+    }
+
+    fn finish_switch(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        code: mqtt::ConnectReturnCode,
+        session_present: bool,
+    ) {
+        let Some(done) = self.switch.answered() else {
+            return;
+        };
+        let s = done.session;
+        if code != mqtt::ConnectReturnCode::Accepted {
+            info!(client_id = %self.client_id, ?code, "broker refused the session carrying the new will");
+            ctx.close(s, false);
+            // The old session is already gone: treat the refusal like the broker closing the
+            // device's only session, so the device is told to CONNECT again.
+            self.session = Some(s);
+            self.on_upstream_closed(ctx, now, s);
+            return;
+        }
+        self.session = Some(s);
+        self.timers.clear_upstream_wait();
+        self.save(ctx);
+        // A clean session ended with the old connection (and a persistent one may have been
+        // lost): subscribe again, without re-delivering retained messages.
+        self.session_accepted(ctx, session_present, Gap::None);
+        self.switch.owe_will_responses(&done);
+        self.release_will_responses(ctx);
+        for m in self.switch.take_held() {
+            self.on_active_message(ctx, now, m);
+        }
+        if done.again {
+            self.switch.want();
+            self.try_switch(ctx, now);
+        }
+        self.pump(ctx, now);
+    }
+
+    fn release_will_responses(&mut self, ctx: &mut Ctx) {
+        let remaking = self.subs.remaking();
+        self.switch
+            .release_will_responses(ctx, &link!(self), remaking);
     }
 
     // ---------------------------------------------------------------- downlink (downlink.rs)
@@ -1108,15 +1208,15 @@ impl Device {
             .send_queued(ctx, &link!(self), &mut self.topics, now);
         if self.down.take_left_with_broker(&self.client_id) {
             // The same switch a will update uses: the broker re-delivers them with DUP.
-            self.will_update.get_or_insert_with(Default::default);
-            self.try_will_update(ctx, now);
+            self.switch.want();
+            self.try_switch(ctx, now);
         }
         if self.state == DeviceState::Awake && self.down.is_idle() {
             // Everything buffered is delivered: PINGRESP closes the transfer, never earlier.
             ctx.transmit(&self.addr, Message::PingResp);
             self.go_to_sleep(ctx, now);
         }
-        self.try_will_update(ctx, now);
+        self.try_switch(ctx, now);
     }
 
     fn on_regack(&mut self, ctx: &mut Ctx, now: Instant, r: Regack) {
