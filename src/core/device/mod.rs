@@ -11,20 +11,26 @@ use tracing::{debug, info};
 
 use subscriptions::{Gap, Subacked, Subscriptions};
 
+mod connect;
 mod downlink;
 mod outage;
+mod record;
 mod session_switch;
+mod sleep;
 mod subscriptions;
 mod timers;
 mod types;
 mod uplink;
 
 pub(crate) use types::{qos0_publish, short_name};
-use types::{to_mqtt_qos, to_sn_qos, Busy, Link, PacketIds};
 pub use types::{with_tolerance, DeviceState};
+use types::{Busy, Link, PacketIds};
 
+use connect::{will_prompt_time, Begin, Connection};
 use downlink::{Downlink, Receiver, Regacked};
+use record::Record;
 use session_switch::SessionSwitch;
+use sleep::Sleep;
 use timers::{AfterFire, DeviceTimer, Timers};
 use uplink::{Acked, Uplink};
 
@@ -43,7 +49,7 @@ macro_rules! link {
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
 use super::topics::TopicTable;
-use super::types::{DeviceAddr, PersistOp, SessionId, Table};
+use super::types::{DeviceAddr, SessionId};
 use super::DeviceId;
 use crate::codec::{
     self, Message, Puback, Publish, Regack, Register, ReturnCode, Subscribe, Unsubscribe, WillTopic,
@@ -55,13 +61,11 @@ pub(crate) struct Device {
     pub client_id: String,
     pub addr: DeviceAddr,
     pub state: DeviceState,
-    pub clean_session: bool,
-    keep_alive: Duration,
+    /// CleanSession, Duration and will of its CONNECT.
+    conn: Connection,
     pub last_heard: Instant,
     /// The deadlines armed by hand (see timers.rs for every timer).
     timers: Timers,
-    will_topic: Option<WillTopic>,
-    will_msg: Bytes,
     pub session: Option<SessionId>,
     topics: TopicTable,
     /// Granted and pending subscriptions.
@@ -81,14 +85,12 @@ pub(crate) struct Device {
     pub silent_bytes: usize,
     /// T_RETRY, copied from settings so deadlines need no context.
     retry_interval: Duration,
-    /// The Duration of the last DISCONNECT(Duration), while Asleep/Awake.
-    sleep_duration: Duration,
+    /// The Duration of its sleep, while Asleep/Awake.
+    sleep: Sleep,
     /// Riding out a broker outage (persistent sessions with a store).
     outage: outage::Outage,
-    /// Something was written to the store for this ClientId.
-    stored: bool,
-    /// A sleeping device's CONNECT(clean 0, Will=1) is being prompted on its kept session.
-    rewill: bool,
+    /// Its durable record.
+    stored: Record,
     /// The session on which a QoS downgrade by the broker was logged.
     downgrade_noted: Option<SessionId>,
 }
@@ -103,21 +105,17 @@ impl Device {
     ) -> Self {
         Device {
             retry_interval,
-            sleep_duration: Duration::ZERO,
+            sleep: Sleep::default(),
             outage: outage::Outage::default(),
-            stored: false,
-            rewill: false,
+            stored: Record::default(),
             downgrade_noted: None,
             id,
             client_id,
             addr,
             state: DeviceState::Disconnected,
-            clean_session: true,
-            keep_alive: Duration::ZERO,
+            conn: Connection::default(),
             last_heard: now,
             timers: Timers::default(),
-            will_topic: None,
-            will_msg: Bytes::new(),
             session: None,
             topics: TopicTable::default(),
             subs: Subscriptions::default(),
@@ -146,9 +144,10 @@ impl Device {
             DeviceTimer::WillPrompt | DeviceTimer::BrokerConnack | DeviceTimer::SwitchConnack => {
                 self.timers.armed(timer)
             }
-            DeviceTimer::KeepAlive => (self.state == DeviceState::Active
-                && !self.keep_alive.is_zero())
-            .then(|| self.last_heard + with_tolerance(self.keep_alive)),
+            DeviceTimer::KeepAlive => self
+                .conn
+                .keep_alive_deadline(self.last_heard)
+                .filter(|_| self.state == DeviceState::Active),
             DeviceTimer::Sleep => self
                 .timers
                 .armed(timer)
@@ -186,20 +185,14 @@ impl Device {
     }
 
     fn record_state(&self) -> StoredState {
-        match self.state {
-            DeviceState::Active => StoredState::Active,
-            DeviceState::Asleep | DeviceState::Awake => StoredState::Asleep(
-                u16::try_from(self.sleep_duration.as_secs()).unwrap_or(u16::MAX),
-            ),
-            _ => StoredState::Offline,
-        }
+        record::stored_state(self.state, self.sleep.duration())
     }
 
     // ---------------------------------------------------------------- persistence
 
-    /// Only persistent sessions (clean session 0) outlive the process.
-    fn persistent(&self, ctx: &Ctx) -> bool {
-        ctx.persistent() && !self.clean_session
+    /// The session outlives the process: clean session 0 and a store.
+    fn durable(&self, ctx: &Ctx) -> bool {
+        ctx.persistent() && !self.conn.clean_session
     }
 
     pub fn record(&self) -> DeviceRecord {
@@ -207,43 +200,24 @@ impl Device {
             client_id: self.client_id.clone(),
             addr: persist::AddrRecord::from_addr(&self.addr),
             state: self.record_state(),
-            keep_alive: u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX),
-            will: self.will_topic.as_ref().map(|w| persist::WillRecord {
-                topic: w.topic.clone(),
-                qos: to_mqtt_qos(w.qos) as u8,
-                retain: w.retain,
-                msg: persist::Hex(self.will_msg.to_vec()),
-            }),
+            keep_alive: self.conn.keep_alive_secs(),
+            will: self.conn.will_record(),
             subs: Vec::new(), // one row each in Table::Subscription
             topics: self.topics.entries(),
         }
     }
 
-    /// Writes the session record (persistent sessions only).
+    /// Writes the session record (durable sessions only).
     fn save(&mut self, ctx: &mut Ctx) {
-        if self.persistent(ctx) {
-            self.stored = true;
-            let key = persist::device_prefix(&self.client_id);
-            ctx.persist(persist::put(Table::Device, key, &self.record()));
+        if self.durable(ctx) {
+            let r = self.record();
+            self.stored.save(ctx, r);
         }
     }
 
     /// Deletes everything stored for this ClientId.
     pub fn forget(&mut self, ctx: &mut Ctx) {
-        if !std::mem::take(&mut self.stored) {
-            return; // nothing was ever written for it
-        }
-        let prefix = persist::device_prefix(&self.client_id);
-        ctx.persist(PersistOp::Delete {
-            table: Table::Device,
-            key: prefix.clone(),
-        });
-        for table in [Table::Buffer, Table::Uplink, Table::Subscription] {
-            ctx.persist(PersistOp::DeletePrefix {
-                table,
-                prefix: prefix.clone(),
-            });
-        }
+        self.stored.forget(ctx, &self.client_id);
     }
 
     /// Rebuilds a device from its stored record; reopens its upstream session (clean session
@@ -256,39 +230,25 @@ impl Device {
         now: Instant,
     ) -> Self {
         let mut d = Device::new(id, r.client_id, addr, now, ctx.settings.retry_interval);
-        d.clean_session = false;
-        d.stored = true;
-        d.keep_alive = Duration::from_secs(u64::from(r.keep_alive));
-        d.will_topic = r.will.as_ref().map(|w| WillTopic {
-            qos: to_sn_qos(mqtt::QoS::try_from(w.qos).unwrap_or(mqtt::QoS::AtMostOnce)),
-            retain: w.retain,
-            topic: w.topic.clone(),
-        });
-        d.will_msg = r.will.map(|w| Bytes::from(w.msg.0)).unwrap_or_default();
+        d.conn = Connection::restored(r.keep_alive, r.will);
+        d.stored = Record::restored();
         let old_subs = !r.subs.is_empty();
         for (f, q) in r.subs {
             d.subs.restore(f, q);
         }
         if old_subs {
             // Written by an older version inside the device record: move them to their rows.
-            let durable = d.persistent(ctx);
+            let durable = d.durable(ctx);
             if d.subs.store_all(ctx, &link!(d), durable) {
-                d.stored = true;
+                d.stored.mark_stored();
             }
             d.save(ctx);
         }
         for (tid, name, known) in r.topics {
             d.topics.restore(tid, name, known);
         }
-        let live = match r.state {
-            StoredState::Offline => None,
-            StoredState::Active => Some(DeviceState::Active),
-            StoredState::Asleep(secs) => {
-                d.sleep_duration = Duration::from_secs(u64::from(secs));
-                Some(DeviceState::Asleep)
-            }
-        };
-        if let Some(state) = live {
+        if let Some((state, sleep)) = record::resumed_state(r.state) {
+            d.sleep = Sleep::restored(sleep);
             let connect = ctx.connect_packet(&d.client_id, false, d.last_will());
             d.session = Some(ctx.open(Some(id), connect));
             d.outage.set_resuming();
@@ -325,7 +285,7 @@ impl Device {
 
     /// DISCONNECT with a Duration from a live device: Asleep, upstream session kept.
     pub fn on_sleep(&mut self, ctx: &mut Ctx, now: Instant, duration: u16) {
-        self.sleep_duration = Duration::from_secs(u64::from(duration));
+        self.sleep.start(duration);
         self.go_to_sleep(ctx, now);
         ctx.transmit(&self.addr, Message::Disconnect { duration: None });
         info!(client_id = %self.client_id, duration, "device asleep");
@@ -333,10 +293,8 @@ impl Device {
 
     fn go_to_sleep(&mut self, ctx: &mut Ctx, now: Instant) {
         self.set_state(ctx, DeviceState::Asleep);
-        self.timers.arm(
-            DeviceTimer::Sleep,
-            now + with_tolerance(self.sleep_duration),
-        );
+        self.timers
+            .arm(DeviceTimer::Sleep, self.sleep.deadline(now));
     }
 
     /// PINGREQ from an Asleep (or Awake) device: deliver the buffer, then PINGRESP.
@@ -359,73 +317,68 @@ impl Device {
 
     /// A CONNECT from this device (new, repeated, or taking over). The caller has bound `addr`.
     pub fn on_connect(&mut self, ctx: &mut Ctx, now: Instant, c: &codec::Connect) {
-        self.keep_alive = Duration::from_secs(u64::from(c.duration));
-        self.last_heard = now;
         let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
-        // Clean session 0 keeps all stored state (§6.3): a sleeping device (or one being
-        // prompted for its will on such a kept session) carries on with the same session.
-        let keep = (sleeping || self.rewill) && !c.clean_session && self.session.is_some();
-        if keep && c.will {
+        let (has_session, resuming) = (self.session.is_some(), self.outage.resuming());
+        let begin = self.conn.begin(c, sleeping, has_session, resuming);
+        self.last_heard = now;
+        match begin {
             // The new will needs a new upstream session; it is made once the device has its
-            // buffer (see session.rs), so nothing buffered is lost to the switch.
-            self.prompt_keeping_session(ctx, now);
-            return;
-        }
-        if keep {
-            // Leaving sleep for Active (spec §6.14): the upstream session, the topic ids and
-            // the buffered messages carry on; the buffer is delivered now.
-            self.rewill = false;
-            self.timers.clear_upstream_wait();
-            self.set_state(ctx, DeviceState::Active);
-            ctx.transmit(
-                &self.addr,
-                Message::Connack {
-                    return_code: ReturnCode::Accepted,
-                },
-            );
-            self.resume_inflight(ctx, now);
-            self.pump(ctx, now);
-            return;
-        }
-        if self.outage.resuming() && self.session.is_some() && !c.clean_session && !c.will {
-            // The session is being resumed (after a restart or an outage) and the device asks
-            // for the same session: answer with that session's CONNACK rather than open a
-            // second connection with the same ClientId racing the first at the broker.
-            self.outage.clear_resuming();
-            self.topics.mark_all_unknown();
-            self.set_state(ctx, DeviceState::AwaitBroker);
-            self.timers.arm(
-                DeviceTimer::BrokerConnack,
-                now + ctx.settings.upstream_connect_timeout,
-            );
-            return;
-        }
-        if let Some(old) = self.session.take() {
-            // The device restarted its connection: end the old session without its will.
-            ctx.close(old, true);
-        }
-        self.abandon_switch(ctx, true);
-        self.reset_flows(ctx);
-        self.clean_session = c.clean_session;
-        if c.clean_session {
-            // A clean session starts from nothing, in the store too.
-            self.forget(ctx);
-            self.down.clear_queue();
-            self.topics.clear();
-            self.subs.clear();
-            self.will_topic = None;
-            self.will_msg = Bytes::new();
-        } else {
-            // Ids stay stable but the device is told them again before use (spec §6.10).
-            self.topics.mark_all_unknown();
-        }
-        if c.will {
-            self.set_state(ctx, DeviceState::AwaitWillTopic);
-            self.timers
-                .arm(DeviceTimer::WillPrompt, now + will_prompt_time(ctx));
-            ctx.transmit(&self.addr, Message::WillTopicReq);
-        } else {
-            self.open_upstream(ctx, now);
+            // buffer (see session_switch.rs), so nothing buffered is lost to the switch.
+            Begin::PromptKeepingSession => self.prompt_keeping_session(ctx, now),
+            Begin::KeepSession => {
+                // Leaving sleep for Active (spec §6.14): the upstream session, the topic ids
+                // and the buffered messages carry on; the buffer is delivered now.
+                self.conn.rewill = false;
+                self.timers.clear_upstream_wait();
+                self.set_state(ctx, DeviceState::Active);
+                ctx.transmit(
+                    &self.addr,
+                    Message::Connack {
+                        return_code: ReturnCode::Accepted,
+                    },
+                );
+                self.resume_inflight(ctx, now);
+                self.pump(ctx, now);
+            }
+            Begin::AwaitResumed => {
+                // Answer with the resumed session's CONNACK rather than open a second
+                // connection with the same ClientId racing the first at the broker.
+                self.outage.clear_resuming();
+                self.topics.mark_all_unknown();
+                self.set_state(ctx, DeviceState::AwaitBroker);
+                self.timers.arm(
+                    DeviceTimer::BrokerConnack,
+                    now + ctx.settings.upstream_connect_timeout,
+                );
+            }
+            Begin::Fresh { will } => {
+                if let Some(old) = self.session.take() {
+                    // The device restarted its connection: end the old session without its will.
+                    ctx.close(old, true);
+                }
+                self.abandon_switch(ctx, true);
+                self.reset_flows(ctx);
+                self.conn.clean_session = c.clean_session;
+                if c.clean_session {
+                    // A clean session starts from nothing, in the store too.
+                    self.forget(ctx);
+                    self.down.clear_queue();
+                    self.topics.clear();
+                    self.subs.clear();
+                    self.conn.set_will_topic(None);
+                } else {
+                    // Ids stay stable but the device is told them again before use (§6.10).
+                    self.topics.mark_all_unknown();
+                }
+                if will {
+                    self.set_state(ctx, DeviceState::AwaitWillTopic);
+                    self.timers
+                        .arm(DeviceTimer::WillPrompt, now + will_prompt_time(ctx));
+                    ctx.transmit(&self.addr, Message::WillTopicReq);
+                } else {
+                    self.open_upstream(ctx, now);
+                }
+            }
         }
     }
 
@@ -436,7 +389,7 @@ impl Device {
         }
         match w {
             Some(w) if mqtt::valid_topic_name(&w.topic) => {
-                self.will_topic = Some(w);
+                self.conn.set_will_topic(Some(w));
                 self.set_state(ctx, DeviceState::AwaitWillMsg);
                 self.timers
                     .arm(DeviceTimer::WillPrompt, now + will_prompt_time(ctx));
@@ -457,8 +410,7 @@ impl Device {
             }
             None => {
                 // The empty WILLTOPIC deletes the will (spec §6.3); no message follows.
-                self.will_topic = None;
-                self.will_msg = Bytes::new();
+                self.conn.set_will_topic(None);
                 self.will_given(ctx, now);
             }
         }
@@ -469,14 +421,14 @@ impl Device {
             ctx.stats.wrong_state += 1;
             return;
         }
-        self.will_msg = msg;
+        self.conn.set_will_msg(msg);
         self.will_given(ctx, now);
     }
 
     /// The will prompt is complete: open the session carrying it, or carry on with the kept
     /// one of a sleeping device.
     fn will_given(&mut self, ctx: &mut Ctx, now: Instant) {
-        if self.rewill {
+        if self.conn.rewill {
             self.resume_with_new_will(ctx, now);
         } else {
             self.open_upstream(ctx, now);
@@ -486,7 +438,7 @@ impl Device {
     /// A sleeping device sends CONNECT with clean session 0 and Will=1: prompt for the will
     /// but keep the upstream session, the topic ids and the buffer.
     fn prompt_keeping_session(&mut self, ctx: &mut Ctx, now: Instant) {
-        self.rewill = true;
+        self.conn.rewill = true;
         self.set_state(ctx, DeviceState::AwaitWillTopic);
         self.timers
             .arm(DeviceTimer::WillPrompt, now + will_prompt_time(ctx));
@@ -496,7 +448,7 @@ impl Device {
     /// The will prompt of a kept session is done: Active on the same session, the buffer is
     /// delivered, and the new will goes upstream by a session switch.
     fn resume_with_new_will(&mut self, ctx: &mut Ctx, now: Instant) {
-        self.rewill = false;
+        self.conn.rewill = false;
         self.timers.clear_upstream_wait();
         self.set_state(ctx, DeviceState::Active);
         ctx.transmit(
@@ -514,7 +466,7 @@ impl Device {
     /// The will prompt of a kept session failed or stalled: end the session as a fresh CONNECT
     /// would have (gracefully, so the old will does not fire).
     fn abandon_kept_session(&mut self, ctx: &mut Ctx) -> bool {
-        if !self.rewill {
+        if !self.conn.rewill {
             return false;
         }
         self.end_sessions(ctx, true, DeviceState::Disconnected);
@@ -522,16 +474,12 @@ impl Device {
     }
 
     fn last_will(&self) -> Option<mqtt::LastWill> {
-        self.will_topic.as_ref().map(|w| mqtt::LastWill {
-            topic: w.topic.clone(),
-            message: self.will_msg.clone(),
-            qos: to_mqtt_qos(w.qos),
-            retain: w.retain,
-        })
+        self.conn.last_will()
     }
 
     fn open_upstream(&mut self, ctx: &mut Ctx, now: Instant) {
-        let connect = ctx.connect_packet(&self.client_id, self.clean_session, self.last_will());
+        let connect =
+            ctx.connect_packet(&self.client_id, self.conn.clean_session, self.last_will());
         self.session = Some(ctx.open(Some(self.id), connect));
         self.set_state(ctx, DeviceState::AwaitBroker);
         self.timers.arm(
@@ -558,11 +506,7 @@ impl Device {
     ) {
         if code != mqtt::ConnectReturnCode::Accepted {
             info!(client_id = %self.client_id, ?code, "broker refused the device's session");
-            let rc = match code {
-                mqtt::ConnectReturnCode::ServerUnavailable => ReturnCode::Congestion,
-                _ => ReturnCode::NotSupported,
-            };
-            self.fail_connect(ctx, rc);
+            self.fail_connect(ctx, connect::refused(code));
             return;
         }
         self.set_state(ctx, DeviceState::Active);
@@ -671,7 +615,7 @@ impl Device {
     /// DISCONNECT from the device: a clean MQTT DISCONNECT upstream (no will).
     pub fn on_disconnect(&mut self, ctx: &mut Ctx) {
         self.end_sessions(ctx, true, DeviceState::Disconnected);
-        if self.clean_session {
+        if self.conn.clean_session {
             self.topics.clear();
             self.subs.clear();
         }
@@ -687,7 +631,7 @@ impl Device {
                     info!(client_id = %self.client_id, "broker unreachable; CONNACK congestion");
                     self.fail_connect(ctx, ReturnCode::Congestion);
                 }
-                state if state.is_live() && self.persistent(ctx) => {
+                state if state.is_live() && self.durable(ctx) => {
                     // A persistent session with a store rides the outage out: the device stays
                     // connected, its QoS 1/2 messages are parked, the session is resumed.
                     self.session = None;
@@ -722,10 +666,11 @@ impl Device {
     /// except what a persistent session still owes: messages already acknowledged to the
     /// broker for the device, and uplink flows the broker may hold under their packet ids.
     fn reset_flows(&mut self, ctx: &mut Ctx) {
-        self.up.end_session(ctx, &link!(self), self.clean_session);
+        self.up
+            .end_session(ctx, &link!(self), self.conn.clean_session);
         self.down.end_session();
         self.switch.end_session();
-        self.rewill = false;
+        self.conn.rewill = false;
         self.subs.end_session();
     }
 
@@ -850,7 +795,7 @@ impl Device {
         let Some(topic) = self.uplink_topic(ctx, &p) else {
             return;
         };
-        let durable = self.persistent(ctx);
+        let durable = self.durable(ctx);
         let busy = Busy {
             others: self.subs.pending_len() + self.outage.in_flight(),
             limit: ctx.settings.max_queued_per_device,
@@ -876,7 +821,7 @@ impl Device {
             ctx.transmit(&self.addr, Message::Pubcomp { msg_id });
             return;
         }
-        let durable = self.persistent(ctx);
+        let durable = self.durable(ctx);
         self.up.on_pubrel(ctx, &link!(self), durable, msg_id);
     }
 
@@ -884,7 +829,7 @@ impl Device {
         if self.outage.acked(ctx, &link!(self), pkid) {
             return;
         }
-        let durable = self.persistent(ctx);
+        let durable = self.durable(ctx);
         if self.up.on_broker_puback(ctx, &link!(self), durable, pkid) == Acked::Downgraded {
             self.note_downgrade(
                 mqtt::QoS::ExactlyOnce,
@@ -899,7 +844,7 @@ impl Device {
         if self.outage.released(ctx, &link!(self), pkid) {
             return;
         }
-        let durable = self.persistent(ctx);
+        let durable = self.durable(ctx);
         self.up.on_broker_pubrec(ctx, &link!(self), durable, pkid);
     }
 
@@ -907,7 +852,7 @@ impl Device {
         if self.outage.acked(ctx, &link!(self), pkid) {
             return;
         }
-        let durable = self.persistent(ctx);
+        let durable = self.durable(ctx);
         self.up.on_broker_pubcomp(ctx, &link!(self), durable, pkid);
         self.try_switch(ctx, now);
     }
@@ -963,7 +908,7 @@ impl Device {
 
     /// A PUBLISH while the broker is away. Returns after answering the device.
     fn park(&mut self, ctx: &mut Ctx, p: Publish) {
-        if !self.state.is_live() || self.clean_session || !ctx.persistent() {
+        if !self.state.is_live() || self.conn.clean_session || !ctx.persistent() {
             return;
         }
         let Some(topic) = self.uplink_topic(ctx, &p) else {
@@ -1035,9 +980,9 @@ impl Device {
             if let Some((asked, got)) = reply.downgraded() {
                 self.note_downgrade(asked, got, "subscription granted a lower QoS");
             }
-            let durable = self.persistent(ctx);
+            let durable = self.durable(ctx);
             if self.subs.answer(ctx, &link!(self), durable, reply) {
-                self.stored = true;
+                self.stored.mark_stored();
             }
         }
         self.try_switch(ctx, now);
@@ -1053,7 +998,7 @@ impl Device {
     }
 
     fn on_broker_unsuback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
-        let durable = self.persistent(ctx);
+        let durable = self.durable(ctx);
         self.subs.on_unsuback(ctx, &link!(self), durable, pkid);
         self.release_will_responses(ctx);
         self.try_switch(ctx, now);
@@ -1062,8 +1007,8 @@ impl Device {
     /// The broker accepted the device's (new or resumed) session. Without a session at the
     /// broker, subscribe again to every filter the gateway knows for the device.
     fn session_accepted(&mut self, ctx: &mut Ctx, session_present: bool, gap: Gap) {
-        let remake = self.clean_session || !session_present;
-        if remake && self.session.is_some() && self.subs.count() > 0 && !self.clean_session {
+        let remake = self.conn.clean_session || !session_present;
+        if remake && self.session.is_some() && self.subs.count() > 0 && !self.conn.clean_session {
             info!(
                 client_id = %self.client_id,
                 subscriptions = self.subs.count(),
@@ -1091,12 +1036,8 @@ impl Device {
                 );
                 return;
             }
-            Some(w) => self.will_topic = Some(w),
-            None => {
-                // An empty WILLTOPICUPD deletes topic and message (spec §6.4).
-                self.will_topic = None;
-                self.will_msg = Bytes::new();
-            }
+            // An empty WILLTOPICUPD deletes topic and message (spec §6.4).
+            w => self.conn.set_will_topic(w),
         }
         if self.switch.want_for_will(true) {
             self.try_switch(ctx, now);
@@ -1104,7 +1045,7 @@ impl Device {
     }
 
     fn on_will_msg_upd(&mut self, ctx: &mut Ctx, now: Instant, msg: Bytes) {
-        self.will_msg = msg;
+        self.conn.set_will_msg(msg);
         if self.switch.want_for_will(false) {
             self.try_switch(ctx, now);
         }
@@ -1123,7 +1064,8 @@ impl Device {
         if let Some(old) = self.session.take() {
             ctx.close(old, true);
         }
-        let connect = ctx.connect_packet(&self.client_id, self.clean_session, self.last_will());
+        let connect =
+            ctx.connect_packet(&self.client_id, self.conn.clean_session, self.last_will());
         self.switch.opened(ctx.open(Some(self.id), connect));
         // Bounded like the first CONNECT: without it a silent broker leaves the device
         // Active with no upstream session for as long as it keeps pinging.
@@ -1186,8 +1128,8 @@ impl Device {
         let qos = self.subs.granted_qos(&p.topic, p.qos);
         let to = Receiver {
             state: self.state,
-            clean_session: self.clean_session,
-            durable: self.persistent(ctx),
+            clean_session: self.conn.clean_session,
+            durable: self.durable(ctx),
         };
         if self
             .down
@@ -1251,9 +1193,4 @@ impl Device {
             self.pump(ctx, now);
         }
     }
-}
-
-/// How long a will prompt waits for the device: what its own retries (N_RETRY × T_RETRY) allow.
-fn will_prompt_time(ctx: &Ctx) -> Duration {
-    ctx.settings.retry_interval * (ctx.settings.max_retries + 1)
 }
