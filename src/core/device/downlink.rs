@@ -14,40 +14,16 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use super::types::{to_mqtt_qos, to_sn_qos, DeviceState, Link};
-use crate::codec::{self, Message, Puback, Publish, Regack, Register, ReturnCode, TopicRef};
+
+mod item;
+
+use crate::codec::{self, Message, Puback, Regack, Register, ReturnCode, TopicRef};
 use crate::core::ctx::Ctx;
 use crate::core::persist;
 use crate::core::topics::TopicTable;
-use crate::core::types::{Output, PersistOp, Table};
+use crate::core::types::{Output, Table};
 use crate::mqtt;
-
-/// What the broker is owed once the device has a downlink message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BrokerAck {
-    None,
-    PubAck(u16),
-    PubRec(u16),
-}
-
-#[derive(Debug, Clone)]
-enum Down {
-    Register {
-        topic_id: u16,
-        name: String,
-    },
-    Publish {
-        topic: TopicRef,
-        qos: codec::QoS,
-        retain: bool,
-        data: Bytes,
-        ack: BrokerAck,
-        /// Already re-registered once after the device said "invalid topic id".
-        reregistered: bool,
-        /// Sequence of its durable copy (a sleeping device's message already acknowledged to
-        /// the broker); deleted once the device has it.
-        stored: Option<u64>,
-    },
-}
+use item::{drop_down, publish_message, release, BrokerAck, Down};
 
 /// Whether a downlink message can be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +50,18 @@ struct Inflight {
     stage: DownStage,
     sent_at: Instant,
     retries: u32,
+}
+
+impl Inflight {
+    fn new(item: Down, msg_id: u16, stage: DownStage, now: Instant) -> Option<Self> {
+        Some(Inflight {
+            item,
+            msg_id,
+            stage,
+            sent_at: now,
+            retries: 0,
+        })
+    }
 }
 
 /// The device as the downlink sees it when a message arrives.
@@ -165,22 +153,9 @@ impl Downlink {
 
     /// The session ends: keep only what was already acknowledged to the broker (stored).
     pub fn end_session(&mut self) {
-        let owned = self
-            .inflight
-            .take()
-            .map(|f| f.item)
-            .into_iter()
-            .chain(self.queue.drain(..))
-            .filter(|d| {
-                matches!(
-                    d,
-                    Down::Publish {
-                        stored: Some(_),
-                        ..
-                    }
-                )
-            });
-        self.queue = owned.collect();
+        let inflight = self.inflight.take().map(|f| f.item);
+        let owned = inflight.into_iter().chain(self.queue.drain(..));
+        self.queue = owned.filter(Down::is_stored).collect();
     }
 
     /// A clean session starts with nothing queued.
@@ -364,10 +339,10 @@ impl Downlink {
         topic_len: usize,
         registers: usize,
     ) -> Room {
-        let Down::Publish { qos, data, ack, .. } = item else {
+        let qos0 = item.is_qos0();
+        let Down::Publish { data, ack, .. } = item else {
             return Room::Fits;
         };
-        let qos0 = matches!(qos, codec::QoS::AtMostOnce | codec::QoS::MinusOne);
         let sleeping = matches!(to.state, DeviceState::Asleep | DeviceState::Awake);
         let full = if sleeping {
             if qos0 && !ctx.settings.sleep_keep_qos0 && to.state == DeviceState::Asleep {
@@ -381,16 +356,9 @@ impl Downlink {
                     && d.queued_bytes() + bytes <= ctx.settings.sleep_buffer_bytes
             };
             while !fits(self) {
-                let oldest_qos0 = self.queue.iter().position(|d| {
-                    matches!(
-                        d,
-                        Down::Publish {
-                            qos: codec::QoS::AtMostOnce | codec::QoS::MinusOne,
-                            ..
-                        }
-                    )
-                });
-                let Some(i) = oldest_qos0 else { break };
+                let Some(i) = self.queue.iter().position(Down::is_qos0) else {
+                    break;
+                };
                 self.queue.remove(i);
                 ctx.stats.sleep_buffer_dropped += 1;
             }
@@ -473,13 +441,7 @@ impl Downlink {
                         self.drop_topic(ctx, link, topic_id);
                         continue;
                     }
-                    self.inflight = Some(Inflight {
-                        item,
-                        msg_id,
-                        stage: DownStage::Regack,
-                        sent_at: now,
-                        retries: 0,
-                    });
+                    self.inflight = Inflight::new(item, msg_id, DownStage::Regack, now);
                 }
                 Down::Publish { qos, .. } => {
                     let msg_id = match qos {
@@ -500,13 +462,7 @@ impl Downlink {
                             } else {
                                 DownStage::Pubrec
                             };
-                            self.inflight = Some(Inflight {
-                                item,
-                                msg_id,
-                                stage,
-                                sent_at: now,
-                                retries: 0,
-                            });
+                            self.inflight = Inflight::new(item, msg_id, stage, now);
                         }
                         _ => release(ctx, link, &item),
                     }
@@ -688,56 +644,5 @@ impl Downlink {
         }
         self.inflight = None;
         true
-    }
-}
-
-/// The device has the message, or never will: owe the broker nothing more and forget the
-/// durable copy.
-fn release(ctx: &mut Ctx, link: &Link, item: &Down) {
-    if let Down::Publish { ack, stored, .. } = item {
-        if let Some(session) = link.session {
-            match *ack {
-                BrokerAck::None => {}
-                BrokerAck::PubAck(packet_id) => {
-                    ctx.send(session, mqtt::Packet::PubAck { packet_id })
-                }
-                BrokerAck::PubRec(packet_id) => {
-                    ctx.send(session, mqtt::Packet::PubRec { packet_id })
-                }
-            }
-        }
-        if let Some(n) = stored {
-            ctx.persist(PersistOp::Delete {
-                table: Table::Buffer,
-                key: persist::numbered_key(link.client_id, *n),
-            });
-        }
-    }
-}
-
-fn drop_down(ctx: &mut Ctx, link: &Link, item: Down) {
-    ctx.stats.downlink_dropped += 1;
-    // Acknowledged so the broker's in-flight window does not stall on a message the device
-    // can never take.
-    release(ctx, link, &item);
-}
-
-fn publish_message(item: &Down, msg_id: u16, dup: bool) -> Message {
-    match item {
-        Down::Publish {
-            topic,
-            qos,
-            retain,
-            data,
-            ..
-        } => Message::Publish(Publish {
-            dup,
-            qos: *qos,
-            retain: *retain,
-            topic: *topic,
-            msg_id,
-            data: data.clone(),
-        }),
-        Down::Register { .. } => Message::PingResp, // unreachable by construction
     }
 }
