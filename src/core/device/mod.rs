@@ -1,8 +1,15 @@
 //! One device's state machine (spec §6): connect with will prompting, topic registration,
-//! publish in both directions at every QoS, subscribe, keep-alive, will updates.
+//! publish in both directions at every QoS, subscribe, keep-alive, sleep, will updates.
 //!
-//! Owns everything about one device and its upstream session's packet-id space. Never does
-//! I/O: effects go into [`Ctx`]. Every method that takes `now` uses only that for time.
+//! Owns the [`Device`], made of one sub-struct per feature (connect.rs, uplink.rs,
+//! subscriptions.rs, downlink.rs, sleep.rs, session_switch.rs, outage.rs, record.rs; timers in
+//! timers.rs), its state and the dispatch of what the device and the broker send. It is a star:
+//! only this file names the feature files, their methods return what happened, and this file
+//! decides what follows (a state change, a pump of the downlink, a session switch). Types two
+//! features share are in types.rs, below them all.
+//!
+//! Must never: do I/O or read the clock (effects go into [`Ctx`]; every method that takes `now`
+//! uses only that for time), or let a feature file reach a sibling.
 
 use std::time::{Duration, Instant};
 
@@ -657,7 +664,7 @@ impl Device {
     /// The broker ended the device's session and it cannot be resumed: tell the device.
     fn broker_ended_session(&mut self, ctx: &mut Ctx) {
         info!(client_id = %self.client_id, "broker closed the session; telling the device");
-        // `session` is already gone (the broker ended it); only a will update's is left.
+        // `session` is already gone (the broker ended it); only a switch's may be left.
         self.end_sessions(ctx, false, DeviceState::Disconnected);
         ctx.transmit(&self.addr, Message::Disconnect { duration: None });
     }
