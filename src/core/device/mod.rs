@@ -31,7 +31,7 @@ mod uplink;
 
 pub(crate) use types::{qos0_publish, short_name};
 pub use types::{with_tolerance, DeviceState};
-use types::{Busy, Link, PacketIds};
+use types::{HoldsPacketIds, IdSpace, Link, PacketIds};
 
 use connect::{will_prompt_time, Begin, Connection};
 use downlink::{Downlink, Receiver, Regacked};
@@ -49,6 +49,18 @@ macro_rules! link {
             addr: &$d.addr,
             client_id: &$d.client_id,
             session: $d.session,
+        }
+    };
+}
+
+/// The session's packet-id space as seen by one feature: `$others` are the features that also
+/// hold ids (borrowed alongside the asking one).
+macro_rules! id_space {
+    ($d:expr, $ctx:expr, [$($other:expr),*]) => {
+        IdSpace {
+            ids: &mut $d.pkids,
+            others: &[$($other as &dyn HoldsPacketIds),*],
+            limit: $ctx.settings.max_queued_per_device,
         }
     };
 }
@@ -791,36 +803,18 @@ impl Device {
     }
 
     fn on_publish(&mut self, ctx: &mut Ctx, p: Publish) {
-        let session = match self.session {
-            Some(s) if !self.outage.resuming() => s,
+        if self.session.is_none() || self.outage.resuming() {
             // The broker is away or the session not yet accepted again.
-            _ => {
-                self.park(ctx, p);
-                return;
-            }
-        };
+            self.park(ctx, p);
+            return;
+        }
         let Some(topic) = self.uplink_topic(ctx, &p) else {
             return;
         };
         let durable = self.durable(ctx);
-        let busy = Busy {
-            others: self.subs.pending_len() + self.outage.in_flight(),
-            limit: ctx.settings.max_queued_per_device,
-        };
-        let (subs, outage) = (&self.subs, &self.outage);
-        let in_use = |id| subs.uses(id) || outage.uses_pkid(id);
-        let link = link!(self);
-        self.up.on_publish(
-            ctx,
-            &link,
-            session,
-            durable,
-            topic,
-            p,
-            busy,
-            &mut self.pkids,
-            in_use,
-        );
+        let ids = id_space!(self, ctx, [&self.subs, &self.outage]);
+        self.up
+            .on_publish(ctx, &link!(self), durable, topic, p, ids);
     }
 
     fn on_pubrel(&mut self, ctx: &mut Ctx, msg_id: u16) {
@@ -891,11 +885,8 @@ impl Device {
                 self.outage.accepted();
                 // The session was away: what the broker lost is subscribed again.
                 self.session_accepted(ctx, session_present, Gap::Lapsed);
-                let (up, subs) = (&self.up, &self.subs);
-                let in_use = |id| up.uses(id) || subs.uses(id);
-                let link = link!(self);
-                self.outage
-                    .flush(ctx, &link, session, &mut self.pkids, in_use);
+                let ids = id_space!(self, ctx, [&self.up, &self.subs]);
+                self.outage.flush(ctx, &link!(self), session, ids);
                 self.pump(ctx, now);
             }
             mqtt::ConnectReturnCode::ServerUnavailable => {
@@ -941,28 +932,10 @@ impl Device {
 
     // ---------------------------------------------------------------- subscriptions (subscriptions.rs)
 
-    /// Packet ids in use outside the subscriptions, against their bound.
-    fn busy_besides_subs(&self, ctx: &Ctx) -> Busy {
-        Busy {
-            others: self.up.len() + self.outage.in_flight(),
-            limit: ctx.settings.max_queued_per_device,
-        }
-    }
-
     fn on_subscribe(&mut self, ctx: &mut Ctx, s: Subscribe) {
-        let busy = self.busy_besides_subs(ctx);
-        let (up, outage) = (&self.up, &self.outage);
-        let in_use = |id| up.uses(id) || outage.uses_pkid(id);
-        let link = link!(self);
-        self.subs.on_subscribe(
-            ctx,
-            &link,
-            &mut self.topics,
-            s,
-            busy,
-            &mut self.pkids,
-            in_use,
-        );
+        let ids = id_space!(self, ctx, [&self.up, &self.outage]);
+        self.subs
+            .on_subscribe(ctx, &link!(self), &mut self.topics, s, ids);
     }
 
     fn on_broker_suback(
@@ -996,12 +969,8 @@ impl Device {
     }
 
     fn on_unsubscribe(&mut self, ctx: &mut Ctx, u: Unsubscribe) {
-        let busy = self.busy_besides_subs(ctx);
-        let (up, outage) = (&self.up, &self.outage);
-        let in_use = |id| up.uses(id) || outage.uses_pkid(id);
-        let link = link!(self);
-        self.subs
-            .on_unsubscribe(ctx, &link, u, busy, &mut self.pkids, in_use);
+        let ids = id_space!(self, ctx, [&self.up, &self.outage]);
+        self.subs.on_unsubscribe(ctx, &link!(self), u, ids);
     }
 
     fn on_broker_unsuback(&mut self, ctx: &mut Ctx, now: Instant, pkid: u16) {
@@ -1023,11 +992,9 @@ impl Device {
             );
             self.down.forget_left_with_broker(&self.client_id);
         }
-        let (up, outage) = (&self.up, &self.outage);
-        let in_use = |id| up.uses(id) || outage.uses_pkid(id);
-        let link = link!(self);
+        let ids = id_space!(self, ctx, [&self.up, &self.outage]);
         self.subs
-            .session_accepted(ctx, &link, remake, gap, &mut self.pkids, in_use);
+            .session_accepted(ctx, &link!(self), remake, gap, ids);
     }
 
     // ---------------------------------------------------------------- session switch (session_switch.rs)
@@ -1176,11 +1143,8 @@ impl Device {
         if let Regacked::Rejected { topic_id, name } = regacked {
             self.down.drop_topic(ctx, &link!(self), topic_id);
             if let Some(session) = self.session {
-                let busy = self.busy_besides_subs(ctx);
-                let (up, outage) = (&self.up, &self.outage);
-                let in_use = |id| up.uses(id) || outage.uses_pkid(id);
-                self.subs
-                    .unsubscribe_internal(ctx, session, name, busy, &mut self.pkids, in_use);
+                let ids = id_space!(self, ctx, [&self.up, &self.outage]);
+                self.subs.unsubscribe_internal(ctx, session, name, ids);
             }
         }
         self.pump(ctx, now);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::info;
 
-use super::types::{puback_for, to_mqtt_qos, Link, PacketIds};
+use super::types::{puback_for, to_mqtt_qos, HoldsPacketIds, IdSpace, Link, PacketIds};
 use crate::codec::{self, Message, Publish, ReturnCode};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
@@ -53,6 +53,16 @@ pub(super) struct Outage {
     next: u64,
 }
 
+impl HoldsPacketIds for Outage {
+    fn holds(&self, pkid: u16) -> bool {
+        self.forwarded.contains_key(&pkid)
+    }
+
+    fn held(&self) -> usize {
+        self.forwarded.len()
+    }
+}
+
 impl Outage {
     pub fn reconnect_at(&self) -> Option<Instant> {
         self.reconnect_at
@@ -61,14 +71,6 @@ impl Outage {
     /// The device's PUBREL for a parked QoS 2 message.
     pub fn release(&mut self, msg_id: u16) -> bool {
         self.unreleased.remove(&msg_id)
-    }
-
-    pub fn uses_pkid(&self, pkid: u16) -> bool {
-        self.forwarded.contains_key(&pkid)
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.forwarded.len()
     }
 
     pub fn resuming(&self) -> bool {
@@ -109,14 +111,7 @@ impl Outage {
     }
 
     /// Sends every parked message upstream on `session`, in order, under its packet id.
-    pub fn flush(
-        &mut self,
-        ctx: &mut Ctx,
-        link: &Link,
-        session: SessionId,
-        pkids: &mut PacketIds,
-        in_use: impl Fn(u16) -> bool,
-    ) {
+    pub fn flush(&mut self, ctx: &mut Ctx, link: &Link, session: SessionId, mut ids: IdSpace) {
         let mut parked = std::mem::take(&mut self.parked);
         for p in parked.iter_mut() {
             let dup = p.pkid.is_some();
@@ -124,7 +119,7 @@ impl Outage {
                 Some(id) => id,
                 None => {
                     let forwarded = &self.forwarded;
-                    let id = pkids.alloc(|id| forwarded.contains_key(&id) || in_use(id));
+                    let id = ids.alloc(|id| forwarded.contains_key(&id));
                     p.pkid = Some(id);
                     // The packet id is durable before the broker can see it (QoS 2 once).
                     save_parked(ctx, link, p);

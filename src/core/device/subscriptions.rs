@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use tracing::{debug, info};
 
-use super::types::{short_name, to_mqtt_qos, to_sn_qos, Busy, Link, PacketIds};
+use super::types::{short_name, to_mqtt_qos, to_sn_qos, HoldsPacketIds, IdSpace, Link};
 use crate::codec::{self, Message, ReturnCode, Suback, Subscribe, TopicFilter, Unsubscribe};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, SubscriptionRecord};
@@ -104,11 +104,17 @@ pub(super) struct Subscriptions {
     subscribed_here: Vec<String>,
 }
 
-impl Subscriptions {
-    pub fn uses(&self, pkid: u16) -> bool {
+impl HoldsPacketIds for Subscriptions {
+    fn holds(&self, pkid: u16) -> bool {
         self.pending.contains_key(&pkid)
     }
 
+    fn held(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+impl Subscriptions {
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -170,14 +176,12 @@ impl Subscriptions {
         ctx: &mut Ctx,
         session: SessionId,
         name: String,
-        busy: Busy,
-        pkids: &mut PacketIds,
-        in_use: impl Fn(u16) -> bool,
+        mut ids: IdSpace,
     ) {
-        if !mqtt::valid_topic_filter(&name) || self.pending.len() + busy.others >= busy.limit {
+        if !mqtt::valid_topic_filter(&name) || ids.full(self.pending.len()) {
             return;
         }
-        let pkid = self.alloc(pkids, in_use);
+        let pkid = self.alloc(&mut ids);
         self.pending.insert(pkid, PendingSub::Internal);
         ctx.send(
             session,
@@ -188,8 +192,8 @@ impl Subscriptions {
         );
     }
 
-    fn alloc(&self, pkids: &mut PacketIds, in_use: impl Fn(u16) -> bool) -> u16 {
-        pkids.alloc(|id| self.pending.contains_key(&id) || in_use(id))
+    fn alloc(&self, ids: &mut IdSpace) -> u16 {
+        ids.alloc(|id| self.pending.contains_key(&id))
     }
 
     /// The broker accepted a session without the device's subscriptions (`remake`): subscribe
@@ -201,8 +205,7 @@ impl Subscriptions {
         link: &Link,
         remake: bool,
         gap: Gap,
-        pkids: &mut PacketIds,
-        in_use: impl Fn(u16) -> bool,
+        mut ids: IdSpace,
     ) {
         self.resubscribed.clear();
         self.subscribed_here.clear();
@@ -211,7 +214,7 @@ impl Subscriptions {
             return;
         }
         for (filter, qos) in self.granted.clone() {
-            let packet_id = self.alloc(pkids, &in_use);
+            let packet_id = self.alloc(&mut ids);
             self.pending.insert(
                 packet_id,
                 PendingSub::Restore {
@@ -255,16 +258,13 @@ impl Subscriptions {
     }
 
     /// SUBSCRIBE from the device (ignored without a session).
-    #[allow(clippy::too_many_arguments)]
     pub fn on_subscribe(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
         topics: &mut TopicTable,
         s: Subscribe,
-        busy: Busy,
-        pkids: &mut PacketIds,
-        in_use: impl Fn(u16) -> bool,
+        mut ids: IdSpace,
     ) {
         let Some(session) = link.session else { return };
         let nack = |ctx: &mut Ctx, topic_id: u16, rc: ReturnCode| {
@@ -319,7 +319,7 @@ impl Subscriptions {
                 }
             },
         };
-        if self.pending.len() + busy.others >= busy.limit {
+        if ids.full(self.pending.len()) {
             nack(ctx, 0, ReturnCode::Congestion);
             return;
         }
@@ -327,7 +327,7 @@ impl Subscriptions {
             nack(ctx, 0, ReturnCode::Congestion);
             return;
         }
-        let pkid = self.alloc(pkids, in_use);
+        let pkid = self.alloc(&mut ids);
         self.pending.insert(
             pkid,
             PendingSub::Subscribe {
@@ -441,15 +441,7 @@ impl Subscriptions {
     }
 
     /// UNSUBSCRIBE from the device (ignored without a session).
-    pub fn on_unsubscribe(
-        &mut self,
-        ctx: &mut Ctx,
-        link: &Link,
-        u: Unsubscribe,
-        busy: Busy,
-        pkids: &mut PacketIds,
-        in_use: impl Fn(u16) -> bool,
-    ) {
+    pub fn on_unsubscribe(&mut self, ctx: &mut Ctx, link: &Link, u: Unsubscribe, mut ids: IdSpace) {
         let Some(session) = link.session else { return };
         let filter = match &u.topic {
             TopicFilter::Name(n) => Some(n.clone()),
@@ -461,10 +453,10 @@ impl Subscriptions {
             ctx.transmit(link.addr, Message::Unsuback { msg_id: u.msg_id });
             return;
         };
-        if self.pending.len() + busy.others >= busy.limit {
+        if ids.full(self.pending.len()) {
             return; // the device will re-send
         }
-        let pkid = self.alloc(pkids, in_use);
+        let pkid = self.alloc(&mut ids);
         self.pending.insert(
             pkid,
             PendingSub::Unsubscribe {

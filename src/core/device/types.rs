@@ -67,13 +67,34 @@ impl PacketIds {
     }
 }
 
-/// How full the session's packet-id space is outside the feature asking (a bound on open
-/// requests per device: `limits.max_queued_per_device`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Busy {
-    /// Packet ids in use by the other features.
-    pub others: usize,
+/// A feature that holds packet ids of the upstream session (uplink flows, subscription
+/// requests, parked messages on their way).
+pub(crate) trait HoldsPacketIds {
+    fn holds(&self, id: u16) -> bool;
+    /// How many it holds now.
+    fn held(&self) -> usize;
+}
+
+/// The packet-id space as one feature sees it: the allocator, the ids the other features hold,
+/// and the bound on ids held at once (`limits.max_queued_per_device`).
+pub(crate) struct IdSpace<'a> {
+    pub ids: &'a mut PacketIds,
+    pub others: &'a [&'a dyn HoldsPacketIds],
     pub limit: usize,
+}
+
+impl IdSpace<'_> {
+    /// Whether a feature holding `own` ids may take another.
+    pub fn full(&self, own: usize) -> bool {
+        own + self.others.iter().map(|o| o.held()).sum::<usize>() >= self.limit
+    }
+
+    /// The next free id; `own` says which the asking feature holds.
+    pub fn alloc(&mut self, own: impl Fn(u16) -> bool) -> u16 {
+        let others = self.others;
+        self.ids
+            .alloc(|id| own(id) || others.iter().any(|o| o.holds(id)))
+    }
 }
 
 /// Who a feature is working for: where the device is, its ClientId (the store's key prefix)

@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use tracing::debug;
 
 use super::types::{puback_for, puback_topic_id, qos0_publish, short_name, to_mqtt_qos, Link};
-use super::types::{Busy, PacketIds};
+use super::types::{HoldsPacketIds, IdSpace, PacketIds};
 use crate::codec::{self, Message, Puback, Publish, Regack, Register, ReturnCode, TopicRef};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
 use crate::core::topics::TopicTable;
-use crate::core::types::{Output, PersistOp, SessionId, Table};
+use crate::core::types::{Output, PersistOp, Table};
 use crate::mqtt;
 
 /// Why an uplink QoS 1/2 flow waits.
@@ -64,15 +64,17 @@ pub(super) struct Uplink {
     by_msg: HashMap<u16, u16>,
 }
 
-impl Uplink {
-    pub fn uses(&self, pkid: u16) -> bool {
+impl HoldsPacketIds for Uplink {
+    fn holds(&self, pkid: u16) -> bool {
         self.flows.contains_key(&pkid)
     }
 
-    pub fn len(&self) -> usize {
+    fn held(&self) -> usize {
         self.flows.len()
     }
+}
 
+impl Uplink {
     /// No flow the broker still has to answer (a session switch may go ahead).
     pub fn broker_idle(&self) -> bool {
         self.flows.values().all(|f| f.broker_done)
@@ -132,21 +134,20 @@ impl Uplink {
         }
     }
 
-    /// A QoS 0/1/2 PUBLISH from the device on `topic`, to go up on `session`. `durable`: the
-    /// session has a store (QoS 2 state is written before the broker sees it).
-    #[allow(clippy::too_many_arguments)]
+    /// A QoS 0/1/2 PUBLISH from the device on `topic`, to go up on the link's session.
+    /// `durable`: the session has a store (QoS 2 state is written before the broker sees it).
     pub fn on_publish(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
-        session: SessionId,
         durable: bool,
         topic: String,
         p: Publish,
-        busy: Busy,
-        pkids: &mut PacketIds,
-        in_use: impl Fn(u16) -> bool,
+        mut ids: IdSpace,
     ) {
+        let Some(session) = link.session else {
+            return;
+        };
         let topic_id = puback_topic_id(&p);
         match p.qos {
             codec::QoS::MinusOne | codec::QoS::AtMostOnce => {
@@ -179,7 +180,7 @@ impl Uplink {
                     }
                     return;
                 }
-                if self.flows.len() + busy.others >= busy.limit {
+                if ids.full(self.flows.len()) {
                     // Flows orphaned by an old session give way to new ones.
                     let orphan = self.flows.iter().find(|(_, f)| f.orphaned).map(|(k, _)| *k);
                     match orphan {
@@ -193,7 +194,7 @@ impl Uplink {
                     }
                 }
                 let flows = &self.flows;
-                let pkid = pkids.alloc(|id| flows.contains_key(&id) || in_use(id));
+                let pkid = ids.alloc(|id| flows.contains_key(&id));
                 self.flows.insert(
                     pkid,
                     UpFlow {
