@@ -127,3 +127,50 @@ impl Timers {
 pub(super) fn earliest(deadlines: impl Iterator<Item = Option<Instant>>) -> Option<Instant> {
     deadlines.flatten().min()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_upstream_waits_are_one_slot_and_sleep_is_its_own() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        t.arm(DeviceTimer::WillPrompt, t0);
+        t.arm(DeviceTimer::Sleep, t0 + Duration::from_secs(9));
+        t.arm(DeviceTimer::BrokerConnack, t0 + Duration::from_secs(1));
+        // Arming the broker's CONNACK wait replaced the will prompt.
+        assert_eq!(t.armed(DeviceTimer::WillPrompt), None);
+        assert_eq!(
+            t.armed(DeviceTimer::BrokerConnack),
+            Some(t0 + Duration::from_secs(1))
+        );
+        // Disarming a wait that is not the armed one leaves the armed one.
+        t.disarm(DeviceTimer::SwitchConnack);
+        assert!(t.armed(DeviceTimer::BrokerConnack).is_some());
+        t.clear_upstream_wait();
+        assert_eq!(t.armed(DeviceTimer::BrokerConnack), None);
+        assert_eq!(
+            t.armed(DeviceTimer::Sleep),
+            Some(t0 + Duration::from_secs(9))
+        );
+        // Derived timers are never armed here.
+        assert_eq!(t.armed(DeviceTimer::KeepAlive), None);
+        assert_eq!(t.armed(DeviceTimer::Retransmit), None);
+    }
+
+    #[test]
+    fn every_timer_is_listed_once() {
+        for (i, a) in DeviceTimer::ALL.iter().enumerate() {
+            assert!(!DeviceTimer::ALL[i + 1..].contains(a), "{a:?} twice");
+        }
+        let t0 = Instant::now();
+        assert_eq!(
+            earliest([None, Some(t0 + Duration::from_secs(2)), Some(t0)].into_iter()),
+            Some(t0)
+        );
+        assert_eq!(earliest([None, None].into_iter()), None);
+    }
+}

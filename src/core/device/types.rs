@@ -164,3 +164,19 @@ pub(crate) fn qos0_publish(topic: String, retain: bool, payload: Bytes) -> mqtt:
         payload,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let mut ids = PacketIds::default();
+        assert_eq!(ids.alloc(|_| false), 1);
+        assert_eq!(ids.alloc(|id| id == 2 || id == 3), 4);
+        ids.at_least(0xFFFE);
+        assert_eq!(ids.alloc(|_| false), 0xFFFF);
+        // Wraps past 0, which is never a packet id.
+        assert_eq!(ids.alloc(|_| false), 1);
+    }
+}
