@@ -6,6 +6,10 @@
 //! reconnects the session with back-off. When the broker accepts it again, the parked messages
 //! go upstream in order; each is deleted once the broker has it. The device is told DISCONNECT
 //! only when the broker refuses the session for good.
+//!
+//! Owns [`Outage`]: the back-off, the parked messages and their rows. Must never: open or
+//! close sessions or change the device's state (`Device` does, on what this says), or
+//! allocate packet ids on its own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::info;
 
-use super::{puback_for, to_mqtt_qos, Device};
+use super::types::{puback_for, to_mqtt_qos, HoldsPacketIds, IdSpace, Link, PacketIds};
 use crate::codec::{self, Message, Publish, ReturnCode};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
@@ -49,6 +53,16 @@ pub(super) struct Outage {
     next: u64,
 }
 
+impl HoldsPacketIds for Outage {
+    fn holds(&self, pkid: u16) -> bool {
+        self.forwarded.contains_key(&pkid)
+    }
+
+    fn held(&self) -> usize {
+        self.forwarded.len()
+    }
+}
+
 impl Outage {
     pub fn reconnect_at(&self) -> Option<Instant> {
         self.reconnect_at
@@ -59,14 +73,6 @@ impl Outage {
         self.unreleased.remove(&msg_id)
     }
 
-    pub fn uses_pkid(&self, pkid: u16) -> bool {
-        self.forwarded.contains_key(&pkid)
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.forwarded.len()
-    }
-
     pub fn resuming(&self) -> bool {
         self.resuming
     }
@@ -75,102 +81,52 @@ impl Outage {
         self.resuming = true;
     }
 
+    /// The reconnect timer fired.
+    pub fn stop_waiting(&mut self) {
+        self.reconnect_at = None;
+    }
+
     pub fn clear_resuming(&mut self) {
         self.resuming = false;
     }
-}
-
-impl Device {
-    fn parked_key(&self, key: u64) -> Vec<u8> {
-        persist::numbered_key(&self.client_id, key)
-    }
-
-    fn save_parked(&self, ctx: &mut Ctx, p: &Parked) {
-        let record = UplinkRecord::Parked {
-            topic: p.topic.clone(),
-            qos: p.qos as u8,
-            retain: p.retain,
-            data: persist::Hex(p.data.to_vec()),
-            pkid: p.pkid,
-            released: p.released,
-        };
-        ctx.persist(persist::put(Table::Uplink, self.parked_key(p.key), &record));
-    }
 
     /// The broker went away: keep the device, try the session again after a back-off.
-    pub(super) fn start_outage(&mut self, now: Instant) {
-        let o = &mut self.outage;
-        o.backoff = if o.backoff.is_zero() {
-            self.retry_interval
+    pub fn start(&mut self, now: Instant, retry_interval: Duration, client_id: &str) {
+        self.backoff = if self.backoff.is_zero() {
+            retry_interval
         } else {
-            (o.backoff * 2).min(self.retry_interval * 16)
+            (self.backoff * 2).min(retry_interval * 16)
         };
-        o.reconnect_at = Some(now + o.backoff);
-        o.resuming = false;
+        self.reconnect_at = Some(now + self.backoff);
+        self.resuming = false;
         // What was on its way upstream goes again once the session is back.
-        o.forwarded.clear();
-        info!(client_id = %self.client_id, retry_in = ?o.backoff, "broker away; device kept, session will be resumed");
+        self.forwarded.clear();
+        info!(client_id, retry_in = ?self.backoff, "broker away; device kept, session will be resumed");
     }
 
-    pub(super) fn reconnect(&mut self, ctx: &mut Ctx, _now: Instant) {
-        self.outage.reconnect_at = None;
-        if self.session.is_some() || !self.state.is_live() {
-            return;
-        }
-        let connect = ctx.connect_packet(&self.client_id, false, self.last_will());
-        self.session = Some(ctx.open(Some(self.id), connect));
-        self.outage.resuming = true;
+    /// The broker accepted the resumed session: the back-off starts over.
+    pub fn accepted(&mut self) {
+        self.resuming = false;
+        self.backoff = Duration::ZERO;
     }
 
-    /// CONNACK on a session reopened after a restart or an outage.
-    pub(super) fn on_resumed(
-        &mut self,
-        ctx: &mut Ctx,
-        now: Instant,
-        session: SessionId,
-        code: mqtt::ConnectReturnCode,
-        session_present: bool,
-    ) {
-        self.outage.resuming = false;
-        match code {
-            mqtt::ConnectReturnCode::Accepted => {
-                self.outage.backoff = Duration::ZERO;
-                // The session was away: what the broker lost is subscribed again.
-                self.session_accepted(ctx, session_present, super::Gap::Lapsed);
-                self.flush_parked(ctx, session);
-                self.pump(ctx, now);
-            }
-            mqtt::ConnectReturnCode::ServerUnavailable => {
-                // Still coming back: try again later.
-                ctx.close(session, false);
-                self.on_upstream_closed(ctx, now, session);
-            }
-            _ => {
-                info!(client_id = %self.client_id, ?code, "broker refused the resumed session");
-                ctx.close(session, false);
-                self.outage.reconnect_at = None;
-                self.session = None;
-                self.broker_ended_session(ctx);
-            }
-        }
-    }
-
-    /// Sends every parked message upstream, in order, under its packet id.
-    fn flush_parked(&mut self, ctx: &mut Ctx, session: SessionId) {
-        let mut parked = std::mem::take(&mut self.outage.parked);
+    /// Sends every parked message upstream on `session`, in order, under its packet id.
+    pub fn flush(&mut self, ctx: &mut Ctx, link: &Link, session: SessionId, mut ids: IdSpace) {
+        let mut parked = std::mem::take(&mut self.parked);
         for p in parked.iter_mut() {
             let dup = p.pkid.is_some();
             let pkid = match p.pkid {
                 Some(id) => id,
                 None => {
-                    let id = self.alloc_pkid();
+                    let forwarded = &self.forwarded;
+                    let id = ids.alloc(|id| forwarded.contains_key(&id));
                     p.pkid = Some(id);
                     // The packet id is durable before the broker can see it (QoS 2 once).
-                    self.save_parked(ctx, p);
+                    save_parked(ctx, link, p);
                     id
                 }
             };
-            self.outage.forwarded.insert(pkid, p.key);
+            self.forwarded.insert(pkid, p.key);
             let packet = if p.released {
                 mqtt::Packet::PubRel { packet_id: pkid }
             } else {
@@ -185,36 +141,31 @@ impl Device {
             };
             ctx.after_persist(Output::Send { session, packet });
         }
-        self.outage.parked = parked;
+        self.parked = parked;
     }
 
-    /// A PUBLISH while the broker is away. Returns after answering the device.
-    pub(super) fn park(&mut self, ctx: &mut Ctx, p: Publish) {
-        if !self.state.is_live() || self.clean_session || !ctx.persistent() {
-            return;
-        }
-        let Some(topic) = self.uplink_topic(ctx, &p) else {
-            return;
-        };
+    /// A PUBLISH on `topic` while the broker is away (a live, durable session). Answers the
+    /// device once the parked copy is durable.
+    pub fn park(&mut self, ctx: &mut Ctx, link: &Link, topic: String, p: Publish) {
         let ack = |rc| puback_for(&p, rc);
         let reply = match p.qos {
             codec::QoS::MinusOne | codec::QoS::AtMostOnce => {
                 ctx.stats.uplink_dropped += 1;
                 return;
             }
-            codec::QoS::ExactlyOnce if self.outage.unreleased.contains(&p.msg_id) => {
-                ctx.transmit(&self.addr, Message::Pubrec { msg_id: p.msg_id });
+            codec::QoS::ExactlyOnce if self.unreleased.contains(&p.msg_id) => {
+                ctx.transmit(link.addr, Message::Pubrec { msg_id: p.msg_id });
                 return;
             }
             codec::QoS::ExactlyOnce => Message::Pubrec { msg_id: p.msg_id },
             codec::QoS::AtLeastOnce => ack(ReturnCode::Accepted),
         };
-        if self.outage.parked.len() >= ctx.settings.max_queued_per_device {
-            ctx.transmit(&self.addr, ack(ReturnCode::Congestion));
+        if self.parked.len() >= ctx.settings.max_queued_per_device {
+            ctx.transmit(link.addr, ack(ReturnCode::Congestion));
             return;
         }
         let parked = Parked {
-            key: PARKED_BASE + self.outage.next,
+            key: PARKED_BASE + self.next,
             topic,
             qos: to_mqtt_qos(p.qos),
             retain: p.retain,
@@ -222,48 +173,48 @@ impl Device {
             pkid: None,
             released: false,
         };
-        self.outage.next += 1;
-        self.save_parked(ctx, &parked);
-        self.outage.parked.push_back(parked);
+        self.next += 1;
+        save_parked(ctx, link, &parked);
+        self.parked.push_back(parked);
         if p.qos == codec::QoS::ExactlyOnce {
-            self.outage.unreleased.insert(p.msg_id);
+            self.unreleased.insert(p.msg_id);
         }
         ctx.stats.uplink_publishes += 1;
         // The device's acknowledgement promises durability: it waits for the store.
-        if let Some(frame) = ctx.encode(&self.addr, reply) {
+        if let Some(frame) = ctx.encode(link.addr, reply) {
             ctx.after_persist(Output::Transmit {
-                to: self.addr.clone(),
+                to: link.addr.clone(),
                 frame,
             });
         }
     }
 
-    /// PUBACK or PUBCOMP for a parked message: it is the broker's now.
-    pub(super) fn parked_acked(&mut self, ctx: &mut Ctx, pkid: u16) -> bool {
-        let Some(key) = self.outage.forwarded.remove(&pkid) else {
+    /// PUBACK or PUBCOMP: true when it was for a parked message (it is the broker's now).
+    pub fn acked(&mut self, ctx: &mut Ctx, link: &Link, pkid: u16) -> bool {
+        let Some(key) = self.forwarded.remove(&pkid) else {
             return false;
         };
-        self.outage.parked.retain(|p| p.key != key);
+        self.parked.retain(|p| p.key != key);
         ctx.persist(PersistOp::Delete {
             table: Table::Uplink,
-            key: self.parked_key(key),
+            key: persist::numbered_key(link.client_id, key),
         });
         true
     }
 
-    /// PUBREC for a parked QoS 2 message: release it (durably first).
-    pub(super) fn parked_released(&mut self, ctx: &mut Ctx, pkid: u16) -> bool {
-        let Some(&key) = self.outage.forwarded.get(&pkid) else {
+    /// PUBREC: true when it was for a parked QoS 2 message (released, durably first).
+    pub fn released(&mut self, ctx: &mut Ctx, link: &Link, pkid: u16) -> bool {
+        let Some(&key) = self.forwarded.get(&pkid) else {
             return false;
         };
-        let Some(session) = self.session else {
+        let Some(session) = link.session else {
             return true;
         };
-        if let Some(p) = self.outage.parked.iter_mut().find(|p| p.key == key) {
+        if let Some(p) = self.parked.iter_mut().find(|p| p.key == key) {
             p.released = true;
         }
-        if let Some(p) = self.outage.parked.iter().find(|p| p.key == key).cloned() {
-            self.save_parked(ctx, &p);
+        if let Some(p) = self.parked.iter().find(|p| p.key == key).cloned() {
+            save_parked(ctx, link, &p);
         }
         ctx.after_persist(Output::Send {
             session,
@@ -273,7 +224,7 @@ impl Device {
     }
 
     /// Puts back a parked message read from the store.
-    pub fn restore_parked(&mut self, n: u64, r: UplinkRecord) {
+    pub fn restore(&mut self, pkids: &mut PacketIds, n: u64, r: UplinkRecord) {
         if let UplinkRecord::Parked {
             topic,
             qos,
@@ -283,11 +234,11 @@ impl Device {
             released,
         } = r
         {
-            self.outage.next = self.outage.next.max(n.saturating_sub(PARKED_BASE) + 1);
+            self.next = self.next.max(n.saturating_sub(PARKED_BASE) + 1);
             if let Some(id) = pkid {
-                self.next_pkid = self.next_pkid.max(id);
+                pkids.at_least(id);
             }
-            self.outage.parked.push_back(Parked {
+            self.parked.push_back(Parked {
                 key: n,
                 topic,
                 qos: mqtt::QoS::try_from(qos).unwrap_or(mqtt::QoS::AtLeastOnce),
@@ -298,4 +249,20 @@ impl Device {
             });
         }
     }
+}
+
+fn save_parked(ctx: &mut Ctx, link: &Link, p: &Parked) {
+    let record = UplinkRecord::Parked {
+        topic: p.topic.clone(),
+        qos: p.qos as u8,
+        retain: p.retain,
+        data: persist::Hex(p.data.to_vec()),
+        pkid: p.pkid,
+        released: p.released,
+    };
+    ctx.persist(persist::put(
+        Table::Uplink,
+        persist::numbered_key(link.client_id, p.key),
+        &record,
+    ));
 }

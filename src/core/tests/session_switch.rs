@@ -371,7 +371,7 @@ fn will_update_on_a_persistent_session_the_broker_lost_restores_subscriptions_qu
 
 #[test]
 fn session_restored_after_a_gateway_restart_that_the_broker_lost_is_subscribed_again() {
-    use super::persist::persistent;
+    use super::record::persistent;
     let mut w = World::with(persistent());
     let a = addr(1);
     let s = w.connect(&a, "dev", false, None);
@@ -402,7 +402,7 @@ fn session_restored_after_a_gateway_restart_that_the_broker_lost_is_subscribed_a
 
 #[test]
 fn session_resumed_after_an_outage_that_the_broker_lost_is_subscribed_again() {
-    use super::persist::persistent;
+    use super::record::persistent;
     let mut w = World::with(persistent());
     let a = addr(1);
     let s = w.connect(&a, "dev", false, None);
