@@ -81,8 +81,10 @@ fn settings(u: &mut Unstructured<'_>) -> Result<Settings> {
     let secs = |u: &mut Unstructured<'_>, from: &[u64]| -> Result<Duration> {
         Ok(Duration::from_secs(gen::pick(u, from)?))
     };
+    // From the config file: not hostile input (arbitrary strings there are an operator's
+    // typo, e.g. a NUL, which no CONNECT can carry).
     let username = if u.ratio(1, 4)? {
-        Some(gen::client_id(u)?)
+        Some(gen::pick(u, gen::CLIENT_IDS)?.to_owned())
     } else {
         None
     };
@@ -611,7 +613,13 @@ fn filter(u: &mut Unstructured<'_>) -> Result<String> {
 fn records(u: &mut Unstructured<'_>, addrs: &[DeviceAddr]) -> Result<Store> {
     let mut store = Store::new();
     for _ in 0..u.int_in_range(0..=8)? {
+        // The gateway only ever stores ClientIds it accepted in a CONNECT.
         let client_id = gen::client_id(u)?;
+        let client_id = if client_id.is_empty() || client_id.contains('\0') {
+            "a".to_owned()
+        } else {
+            client_id
+        };
         let n = u64::from(u.int_in_range(0u8..=4)?);
         let qos = |u: &mut Unstructured<'_>| -> Result<u8> {
             if u.ratio(7, 8)? {
