@@ -693,7 +693,12 @@ fn records(u: &mut Unstructured<'_>, addrs: &[DeviceAddr]) -> Result<Store> {
                 } else {
                     UplinkRecord::Parked {
                         topic: name(u)?,
-                        qos: qos(u)?,
+                        // Only QoS 1 and 2 are ever parked; other values must be skipped.
+                        qos: if u.ratio(7, 8)? {
+                            u.int_in_range(1..=2)?
+                        } else {
+                            u.int_in_range(3..=255)?
+                        },
                         retain: u.arbitrary()?,
                         data: Hex(gen::bytes(u, 32)?.to_vec()),
                         pkid: if u.ratio(1, 2)? {
