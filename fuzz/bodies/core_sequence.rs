@@ -686,7 +686,8 @@ fn records(u: &mut Unstructured<'_>, addrs: &[DeviceAddr]) -> Result<Store> {
                 let record = if u.ratio(1, 2)? {
                     UplinkRecord::Qos2 {
                         msg_id: gen::id(u, &[1, 2])?,
-                        pkid: gen::id(u, &[1, 2])?,
+                        // Packet ids are never 0 ([MQTT-2.3.1-1]), so none is stored.
+                        pkid: gen::id(u, &[1, 2])?.max(1),
                         topic_id: gen::id(u, &[1, 7])?,
                         released: u.arbitrary()?,
                     }
@@ -702,7 +703,7 @@ fn records(u: &mut Unstructured<'_>, addrs: &[DeviceAddr]) -> Result<Store> {
                         retain: u.arbitrary()?,
                         data: Hex(gen::bytes(u, 32)?.to_vec()),
                         pkid: if u.ratio(1, 2)? {
-                            Some(gen::id(u, &[1, 2])?)
+                            Some(gen::id(u, &[1, 2])?.max(1))
                         } else {
                             None
                         },
