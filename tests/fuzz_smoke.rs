@@ -57,6 +57,49 @@ proptest! {
     }
 }
 
+/// The body of the target called `name`.
+fn body(name: &str) -> fn(&[u8]) {
+    match name {
+        "decode" => bodies::sn_decode::run,
+        "mqtt_decode" => bodies::mqtt_decode::run,
+        "serial_raw" => bodies::serial::raw,
+        "serial_slip" => bodies::serial::slip,
+        "serial_xbee" => bodies::serial::xbee,
+        "core_sequence" => bodies::core_sequence::run,
+        other => panic!("no target {other}"),
+    }
+}
+
+/// Runs `data` through target `name` on its own thread: a panic or a hang (over 60 s) fails.
+fn run_guarded(name: &str, data: Vec<u8>, what: &str) {
+    let run = body(name);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        run(&data);
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what} hangs"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
+/// Every input a target once failed or hung on (`fuzz/regressions/TARGET/*`), on every run.
+#[test]
+fn regressions() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    for dir in std::fs::read_dir(&root).expect("fuzz/regressions exists") {
+        let dir = dir.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            let data = std::fs::read(&file).unwrap();
+            run_guarded(&name, data, &file.display().to_string());
+        }
+    }
+}
+
 /// Replays one input file through one body, e.g. a crash libFuzzer saved:
 /// `FUZZ_TARGET=core_sequence FUZZ_INPUT=fuzz/artifacts/core_sequence/crash-... FUZZ_TRACE=1
 /// cargo test --test fuzz_smoke replay -- --ignored --nocapture`.
@@ -66,15 +109,7 @@ fn replay() {
     let target = std::env::var("FUZZ_TARGET").expect("FUZZ_TARGET names a target");
     let input = std::env::var("FUZZ_INPUT").expect("FUZZ_INPUT names a file");
     let data = std::fs::read(&input).expect("FUZZ_INPUT is readable");
-    match target.as_str() {
-        "decode" => bodies::sn_decode::run(&data),
-        "mqtt_decode" => bodies::mqtt_decode::run(&data),
-        "serial_raw" => bodies::serial::raw(&data),
-        "serial_slip" => bodies::serial::slip(&data),
-        "serial_xbee" => bodies::serial::xbee(&data),
-        "core_sequence" => bodies::core_sequence::run(&data),
-        other => panic!("no target {other}"),
-    }
+    body(&target)(&data);
 }
 
 // ------------------------------------------------------------- what the targets found

@@ -302,8 +302,9 @@ impl Device {
             consider(t);
         }
         if let Some(f) = &self.inflight {
-            // A sleeping radio hears nothing: retransmissions pause while Asleep.
-            if self.state != DeviceState::Asleep {
+            // Only where `on_timeout` retransmits: a sleeping radio hears nothing, and a
+            // deadline it would not consume spins the gateway's timer loop.
+            if matches!(self.state, DeviceState::Active | DeviceState::Awake) {
                 consider(f.sent_at + self.retry_interval);
             }
         }
