@@ -270,6 +270,8 @@ impl Gateway {
         if c.protocol_id != codec::PROTOCOL_ID_V1_2
             || c.client_id.is_empty()
             || c.client_id.len() > self.ctx.settings.max_client_id_len
+            // An MQTT string cannot carry U+0000 ([MQTT-1.5.3-2]): no CONNECT upstream could.
+            || c.client_id.contains('\0')
         {
             debug!(peer = %from, client_id = %c.client_id, protocol_id = c.protocol_id, "CONNECT refused");
             refuse(&mut self.ctx, codec::ReturnCode::NotSupported);
