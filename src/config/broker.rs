@@ -18,6 +18,7 @@ use super::checks::{
     socket_addr,
 };
 use super::duration;
+use crate::core::Settings;
 
 /// `broker`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -76,14 +77,15 @@ pub struct Upstream {
 
 impl Default for Upstream {
     fn default() -> Self {
+        let core = Settings::default();
         Upstream {
             host: "127.0.0.1".to_owned(),
             port: 1883,
-            keep_alive: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(10),
+            keep_alive: core.upstream_keep_alive,
+            connect_timeout: core.upstream_connect_timeout,
             username: None,
             password: None,
-            client_id_prefix: String::new(),
+            client_id_prefix: core.client_id_prefix,
         }
     }
 }

@@ -20,6 +20,7 @@ use super::checks::{
     unique_list,
 };
 use super::duration;
+use crate::core::Settings;
 
 /// `gateway`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +32,9 @@ pub struct GatewaySection {
 
 impl Default for GatewaySection {
     fn default() -> Self {
-        GatewaySection { id: 1 }
+        GatewaySection {
+            id: Settings::default().gateway_id,
+        }
     }
 }
 
@@ -305,31 +308,35 @@ pub struct PerSource {
 
 impl Default for PerSource {
     fn default() -> Self {
+        let core = Settings::default().per_source;
+        let wide = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
         PerSource {
-            devices_per_address: 1000,
-            devices_per_subnet: 5000,
-            pending_per_address: 32,
-            pending_per_subnet: 128,
-            connects_per_second: 100,
-            connect_burst: 200,
-            ipv4_subnet_prefix: 24,
-            ipv6_subnet_prefix: 64,
+            devices_per_address: core.devices_per_address,
+            devices_per_subnet: core.devices_per_subnet,
+            pending_per_address: core.pending_per_address,
+            pending_per_subnet: core.pending_per_subnet,
+            connects_per_second: wide(core.connects_per_second),
+            connect_burst: wide(core.connect_burst),
+            ipv4_subnet_prefix: usize::from(core.ipv4_prefix),
+            ipv6_subnet_prefix: usize::from(core.ipv6_prefix),
         }
     }
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let core = Settings::default();
         Limits {
-            max_devices: 10_000,
-            max_topics_per_device: 256,
-            max_queued_per_device: 64,
-            max_frame_size: 1024,
-            max_client_id_len: 64,
+            max_devices: core.max_devices,
+            max_topics_per_device: core.max_topics_per_device,
+            max_queued_per_device: core.max_queued_per_device,
+            max_frame_size: core.max_frame_size,
+            max_client_id_len: core.max_client_id_len,
+            // Config-only: the shell's channels and sockets.
             channel_depth: 1024,
             udp_receive_buffer: 4 * 1024 * 1024,
-            max_subscriptions_per_device: 256,
-            max_silent_downlink_bytes: 64 * 1024,
+            max_subscriptions_per_device: core.max_subscriptions_per_device,
+            max_silent_downlink_bytes: core.max_silent_downlink_bytes,
             per_source: PerSource::default(),
         }
     }
@@ -351,9 +358,10 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Self {
+        let core = Settings::default();
         Timers {
-            retry_interval: Duration::from_secs(10),
-            max_retries: 3,
+            retry_interval: core.retry_interval,
+            max_retries: u8::try_from(core.max_retries).unwrap_or(u8::MAX),
         }
     }
 }
@@ -374,10 +382,11 @@ pub struct Sleep {
 
 impl Default for Sleep {
     fn default() -> Self {
+        let core = Settings::default();
         Sleep {
-            buffer_messages: 100,
-            buffer_bytes: 64 * 1024,
-            keep_qos0: true,
+            buffer_messages: core.sleep_buffer_messages,
+            buffer_bytes: core.sleep_buffer_bytes,
+            keep_qos0: core.sleep_keep_qos0,
         }
     }
 }
