@@ -1,6 +1,7 @@
 //! `discovery`: periodic ADVERTISE and the multicast groups the gateway listens on for SEARCHGW
 //! (spec §6.1). Values are checked while they are read, like the rest of `config`; the checks
 //! that need `transports.udp` (which transport a group belongs to) run when the gateway starts.
+//! Must never import from `mod.rs`; shared deserializers come from `checks.rs`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
