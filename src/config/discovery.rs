@@ -1,6 +1,7 @@
 //! `discovery`: periodic ADVERTISE and the multicast groups the gateway listens on for SEARCHGW
 //! (spec §6.1). Values are checked while they are read, like the rest of `config`; the checks
 //! that need `transports.udp` (which transport a group belongs to) run when the gateway starts.
+//! Must never import from `mod.rs`; shared deserializers come from `checks.rs`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -9,7 +10,11 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use super::{duration, unique_list, AddrVisitor};
+use super::checks::{
+    advertise_interval, check_destination, checked_int, checked_str, nonzero_port, unique_list,
+    AddrVisitor,
+};
+use super::duration;
 
 /// `discovery`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -33,7 +38,7 @@ pub struct Advertise {
     /// `interval`: the period of ADVERTISE; also its Duration field, so whole seconds, 1s..=65535s.
     #[serde(
         serialize_with = "duration::serialize",
-        deserialize_with = "super::advertise_interval"
+        deserialize_with = "advertise_interval"
     )]
     pub interval: Duration,
 }
@@ -57,7 +62,7 @@ pub struct MulticastGroup {
     #[serde(deserialize_with = "multicast_ip")]
     pub group: IpAddr,
     /// `port`: the UDP port devices send SEARCHGW to and listen on; not a transport's port.
-    #[serde(deserialize_with = "super::nonzero_port")]
+    #[serde(deserialize_with = "nonzero_port")]
     pub port: u16,
     /// `interface`: where to join. IPv4: a local IPv4 address of the interface. IPv6: an
     /// interface name (`eth0`) or index. `None`: the kernel's choice (by route).
@@ -157,7 +162,7 @@ fn optional_destination<'de, D: Deserializer<'de>>(
 
         fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_str(AddrVisitor {
-                check: super::check_destination,
+                check: check_destination,
             })
             .map(Some)
         }
@@ -167,7 +172,7 @@ fn optional_destination<'de, D: Deserializer<'de>>(
 }
 
 fn multicast_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
-    let text = super::checked_str(deserializer, "a multicast IP address", |v| {
+    let text = checked_str(deserializer, "a multicast IP address", |v| {
         match v.parse::<IpAddr>() {
             Ok(ip) if ip.is_multicast() => Ok(v.to_owned()),
             Ok(_) => Err(format!(
@@ -182,7 +187,7 @@ fn multicast_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D:
 }
 
 fn ttl<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
-    let ttl = super::checked_int(deserializer, 1, 255, |_| Ok(()))?;
+    let ttl = checked_int(deserializer, 1, 255, |_| Ok(()))?;
     Ok(ttl as u8) // checked above
 }
 

@@ -1,8 +1,11 @@
 //! The duration syntax of `gateway.yaml`: `500ms`, `10s`, `15m`, `2h`, and combinations such as
 //! `1h30m` or `1s500ms` (largest unit first, each unit at most once).
 //!
-//! [`format`] writes a duration back in the same form, so the effective config printed by
+//! [`format()`] writes a duration back in the same form, so the effective config printed by
 //! `mqttsn-gateway check` loads again unchanged.
+//!
+//! A leaf: owns the syntax only, imports nothing of `config`, and must never know a key name
+//! (each key's range check is its section's).
 
 use std::fmt;
 use std::time::Duration;

@@ -41,6 +41,7 @@ pub struct SourceLimits {
     pub ipv6_prefix: u8,
 }
 
+/// The defaults of `limits.per_source.*`, written only here: `config::PerSource` reads them.
 impl Default for SourceLimits {
     fn default() -> Self {
         SourceLimits {

@@ -56,6 +56,9 @@ pub struct Settings {
     pub max_subscriptions_per_device: usize,
 }
 
+/// The one place these defaults are written: `config`'s sections read them (`limits`,
+/// `timers`, `sleep`, `gateway.id`, `broker.upstream`), so `gateway.yaml` without a key and a
+/// core built with `Settings::default()` agree.
 impl Default for Settings {
     fn default() -> Self {
         Settings {

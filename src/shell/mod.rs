@@ -1,160 +1,46 @@
-//! The tokio shell around the sans-IO core: UDP transports, upstream session tasks, and the
-//! driver task that owns the [`Gateway`].
+//! The tokio shell around the sans-IO core: start-up (binding the transports, starting the
+//! embedded broker, opening the store) and [`run`] until a signal.
 //!
-//! Owns sockets, tasks and the clock. Must never hold protocol state of its own: every decision
-//! is the core's. No lock is held across `.await`; every channel is bounded
+//! The shell owns sockets, tasks and the clock. Must never hold protocol state of its own:
+//! every decision is the core's. No lock is held across `.await`; every channel is bounded
 //! (`limits.channel_depth`).
+//!
+//! This file owns [`start`], [`Running`] and [`run`], and the open-file limit. The driver loop
+//! is `driver.rs`, the mapping of [`Config`] to the core's [`Settings`](crate::core::Settings)
+//! is `settings.rs`, signal handling `signals.rs`, the message every task sends the driver
+//! `event.rs`, the start-up error `error.rs`; the transports (`udp.rs`, `serial.rs`,
+//! `multicast.rs`), the upstream sessions (`upstream.rs`) and the store writer
+//! (`persistence.rs`) are one file each. None of them imports from this file.
 
+mod driver;
+mod error;
+mod event;
 mod multicast;
 mod persistence;
 mod serial;
+mod settings;
+mod signals;
 mod udp;
 mod upstream;
 
+pub use error::ShellError;
+pub use event::Event;
 pub use serial::SerialOut;
+pub use settings::{embedded_settings, settings_from};
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::broker::{self, BrokerError, BrokerHandle, EmbeddedSettings};
+use crate::broker::{self, BrokerHandle};
 use crate::config::{BrokerMode, Config};
-use crate::core::settings::SourceLimits;
-use crate::core::{
-    DeviceAddr, Gateway, GroupId, Output, PeerAddr, SessionId, Settings, Stats, TransportId,
-};
-use crate::mqtt;
-
-/// What the driver task is told.
-#[derive(Debug)]
-pub enum Event {
-    /// A frame from a device.
-    Frame { from: DeviceAddr, frame: Bytes },
-    /// A frame from a device, sent to a multicast group.
-    GroupFrame {
-        group: GroupId,
-        from: DeviceAddr,
-        frame: Bytes,
-    },
-    /// A packet from an upstream session.
-    Upstream {
-        session: SessionId,
-        packet: mqtt::Packet,
-    },
-    /// An upstream session's connection ended.
-    UpstreamClosed { session: SessionId },
-}
-
-/// Errors that stop the gateway from starting.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ShellError {
-    #[error("cannot bind UDP {addr}: {source}")]
-    BindUdp {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot open serial port {}: {source} (set transports.serial[].required: false to start without it and retry)", .path.display())]
-    OpenSerial {
-        path: PathBuf,
-        source: tokio_serial::Error,
-    },
-    /// `store.path`: the store cannot be opened (the source names the file and what to do).
-    #[error("store.path")]
-    Store(#[from] crate::store::StoreError),
-    /// The gateway stopped by itself.
-    #[error("{0}")]
-    Stopped(String),
-    #[error("cannot resolve broker address {host}:{port}: {reason}")]
-    ResolveBroker {
-        host: String,
-        port: u16,
-        reason: String,
-    },
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error("discovery.multicast[{index}]: {reason}")]
-    Multicast { index: usize, reason: String },
-}
-
-/// The core's settings from the configuration file.
-pub fn settings_from(config: &Config) -> Settings {
-    // Device sessions log in to the embedded broker with its own credentials.
-    let credentials = match config.broker.mode {
-        BrokerMode::Upstream => (
-            &config.broker.upstream.username,
-            &config.broker.upstream.password,
-        ),
-        BrokerMode::Embedded => (
-            &config.broker.embedded.username,
-            &config.broker.embedded.password,
-        ),
-    };
-    Settings {
-        gateway_id: config.gateway.id,
-        predefined_topics: config
-            .predefined_topics
-            .iter()
-            .map(|t| (t.id, t.topic.clone()))
-            .collect(),
-        max_devices: config.limits.max_devices,
-        max_topics_per_device: config.limits.max_topics_per_device,
-        max_queued_per_device: config.limits.max_queued_per_device,
-        max_frame_size: config.limits.max_frame_size,
-        max_client_id_len: config.limits.max_client_id_len,
-        retry_interval: config.timers.retry_interval,
-        max_retries: u32::from(config.timers.max_retries),
-        advertise_interval: config.discovery.advertise.as_ref().map(|a| a.interval),
-        upstream_keep_alive: config.broker.upstream.keep_alive,
-        upstream_connect_timeout: config.broker.upstream.connect_timeout,
-        client_id_prefix: config.broker.upstream.client_id_prefix.clone(),
-        username: credentials.0.clone(),
-        password: credentials.1.as_ref().map(|p| p.as_bytes().to_vec()),
-        sleep_buffer_messages: config.sleep.buffer_messages,
-        sleep_buffer_bytes: config.sleep.buffer_bytes,
-        sleep_keep_qos0: config.sleep.keep_qos0,
-        persistent: false,
-        per_source: per_source(&config.limits.per_source),
-        max_silent_downlink_bytes: config.limits.max_silent_downlink_bytes,
-        max_subscriptions_per_device: config.limits.max_subscriptions_per_device,
-    }
-}
-
-fn per_source(p: &crate::config::PerSource) -> SourceLimits {
-    let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-    SourceLimits {
-        devices_per_address: p.devices_per_address,
-        devices_per_subnet: p.devices_per_subnet,
-        pending_per_address: p.pending_per_address,
-        pending_per_subnet: p.pending_per_subnet,
-        connects_per_second: u32_of(p.connects_per_second),
-        connect_burst: u32_of(p.connect_burst),
-        ipv4_prefix: u8::try_from(p.ipv4_subnet_prefix).unwrap_or(32),
-        ipv6_prefix: u8::try_from(p.ipv6_subnet_prefix).unwrap_or(128),
-    }
-}
-
-/// The embedded broker's settings from `broker.embedded`.
-pub fn embedded_settings(config: &Config) -> EmbeddedSettings {
-    let e = &config.broker.embedded;
-    EmbeddedSettings {
-        bind: e.bind,
-        data_dir: e.data_dir.clone(),
-        username: e.username.clone(),
-        password: e.password.clone(),
-        allow_anonymous: e.allow_anonymous,
-        max_queued_messages: e.max_queued_messages,
-    }
-}
+use crate::core::{Gateway, GroupId, Stats, TransportId};
+use driver::{Driver, Transport};
+use signals::Signals;
 
 /// Where device sessions reach the embedded broker: its bound address, or loopback when it
 /// listens on every interface.
@@ -472,294 +358,5 @@ pub async fn run(config: Config) -> Result<(), ShellError> {
     match failure {
         None => Ok(()),
         Some(reason) => Err(ShellError::Stopped(reason)),
-    }
-}
-
-/// SIGINT and SIGTERM, listened for from the moment they are installed.
-struct Signals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>,
-}
-
-impl Signals {
-    fn install() -> Signals {
-        let mut ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
-            Box::pin(tokio::signal::ctrl_c());
-        // Polling once registers the SIGINT handler now rather than at the first await.
-        let waker = std::task::Waker::noop();
-        let _ = ctrl_c
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(waker));
-        Signals {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
-            ctrl_c,
-        }
-    }
-
-    async fn wait(self) {
-        #[cfg(unix)]
-        if let Some(mut term) = self.term {
-            tokio::select! {
-                _ = self.ctrl_c => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-        let _ = self.ctrl_c.await;
-    }
-}
-
-/// Where a [`TransportId`] leads: its index in [`Driver::transports`].
-enum Transport {
-    Udp(Arc<UdpSocket>),
-    /// The port's task, which frames and writes.
-    Serial(mpsc::Sender<SerialOut>),
-}
-
-/// The one task that owns the [`Gateway`].
-struct Driver {
-    gateway: Gateway,
-    /// UDP sockets first, then serial ports, in config order.
-    transports: Vec<Transport>,
-    sessions: HashMap<SessionId, mpsc::Sender<mqtt::Packet>>,
-    /// The latest session task per upstream ClientId, so a new session waits for the old one.
-    session_tasks: HashMap<String, JoinHandle<()>>,
-    broker: SocketAddr,
-    connect_timeout: Duration,
-    session_depth: usize,
-    events_tx: mpsc::Sender<Event>,
-    advertise: Option<SocketAddr>,
-    /// `discovery.multicast[]`, indexed by [`GroupId`].
-    groups: Vec<multicast::Group>,
-    stats: watch::Sender<Stats>,
-    /// Taken by `run`, which owns it from then on.
-    persistence: Option<persistence::Persistence>,
-    /// Say DISCONNECT on every session at shutdown (embedded broker: no wills) and wait for
-    /// the sessions to close.
-    disconnect_on_shutdown: bool,
-}
-
-/// The next durable sequence; `None` once the store's writer has stopped; never without store.
-async fn next_confirmed(p: &mut Option<persistence::Persistence>) -> Option<u64> {
-    match p {
-        Some(p) => p.confirmed().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// How long shutdown waits for the upstream sessions to say DISCONNECT and close.
-const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
-
-impl Driver {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<Event>,
-        mut shutdown: watch::Receiver<bool>,
-        failed: watch::Sender<Option<String>>,
-    ) {
-        let mut persistence = self.persistence.take();
-        // Sessions reopened by the restore go out first.
-        self.flush(persistence.as_ref()).await;
-        // The core's clock is std's; tokio's Instant converts for sleeping.
-        loop {
-            let wake = self.gateway.poll_timeout();
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                seq = next_confirmed(&mut persistence) => match seq {
-                    Some(seq) => self.gateway.handle_persisted(std::time::Instant::now(), seq),
-                    None => {
-                        // Acknowledgements that need the store would wait (and pile up) for
-                        // ever: stop, so a supervisor restarts the gateway on a working store.
-                        let reason = "the store can no longer write (see the error above); stopping".to_string();
-                        error!("{reason}");
-                        failed.send_replace(Some(reason));
-                        break;
-                    }
-                },
-                ev = events.recv() => {
-                    let Some(ev) = ev else { break };
-                    self.handle(ev);
-                    // Drain what is already queued before looking at timers again.
-                    for _ in 0..256 {
-                        match events.try_recv() {
-                            Ok(ev) => self.handle(ev),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                _ = sleep_until_std(wake) => {
-                    self.gateway.handle_timeout(std::time::Instant::now());
-                }
-            }
-            self.flush(persistence.as_ref()).await;
-            self.stats.send_replace(self.gateway.stats());
-        }
-        // Dropping the session senders lets every upstream task flush and close.
-        let mut open = self.sessions.len();
-        if self.disconnect_on_shutdown {
-            for tx in self.sessions.values() {
-                let _ = tx.try_send(mqtt::Packet::Disconnect);
-            }
-        }
-        self.sessions.clear();
-        if self.disconnect_on_shutdown {
-            let deadline = Instant::now() + DISCONNECT_WAIT;
-            while open > 0 {
-                match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Ok(Some(Event::UpstreamClosed { .. })) => open -= 1,
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
-        // The writer commits what is queued before the driver ends.
-        if let Some(p) = persistence {
-            p.close().await;
-        }
-    }
-
-    fn handle(&mut self, ev: Event) {
-        let now = std::time::Instant::now();
-        match ev {
-            Event::Frame { from, frame } => self.gateway.handle_frame(now, from, frame),
-            Event::GroupFrame { group, from, frame } => {
-                self.gateway.handle_group_frame(now, group, from, frame)
-            }
-            Event::Upstream { session, packet } => {
-                self.gateway.handle_upstream(now, session, packet)
-            }
-            Event::UpstreamClosed { session } => {
-                self.sessions.remove(&session);
-                self.gateway.handle_upstream_closed(now, session)
-            }
-        }
-    }
-
-    async fn flush(&mut self, persistence: Option<&persistence::Persistence>) {
-        while let Some(out) = self.gateway.poll_output() {
-            match out {
-                Output::Transmit { to, frame } => self.transmit(&to, frame).await,
-                Output::Broadcast { frame } => {
-                    for t in &self.transports {
-                        if let Transport::Serial(tx) = t {
-                            let msg = SerialOut::Broadcast {
-                                frame: frame.clone(),
-                            };
-                            if tx.try_send(msg).is_err() {
-                                debug!("serial port backlog full; broadcast dropped");
-                            }
-                        }
-                    }
-                    for g in 0..self.groups.len() {
-                        self.multicast(g, 0, &frame).await;
-                    }
-                    if let Some(addr) = self.advertise {
-                        for t in &self.transports {
-                            let Transport::Udp(s) = t else { continue };
-                            let same_family =
-                                s.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4());
-                            if same_family {
-                                if let Err(e) = s.send_to(&frame, addr).await {
-                                    debug!(%addr, error = %e, "ADVERTISE not sent");
-                                }
-                            }
-                        }
-                    }
-                }
-                Output::Multicast {
-                    group,
-                    radius,
-                    frame,
-                } => self.multicast(usize::from(group.0), radius, &frame).await,
-                Output::Open { session, connect } => {
-                    let (tx, rx) = mpsc::channel(self.session_depth);
-                    self.sessions.insert(session, tx);
-                    if self.session_tasks.len() > 2 * self.session_depth.max(self.sessions.len()) {
-                        self.session_tasks.retain(|_, t| !t.is_finished());
-                    }
-                    let client_id = connect.client_id.clone();
-                    let after = self.session_tasks.remove(&client_id);
-                    let task = tokio::spawn(upstream::run(
-                        upstream::SessionParams {
-                            session,
-                            broker: self.broker,
-                            connect,
-                            connect_timeout: self.connect_timeout,
-                            after,
-                        },
-                        rx,
-                        self.events_tx.clone(),
-                    ));
-                    self.session_tasks.insert(client_id, task);
-                }
-                Output::Send { session, packet } => {
-                    if let Some(tx) = self.sessions.get(&session) {
-                        if tx.try_send(packet).is_err() {
-                            // The broker cannot keep up with this session: drop it rather
-                            // than block every other device. The core hears it closed.
-                            warn!(
-                                session = session.0,
-                                "upstream session backlog full; closing it"
-                            );
-                            self.sessions.remove(&session);
-                        }
-                    }
-                }
-                Output::Close { session } => {
-                    self.sessions.remove(&session);
-                }
-                Output::Persist { seq, ops } => {
-                    if let Some(p) = persistence {
-                        p.submit(seq, ops).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sends `frame` to group `g` from its transport.
-    async fn multicast(&self, g: usize, radius: u8, frame: &[u8]) {
-        let Some(group) = self.groups.get(g) else {
-            return;
-        };
-        if let Some(Transport::Udp(sock)) = self.transports.get(group.transport) {
-            multicast::send(sock, group, radius, frame).await;
-        }
-    }
-
-    async fn transmit(&self, to: &DeviceAddr, frame: Bytes) {
-        match (self.transports.get(usize::from(to.transport.0)), &to.peer) {
-            (Some(Transport::Udp(sock)), PeerAddr::Udp(addr)) => {
-                if let Err(e) = sock.send_to(&frame, addr).await {
-                    debug!(peer = %to, error = %e, "send to device failed");
-                }
-            }
-            (Some(Transport::Serial(tx)), PeerAddr::Link(link)) => {
-                let msg = SerialOut::To {
-                    link: link.clone(),
-                    frame,
-                };
-                // A full backlog means the line is slower than the core: drop, the core
-                // retransmits what needs it.
-                if tx.try_send(msg).is_err() {
-                    debug!(peer = %to, "serial port backlog full; frame dropped");
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-async fn sleep_until_std(at: Option<std::time::Instant>) {
-    match at {
-        Some(at) => {
-            let now = std::time::Instant::now();
-            let wait = at.saturating_duration_since(now);
-            tokio::time::sleep_until(Instant::now() + wait).await
-        }
-        None => std::future::pending().await,
     }
 }

@@ -4,7 +4,7 @@
 //! that transport's address from the GWINFO or ADVERTISE source.
 //!
 //! Owns no protocol state: the core says which group and which radius; this file turns the
-//! radius into the IP scope (TTL / hop limit) and sends.
+//! radius into the IP scope (TTL / hop limit) and sends. Must never answer a SEARCHGW itself.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
 
@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-use super::ShellError;
+use super::error::ShellError;
 use crate::config::MulticastGroup;
 
 /// Where the group's interface is, as the socket options want it.

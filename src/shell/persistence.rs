@@ -4,7 +4,8 @@
 //!
 //! Owns the channel to the writer thread and the confirmation watch. The confirmation is a
 //! `watch` of the highest committed sequence, so the writer never blocks on the driver (and the
-//! driver, waiting for room in the writer's bounded queue, can never deadlock with it).
+//! driver, waiting for room in the writer's bounded queue, can never deadlock with it). Must
+//! never decide what is written: the core's batches are committed as they come.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;

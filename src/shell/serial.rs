@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tracing::{debug, info, warn};
 
-use super::Event;
+use super::event::Event;
 use crate::config::{SerialFlowControl, SerialFraming, SerialParity, SerialTransport};
 use crate::core::{DeviceAddr, PeerAddr, TransportId};
 use crate::transport::serial::{self as framing, xbee, Counters, Decoder, Destination, Framing};

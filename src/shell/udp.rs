@@ -1,7 +1,8 @@
 //! UDP transport: one reader task per socket; sends go straight from the driver.
 //!
 //! Owns nothing but the receive buffer. Datagrams larger than `limits.max_frame_size` are
-//! still handed on (truncated reads are detected by size) so the core counts them.
+//! still handed on (truncated reads are detected by size) so the core counts them. Must never
+//! judge a datagram itself: every one goes to the driver.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::Event;
+use super::event::Event;
 use crate::core::{DeviceAddr, GroupId, TransportId};
 
 /// Binds a UDP socket asking the kernel for `receive_buffer` octets of receive buffer, so

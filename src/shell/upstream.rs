@@ -2,7 +2,8 @@
 //! ways. The broker keep-alive (PINGREQ) is this task's business, never the device's.
 //!
 //! Owns the socket and its read buffer; knows nothing of devices. Reports every packet and
-//! the end of the connection to the driver.
+//! the end of the connection to the driver. Must never act on a packet for a device: that is
+//! the core's decision.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tracing::debug;
 
-use super::Event;
+use super::event::Event;
 use crate::core::SessionId;
 use crate::mqtt;
 

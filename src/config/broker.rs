@@ -1,0 +1,209 @@
+//! `broker`: which broker device sessions go to, and the settings of the upstream and the
+//! embedded one, with the checks that span several keys of `broker.embedded`.
+//!
+//! Defaults the core also has (keep-alive, connect timeout, ClientId prefix) are read from
+//! [`Settings::default`]. Must never import from `mod.rs`; shared deserializers come from
+//! `checks.rs`. Reads text only: it never resolves host names or opens sockets.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess};
+use serde::{Deserialize, Serialize};
+
+use super::checks::{
+    check_host, checked_str, keep_alive, nonzero_port, null_as_default, positive_duration,
+    socket_addr,
+};
+use super::duration;
+use crate::core::Settings;
+
+/// `broker`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Broker {
+    /// `broker.mode`: which broker device sessions go to.
+    pub mode: BrokerMode,
+    /// `broker.upstream`: used when `mode` is `upstream`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub upstream: Upstream,
+    /// `broker.embedded`: used when `mode` is `embedded`.
+    #[serde(deserialize_with = "embedded")]
+    pub embedded: Embedded,
+}
+
+/// `broker.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    /// Run a broker inside the gateway process and connect to it.
+    #[default]
+    Embedded,
+    /// Connect to an external MQTT 3.1.1 broker.
+    Upstream,
+}
+
+/// `broker.upstream`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Upstream {
+    /// `host`: name or IP address of the broker (IPv6 without brackets, e.g. `::1`).
+    #[serde(deserialize_with = "host")]
+    pub host: String,
+    /// `port`: TCP port of the broker, 1..=65535.
+    #[serde(deserialize_with = "nonzero_port")]
+    pub port: u16,
+    /// `keep_alive`: the MQTT keep-alive of each upstream session; whole seconds, `0s` = off.
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "keep_alive"
+    )]
+    pub keep_alive: Duration,
+    /// `connect_timeout`: how long a TCP connect plus CONNACK may take.
+    #[serde(
+        serialize_with = "duration::serialize",
+        deserialize_with = "positive_duration"
+    )]
+    pub connect_timeout: Duration,
+    /// `username`: sent in every upstream CONNECT when set.
+    pub username: Option<String>,
+    /// `password`: sent in every upstream CONNECT when set.
+    pub password: Option<String>,
+    /// `client_id_prefix`: prepended to each device's ClientId upstream.
+    pub client_id_prefix: String,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        let core = Settings::default();
+        Upstream {
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+            keep_alive: core.upstream_keep_alive,
+            connect_timeout: core.upstream_connect_timeout,
+            username: None,
+            password: None,
+            client_id_prefix: core.client_id_prefix,
+        }
+    }
+}
+
+/// `broker.embedded`.
+///
+/// Checked as a whole when read: `username` and `password` go together, and a `bind` address
+/// reachable from other machines needs credentials or an explicit `allow_anonymous: true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Embedded {
+    /// `bind`: where the embedded broker listens (and where the gateway connects to it).
+    #[serde(deserialize_with = "socket_addr")]
+    pub bind: SocketAddr,
+    /// `data_dir`: where the broker keeps retained messages and persistent sessions.
+    #[serde(deserialize_with = "data_dir")]
+    pub data_dir: PathBuf,
+    /// `username`: when set (with `password`), clients must log in with it.
+    pub username: Option<String>,
+    /// `password`: see `username`.
+    pub password: Option<String>,
+    /// `allow_anonymous`: let clients in without a user name although `bind` is not loopback
+    /// (or although credentials are set).
+    pub allow_anonymous: bool,
+    /// `max_queued_messages`: QoS 1/2 messages kept per persistent session while its client is
+    /// away (or its in-flight window is full); more are dropped, counted and logged.
+    pub max_queued_messages: usize,
+}
+
+impl Default for Embedded {
+    fn default() -> Self {
+        Embedded {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            data_dir: PathBuf::from("./data/broker"),
+            username: None,
+            password: None,
+            allow_anonymous: false,
+            max_queued_messages: 1000,
+        }
+    }
+}
+
+impl Embedded {
+    /// The checks that span several keys of the section.
+    fn check(&self) -> Result<(), String> {
+        match (&self.username, &self.password) {
+            (Some(_), None) => return Err("username is set but password is not: set both".into()),
+            (None, Some(_)) => return Err("password is set but username is not: set both".into()),
+            _ => {}
+        }
+        if self.max_queued_messages == 0 {
+            return Err("max_queued_messages: must be at least 1".into());
+        }
+        if !self.bind.ip().is_loopback() && self.username.is_none() && !self.allow_anonymous {
+            return Err(format!(
+                "bind: {} is reachable from other machines, and an open broker there would let \
+                 anyone read and command your devices: set username and password, or state \
+                 allow_anonymous: true",
+                self.bind
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn host<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    checked_str(deserializer, "a host name or IP address", |host| {
+        // Accept `[::1]` as well as `::1`.
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        check_host(bare)?;
+        Ok(bare.to_owned())
+    })
+}
+
+fn data_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    checked_str(deserializer, "a directory path", |dir| {
+        if dir.trim().is_empty() {
+            Err("data_dir is empty: give a directory, e.g. ./data/broker".to_owned())
+        } else {
+            Ok(dir.to_owned())
+        }
+    })
+    .map(PathBuf::from)
+}
+
+/// `broker.embedded`: `null` means defaults; a mapping is read and then checked as a whole
+/// inside its own `visit_map`, so the error carries the section's key path and line.
+fn embedded<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Embedded, D::Error> {
+    struct Section;
+
+    impl<'de> de::Visitor<'de> for Section {
+        type Value = Embedded;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping of the embedded broker's keys")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Embedded, E> {
+            Ok(Embedded::default())
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Embedded, E> {
+            Ok(Embedded::default())
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Embedded, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Embedded, A::Error> {
+            let section = Embedded::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            section.check().map_err(de::Error::custom)?;
+            Ok(section)
+        }
+    }
+
+    deserializer.deserialize_option(Section)
+}

@@ -1,0 +1,188 @@
+//! `gateway.yaml`: typed sections with defaults, validated while they are read.
+//!
+//! Every key is optional; a missing key (or a key set to `null`) takes its default, and
+//! [`Config::default`] is exactly what the shipped `gateway.yaml` says. Unknown keys are errors.
+//!
+//! Values are checked inside the deserializers (custom `deserialize_with` functions and visitors,
+//! never afterwards), so that every [`ConfigError`] names the file, the line and column, and the
+//! key path: `gateway.yaml:7:5: transports.udp[0].bnd: unknown field `bnd`, expected `bind``.
+//! Checks that span several list entries (duplicate predefined ids, duplicate bind addresses) run
+//! inside the list's visitor while the offending entry is being read, for the same reason.
+//!
+//! This file owns the API: [`Config`] itself, loading, printing and the command-line overrides
+//! ([`Config::apply_overrides`], [`parse_host_port`]), and re-exports every section type.
+//! The sections live in `sections.rs`, `broker.rs` and `discovery.rs`, the shared checked
+//! deserializers in `checks.rs`, the error in `error.rs`, the duration syntax in `duration.rs`;
+//! none of them imports from this file. The module reads and writes text only; it never opens
+//! sockets.
+
+mod broker;
+mod checks;
+pub mod discovery;
+pub mod duration;
+mod error;
+mod sections;
+
+pub use broker::{Broker, BrokerMode, Embedded, Upstream};
+pub use checks::check_log_level;
+pub use discovery::{Advertise, Discovery, MulticastGroup};
+pub use error::ConfigError;
+pub use sections::{
+    GatewaySection, Limits, Log, PerSource, PredefinedTopic, SerialFlowControl, SerialFraming,
+    SerialParity, SerialTransport, Sleep, StoreSection, Timers, Transports, UdpTransport,
+};
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use checks::{check_host, null_as_default};
+use sections::predefined_topics;
+
+/// The whole of `gateway.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `gateway`: who this gateway is on the radio side.
+    #[serde(deserialize_with = "null_as_default")]
+    pub gateway: GatewaySection,
+    /// `transports`: where devices reach the gateway.
+    #[serde(deserialize_with = "null_as_default")]
+    pub transports: Transports,
+    /// `discovery`: periodic ADVERTISE, multicast groups answered for SEARCHGW.
+    #[serde(deserialize_with = "null_as_default")]
+    pub discovery: Discovery,
+    /// `broker`: where device sessions go.
+    #[serde(deserialize_with = "null_as_default")]
+    pub broker: Broker,
+    /// `predefined_topics`: topic ids known to gateway and devices in advance.
+    #[serde(deserialize_with = "predefined_topics")]
+    pub predefined_topics: Vec<PredefinedTopic>,
+    /// `limits`: every bound the runtime keeps.
+    #[serde(deserialize_with = "null_as_default")]
+    pub limits: Limits,
+    /// `timers`: retransmission of messages toward devices.
+    #[serde(deserialize_with = "null_as_default")]
+    pub timers: Timers,
+    /// `sleep`: buffering for sleeping devices.
+    #[serde(deserialize_with = "null_as_default")]
+    pub sleep: Sleep,
+    /// `store`: the durable store.
+    #[serde(deserialize_with = "null_as_default")]
+    pub store: StoreSection,
+    /// `log`: what is logged.
+    #[serde(deserialize_with = "null_as_default")]
+    pub log: Log,
+}
+
+impl Config {
+    /// Reads and validates `path`. Errors name the file as given.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates YAML text; `origin` names it in errors (a file name or `<string>`).
+    /// An empty document (or one holding only comments) gives the defaults.
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let parsed: Option<Config> =
+            serde_norway::from_str(text).map_err(|err| ConfigError::from_yaml(&err, origin))?;
+        Ok(parsed.unwrap_or_default())
+    }
+
+    /// The effective configuration as YAML, every key present. It loads back to `self`.
+    pub fn to_yaml(&self) -> String {
+        // Plain structs of strings, numbers and addresses: serializing cannot fail.
+        serde_norway::to_string(self).expect("Config serializes to YAML")
+    }
+
+    /// A copy with the broker passwords replaced by `"********"`, for printing.
+    pub fn redacted(&self) -> Config {
+        let mut copy = self.clone();
+        if copy.broker.upstream.password.is_some() {
+            copy.broker.upstream.password = Some("********".to_owned());
+        }
+        if copy.broker.embedded.password.is_some() {
+            copy.broker.embedded.password = Some("********".to_owned());
+        }
+        copy
+    }
+
+    /// Applies the command-line overrides, which win over the file:
+    /// a non-empty `udp` replaces `transports.udp`; `broker` sets `broker.mode: upstream` and
+    /// `broker.upstream.host`/`port`; `log` replaces `log.level`.
+    ///
+    /// The values are checked where they are parsed (see [`parse_host_port`] and
+    /// [`check_log_level`]), so this cannot fail.
+    pub fn apply_overrides(
+        &mut self,
+        udp: &[SocketAddr],
+        broker: Option<(String, u16)>,
+        log: Option<String>,
+    ) {
+        if !udp.is_empty() {
+            // Same address given twice would fail to bind; keep the first.
+            let mut seen = HashSet::new();
+            self.transports.udp = udp
+                .iter()
+                .filter(|addr| seen.insert(**addr))
+                .map(|&bind| UdpTransport { bind })
+                .collect();
+        }
+        if let Some((host, port)) = broker {
+            self.broker.mode = BrokerMode::Upstream;
+            self.broker.upstream.host = host;
+            self.broker.upstream.port = port;
+        }
+        if let Some(level) = log {
+            self.log.level = level;
+        }
+    }
+
+    /// Where device sessions are sent: the upstream broker, or the embedded broker's address.
+    pub fn broker_address(&self) -> String {
+        match self.broker.mode {
+            BrokerMode::Embedded => self.broker.embedded.bind.to_string(),
+            BrokerMode::Upstream => {
+                let upstream = &self.broker.upstream;
+                if upstream.host.contains(':') {
+                    format!("[{}]:{}", upstream.host, upstream.port)
+                } else {
+                    format!("{}:{}", upstream.host, upstream.port)
+                }
+            }
+        }
+    }
+}
+
+/// Parses `HOST:PORT` as given to `--broker`: `broker.local:1883`, `10.0.0.2:1883`,
+/// `[::1]:1883`. The host comes back without brackets.
+pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}`: expected HOST:PORT, e.g. 127.0.0.1:1883"))?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .ok_or_else(|| format!("`{text}`: unclosed `[` in host"))?,
+        None if host.contains(':') => {
+            return Err(format!(
+                "`{text}`: write an IPv6 host in brackets, e.g. [::1]:1883"
+            ))
+        }
+        None => host,
+    };
+    check_host(host).map_err(|reason| format!("`{text}`: {reason}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{text}`: port must be a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(format!("`{text}`: port must be from 1 to 65535"));
+    }
+    Ok((host.to_owned(), port))
+}

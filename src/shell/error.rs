@@ -1,0 +1,41 @@
+//! [`ShellError`]: why the gateway could not start (or stopped by itself).
+//!
+//! A leaf below `mod.rs` and `multicast.rs`, which both return it. Owns the messages' wording;
+//! must never decide what to do about an error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::broker::BrokerError;
+
+/// Errors that stop the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShellError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    BindUdp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open serial port {}: {source} (set transports.serial[].required: false to start without it and retry)", .path.display())]
+    OpenSerial {
+        path: PathBuf,
+        source: tokio_serial::Error,
+    },
+    /// `store.path`: the store cannot be opened (the source names the file and what to do).
+    #[error("store.path")]
+    Store(#[from] crate::store::StoreError),
+    /// The gateway stopped by itself.
+    #[error("{0}")]
+    Stopped(String),
+    #[error("cannot resolve broker address {host}:{port}: {reason}")]
+    ResolveBroker {
+        host: String,
+        port: u16,
+        reason: String,
+    },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("discovery.multicast[{index}]: {reason}")]
+    Multicast { index: usize, reason: String },
+}

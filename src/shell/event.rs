@@ -1,0 +1,29 @@
+//! [`Event`]: what every transport and upstream task sends the driver.
+//!
+//! A leaf: the tasks and the driver import it, it imports none of them. Must never carry
+//! anything but what was received (no decisions, no state).
+
+use bytes::Bytes;
+
+use crate::core::{DeviceAddr, GroupId, SessionId};
+use crate::mqtt;
+
+/// What the driver task is told.
+#[derive(Debug)]
+pub enum Event {
+    /// A frame from a device.
+    Frame { from: DeviceAddr, frame: Bytes },
+    /// A frame from a device, sent to a multicast group.
+    GroupFrame {
+        group: GroupId,
+        from: DeviceAddr,
+        frame: Bytes,
+    },
+    /// A packet from an upstream session.
+    Upstream {
+        session: SessionId,
+        packet: mqtt::Packet,
+    },
+    /// An upstream session's connection ended.
+    UpstreamClosed { session: SessionId },
+}

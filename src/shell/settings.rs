@@ -1,0 +1,80 @@
+//! [`Config`] → the core's [`Settings`] and the embedded broker's [`EmbeddedSettings`].
+//!
+//! Plain field mapping, no I/O: the start-up adjustments (the open-file limit, the store being
+//! attached) are made by `start` on the result. Must never hold a default of its own: a key's
+//! default is the config's, which reads the core's.
+
+use crate::broker::EmbeddedSettings;
+use crate::config::{BrokerMode, Config};
+use crate::core::settings::SourceLimits;
+use crate::core::Settings;
+
+/// The core's settings from the configuration file.
+pub fn settings_from(config: &Config) -> Settings {
+    // Device sessions log in to the embedded broker with its own credentials.
+    let credentials = match config.broker.mode {
+        BrokerMode::Upstream => (
+            &config.broker.upstream.username,
+            &config.broker.upstream.password,
+        ),
+        BrokerMode::Embedded => (
+            &config.broker.embedded.username,
+            &config.broker.embedded.password,
+        ),
+    };
+    Settings {
+        gateway_id: config.gateway.id,
+        predefined_topics: config
+            .predefined_topics
+            .iter()
+            .map(|t| (t.id, t.topic.clone()))
+            .collect(),
+        max_devices: config.limits.max_devices,
+        max_topics_per_device: config.limits.max_topics_per_device,
+        max_queued_per_device: config.limits.max_queued_per_device,
+        max_frame_size: config.limits.max_frame_size,
+        max_client_id_len: config.limits.max_client_id_len,
+        retry_interval: config.timers.retry_interval,
+        max_retries: u32::from(config.timers.max_retries),
+        advertise_interval: config.discovery.advertise.as_ref().map(|a| a.interval),
+        upstream_keep_alive: config.broker.upstream.keep_alive,
+        upstream_connect_timeout: config.broker.upstream.connect_timeout,
+        client_id_prefix: config.broker.upstream.client_id_prefix.clone(),
+        username: credentials.0.clone(),
+        password: credentials.1.as_ref().map(|p| p.as_bytes().to_vec()),
+        sleep_buffer_messages: config.sleep.buffer_messages,
+        sleep_buffer_bytes: config.sleep.buffer_bytes,
+        sleep_keep_qos0: config.sleep.keep_qos0,
+        persistent: false,
+        per_source: per_source(&config.limits.per_source),
+        max_silent_downlink_bytes: config.limits.max_silent_downlink_bytes,
+        max_subscriptions_per_device: config.limits.max_subscriptions_per_device,
+    }
+}
+
+fn per_source(p: &crate::config::PerSource) -> SourceLimits {
+    let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    SourceLimits {
+        devices_per_address: p.devices_per_address,
+        devices_per_subnet: p.devices_per_subnet,
+        pending_per_address: p.pending_per_address,
+        pending_per_subnet: p.pending_per_subnet,
+        connects_per_second: u32_of(p.connects_per_second),
+        connect_burst: u32_of(p.connect_burst),
+        ipv4_prefix: u8::try_from(p.ipv4_subnet_prefix).unwrap_or(32),
+        ipv6_prefix: u8::try_from(p.ipv6_subnet_prefix).unwrap_or(128),
+    }
+}
+
+/// The embedded broker's settings from `broker.embedded`.
+pub fn embedded_settings(config: &Config) -> EmbeddedSettings {
+    let e = &config.broker.embedded;
+    EmbeddedSettings {
+        bind: e.bind,
+        data_dir: e.data_dir.clone(),
+        username: e.username.clone(),
+        password: e.password.clone(),
+        allow_anonymous: e.allow_anonymous,
+        max_queued_messages: e.max_queued_messages,
+    }
+}
