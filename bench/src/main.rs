@@ -20,7 +20,7 @@
 //!    the idle RSS again, the devices' sessions and the bench's MQTT clients on the broker
 //!    inside the gateway process, next to the same numbers against mosquitto upstream.
 //!
-//! See docs/benchmarks.md. Run: `cargo run --release --bin bench -- --help`.
+//! See docs/benchmarks.md. Run: `cargo run -p bench --release -- --help`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -3025,9 +3025,19 @@ fn gateway_binary(a: &Args) -> Result<PathBuf> {
         return Ok(p.clone());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building the gateway: cargo build --release --bin mqttsn-gateway");
+    eprintln!("building the gateway: cargo build --release -p mqttsn-gateway --bin mqttsn-gateway");
+    // The bench and the gateway share the workspace's target dir, so the binary lands next to
+    // this one (target/release/).
     let st = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--bin", "mqttsn-gateway"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "mqttsn-gateway",
+            "--bin",
+            "mqttsn-gateway",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .context("run cargo build")?;
