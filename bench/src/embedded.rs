@@ -94,7 +94,7 @@ pub(crate) async fn embedded_test(
         up.threads = up.threads.or(m.threads);
     }
 
-    let port = free_tcp_port()?;
+    let port = free_tcp_port();
     let data = dir.join("embedded-data");
     std::fs::create_dir_all(&data)?;
     let conf = dir.join("gateway-embedded.yaml");

@@ -57,6 +57,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
+use testkit::{free_tcp_port, free_udp_port, spawn_with_fd_limit, temp_dir, Proc};
+
 use clients::*;
 use downlink::*;
 use embedded::*;
@@ -233,8 +235,7 @@ async fn main() -> Result<()> {
     EPOCH.get_or_init(Instant::now);
     let _ = rlimit::increase_nofile_limit(65536);
     let gw_bin = gateway_binary(&a)?;
-    let dir = std::env::temp_dir().join(format!("mqttsn-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = temp_dir("bench");
     let t_all = Instant::now();
     let result = run(&a, &gw_bin, &dir).await;
     match &result {

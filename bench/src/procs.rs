@@ -6,63 +6,6 @@
 
 use crate::*;
 
-pub(crate) fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-pub(crate) fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A child process killed on drop.
-pub(crate) struct Proc {
-    pub(crate) name: &'static str,
-    pub(crate) child: Child,
-    pub(crate) log: PathBuf,
-}
-
-impl Proc {
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    pub(crate) fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `/bin/sh -c 'ulimit -n …; exec BIN ARGS'`, so the child (same pid) gets a high fd limit.
-pub(crate) fn spawn_with_fd_limit(
-    name: &'static str,
-    bin: &Path,
-    args: &[&str],
-    log: PathBuf,
-) -> Result<Proc> {
-    let f = std::fs::File::create(&log)?;
-    let child = Command::new("/bin/bash")
-        .arg("-c")
-        .arg(r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@""#)
-        .arg(name)
-        .arg(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(f.try_clone()?)
-        .stderr(f)
-        .spawn()
-        .with_context(|| format!("spawn {}", bin.display()))?;
-    Ok(Proc { name, child, log })
-}
-
 /// `extra` is appended to the config; `tag` names the config and log files.
 pub(crate) fn start_mosquitto(
     bin: &Path,
@@ -72,7 +15,7 @@ pub(crate) fn start_mosquitto(
     tag: &str,
 ) -> Result<(Proc, u16)> {
     for _ in 0..5 {
-        let port = free_tcp_port()?;
+        let port = free_tcp_port();
         let conf = dir.join(format!("mosquitto{tag}.conf"));
         std::fs::write(
             &conf,
@@ -161,7 +104,7 @@ pub(crate) async fn spawn_gateway(
     tcp: Option<u16>,
     tag: &str,
 ) -> Result<(Proc, SocketAddr)> {
-    let udp_port = free_udp_port()?;
+    let udp_port = free_udp_port();
     let udp = format!("127.0.0.1:{udp_port}");
     let mut args = vec!["run", "-c", conf.to_str().unwrap(), "--udp", &udp];
     if let Some(b) = broker {

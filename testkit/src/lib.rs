@@ -1,7 +1,8 @@
 //! The test kit of the MQTT-SN gateway: real parts for integration tests and the bench. A broker
 //! on a free port (a real mosquitto, or the gateway's embedded broker — see [`Backend`]), the
 //! gateway in-process or as a separate process, a raw MQTT-SN device over UDP, a small MQTT 3.1.1
-//! client over TCP, socat pseudo-terminal pairs for serial lines, free ports and temp dirs.
+//! client over TCP, socat pseudo-terminal pairs for serial lines, child processes killed on drop,
+//! free ports and temp dirs.
 //!
 //! Owns: starting and stopping those parts, and waiting (bounded by [`WAIT`]) for them.
 //! Never: a fixed port, a process left running after its handle is dropped, or a protocol codec
@@ -28,7 +29,7 @@ pub use backend::{
 };
 pub use mosquitto::{mosquitto_binary, Mosquitto};
 pub use mqtt_client::MqttClient;
-pub use process::GatewayProcess;
+pub use process::{spawn_with_fd_limit, GatewayProcess, Proc};
 pub use serial::{serial_config, LineFrame, SerialLine, Socat};
 pub use sn_client::SnClient;
 
@@ -38,6 +39,15 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// A free TCP port on 127.0.0.1 (bound to port 0 and read back).
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free UDP port on 127.0.0.1 (bound to port 0 and read back), for a child process to bind.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()

@@ -1,10 +1,11 @@
-//! The gateway binary as a separate process (killed on drop, or with SIGKILL on request), its
-//! config written to a file, its UDP address read back from its log.
-//! Owns: spawning the binary the caller names and reading its UDP address.
-//! Never: finds the binary itself (a test passes `env!("CARGO_BIN_EXE_mqttsn-gateway")`).
+//! Child processes: the gateway binary for a test (killed on drop, or with SIGKILL on request),
+//! its config written to a file, its UDP address read back from its log; and, for the bench, any
+//! program started with a high fd limit, its output in a log file, killed on drop.
+//! Owns: spawning the binary the caller names and killing it. Never: finds the gateway binary
+//! itself (a test passes `env!("CARGO_BIN_EXE_mqttsn-gateway")`, the bench its --gateway path).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use mqttsn_gateway::config::Config;
@@ -85,4 +86,52 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A child process with its output in `log`, killed on drop.
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/bin/bash -c 'ulimit -n …; exec BIN ARGS'`, so the child (same pid) gets a high fd limit;
+/// stdout and stderr go to `log`.
+pub fn spawn_with_fd_limit(
+    name: &'static str,
+    bin: &Path,
+    args: &[&str],
+    log: PathBuf,
+) -> std::io::Result<Proc> {
+    let f = std::fs::File::create(&log)?;
+    let child = Command::new("/bin/bash")
+        .arg("-c")
+        .arg(r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@""#)
+        .arg(name)
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("spawn {}: {e}", bin.display())))?;
+    Ok(Proc { name, child, log })
 }
