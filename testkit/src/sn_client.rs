@@ -1,7 +1,7 @@
 //! A raw MQTT-SN device over a real UDP socket: sends messages (or raw octets) to the gateway
 //! and receives, decodes and answers what the gateway sends.
 //! Owns: the device side of the MQTT-SN exchanges the tests drive.
-//! Never: panics on what a test should see as a failure silently — every wait is bounded by [`WAIT`].
+//! Never: a wait without a bound ([`WAIT`]); what a test did not get is a panic saying what it expected.
 
 use std::net::SocketAddr;
 use std::time::Duration;
