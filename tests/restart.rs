@@ -50,7 +50,7 @@ async fn sleeping_buffer_survives_kill_9_and_qos2_arrives_exactly_once() {
     };
     let dir = TempDir::new("restart-sleep");
     let config = with_store(broker.port, &dir);
-    let gw = GatewayProcess::start(&config, &dir.0);
+    let gw = GatewayProcess::start(GATEWAY_BIN.as_ref(), &config, &dir.0);
     let dev = SnClient::new(gw.udp).await;
     dev.connect("sleepy", false, 60).await;
     let s = dev
@@ -78,7 +78,7 @@ async fn sleeping_buffer_survives_kill_9_and_qos2_arrives_exactly_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.kill9();
 
-    let gw = GatewayProcess::start(&config, &dir.0);
+    let gw = GatewayProcess::start(GATEWAY_BIN.as_ref(), &config, &dir.0);
     // The device wakes on the new address; it is re-bound by its ClientId.
     let dev = SnClient::new(gw.udp).await;
     let known = HashMap::from([(s.topic_id, "cmd/sleepy".to_string())]);
@@ -103,7 +103,7 @@ async fn acknowledged_uplink_qos1_and_qos2_survive_kill_9() {
     let mut sub = MqttClient::connect(broker.addr(), "count").await;
     sub.subscribe("up/#", mqtt::QoS::ExactlyOnce).await;
 
-    let gw = GatewayProcess::start(&config, &dir.0);
+    let gw = GatewayProcess::start(GATEWAY_BIN.as_ref(), &config, &dir.0);
     let dev = SnClient::new(gw.udp).await;
     dev.connect("uplinker", false, 60).await;
     let tid = dev.register("up/n", 1).await;
@@ -128,7 +128,7 @@ async fn acknowledged_uplink_qos1_and_qos2_survive_kill_9() {
     assert_eq!(dev.recv().await, Message::Pubrec { msg_id: 99 });
     gw.kill9();
 
-    let gw = GatewayProcess::start(&config, &dir.0);
+    let gw = GatewayProcess::start(GATEWAY_BIN.as_ref(), &config, &dir.0);
     let dev2 = SnClient::new(gw.udp).await;
     dev2.connect("uplinker", false, 60).await;
     dev2.send(Message::Pubrel { msg_id: 99 }).await;

@@ -1,0 +1,137 @@
+//! Child processes: the gateway binary for a test (killed on drop, or with SIGKILL on request),
+//! its config written to a file, its UDP address read back from its log; and, for the bench, any
+//! program started with a high fd limit, its output in a log file, killed on drop.
+//! Owns: spawning the binary the caller names and killing it. Never: finds the gateway binary
+//! itself (a test passes `env!("CARGO_BIN_EXE_mqttsn-gateway")`, the bench its --gateway path).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use mqttsn_gateway::config::Config;
+
+use crate::WAIT;
+
+/// The gateway binary as a separate process (so it can be killed with SIGKILL), with its
+/// config in a file; UDP on a free loopback port read back from its log.
+pub struct GatewayProcess {
+    child: Child,
+    pub udp: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `bin` (the gateway binary) with `config` written to `dir/gateway.yaml`.
+    pub fn start(bin: &Path, config: &Config, dir: &Path) -> GatewayProcess {
+        use std::io::{BufRead, BufReader};
+        let file = dir.join("gateway.yaml");
+        std::fs::write(&file, config.to_yaml()).unwrap();
+        let mut child = Command::new(bin)
+            .args(["run", "-c"])
+            .arg(&file)
+            .args([
+                "--log",
+                if std::env::var_os("MQTTSN_TEST_LOG").is_some() {
+                    "debug"
+                } else {
+                    "info"
+                },
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the gateway");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("MQTTSN_TEST_LOG").is_some() {
+                    eprintln!("[gateway] {line}");
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + WAIT;
+        let udp = loop {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = rx.recv_timeout(wait) else {
+                break None;
+            };
+            if line.contains("UDP transport listening") {
+                break line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.parse().ok());
+            }
+        };
+        match udp {
+            Some(udp) => GatewayProcess { child, udp },
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the gateway did not log its UDP address");
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process with its output in `log`, killed on drop.
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/bin/bash -c 'ulimit -n …; exec BIN ARGS'`, so the child (same pid) gets a high fd limit;
+/// stdout and stderr go to `log`.
+pub fn spawn_with_fd_limit(
+    name: &'static str,
+    bin: &Path,
+    args: &[&str],
+    log: PathBuf,
+) -> std::io::Result<Proc> {
+    let f = std::fs::File::create(&log)?;
+    let child = Command::new("/bin/bash")
+        .arg("-c")
+        .arg(r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@""#)
+        .arg(name)
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("spawn {}: {e}", bin.display())))?;
+    Ok(Proc { name, child, log })
+}
