@@ -1,5 +1,6 @@
 //! Gateway-wide context a device's state machine may use: settings, the output queue, counters,
-//! session ids. Split from `Gateway` so a `&mut Device` and the context can be borrowed together.
+//! session ids. Split from `Gateway` so a `&mut Device` and the context can be borrowed together;
+//! which device owns a session is the registry's, told through `SessionChange`s.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -13,11 +14,19 @@ use super::DeviceId;
 use crate::codec::{Encapsulation, Frame, Message};
 use crate::mqtt;
 
+/// A change to which device owns which upstream session, applied by the registry
+/// ([`super::registry::Registry::sync_sessions`]) when the input is done.
+pub(super) enum SessionChange {
+    Opened(SessionId, DeviceId),
+    Closed(SessionId),
+}
+
 pub(crate) struct Ctx {
     pub settings: Settings,
     pub out: VecDeque<Output>,
     pub stats: Stats,
-    pub by_session: HashMap<SessionId, DeviceId>,
+    /// Sessions opened for and closed by devices during this input, for the registry.
+    session_changes: Vec<SessionChange>,
     next_session: u64,
     /// Predefined topics both ways.
     pub predefined_by_id: HashMap<u16, String>,
@@ -44,13 +53,18 @@ impl Ctx {
             settings,
             out: VecDeque::new(),
             stats: Stats::default(),
-            by_session: HashMap::new(),
+            session_changes: Vec::new(),
             next_session: 1,
             predefined_by_id,
             predefined_by_name,
             scratch: BytesMut::with_capacity(256),
             tx_bytes: 0,
         }
+    }
+
+    /// The session changes since the last call.
+    pub fn take_session_changes(&mut self) -> std::vec::Drain<'_, SessionChange> {
+        self.session_changes.drain(..)
     }
 
     pub fn persistent(&self) -> bool {
@@ -140,7 +154,8 @@ impl Ctx {
         let session = SessionId(self.next_session);
         self.next_session += 1;
         if let Some(owner) = owner {
-            self.by_session.insert(session, owner);
+            self.session_changes
+                .push(SessionChange::Opened(session, owner));
         }
         self.out.push_back(Output::Open { session, connect });
         session
@@ -151,7 +166,7 @@ impl Ctx {
         if graceful {
             self.send(session, mqtt::Packet::Disconnect);
         }
-        self.by_session.remove(&session);
+        self.session_changes.push(SessionChange::Closed(session));
         if self.durability.holds(session) {
             // Packets still wait for the store: the close follows them, never overtakes them.
             self.after_persist(Output::Close { session });

@@ -13,6 +13,7 @@ mod durability;
 mod gateway;
 pub mod persist;
 mod qos_minus_one;
+mod registry;
 pub mod settings;
 mod timers;
 pub mod topics;
