@@ -4,6 +4,11 @@
 //! session's packet-id space; decides what is sent where and when. Must never: do I/O, read
 //! the clock, spawn, lock, or hold an unbounded queue. Time comes in as `now`; effects go out
 //! as [`Output`] values drained with [`Gateway::poll_output`].
+//!
+//! The public surface is what `shell`, `store`, tests/ and fuzz/bodies/ use; everything else is
+//! `pub(crate)` or narrower (`unreachable_pub` keeps it so).
+
+#![warn(unreachable_pub)]
 
 mod admission;
 mod ctx;
@@ -16,8 +21,8 @@ mod qos_minus_one;
 mod registry;
 pub mod settings;
 mod timers;
-pub mod topics;
-pub mod types;
+mod topics;
+mod types;
 
 #[cfg(test)]
 mod tests;

@@ -31,12 +31,12 @@ pub(crate) struct QosMinusOne {
 
 impl QosMinusOne {
     /// Whether `session` is this path's session (packets on it are for [`Self::on_upstream`]).
-    pub fn owns(&self, session: SessionId) -> bool {
+    pub(super) fn owns(&self, session: SessionId) -> bool {
         self.session == Some(session)
     }
 
     /// When [`Self::on_timeout`] must next run.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         [self.retry_at, self.connect_deadline]
             .into_iter()
             .flatten()
@@ -44,7 +44,7 @@ impl QosMinusOne {
     }
 
     /// A QoS -1 PUBLISH from `from`.
-    pub fn on_publish(
+    pub(super) fn on_publish(
         &mut self,
         ctx: &mut Ctx,
         now: Instant,
@@ -88,7 +88,7 @@ impl QosMinusOne {
     }
 
     /// A packet on this path's session: only its CONNACK matters.
-    pub fn on_upstream(&mut self, ctx: &mut Ctx, now: Instant, packet: mqtt::Packet) {
+    pub(super) fn on_upstream(&mut self, ctx: &mut Ctx, now: Instant, packet: mqtt::Packet) {
         let (Some(session), mqtt::Packet::ConnAck { code, .. }) = (self.session, packet) else {
             return;
         };
@@ -106,7 +106,7 @@ impl QosMinusOne {
     }
 
     /// This path's session ended.
-    pub fn on_closed(&mut self, ctx: &Ctx, now: Instant) {
+    pub(super) fn on_closed(&mut self, ctx: &Ctx, now: Instant) {
         self.failed(ctx, now);
     }
 
@@ -120,7 +120,7 @@ impl QosMinusOne {
     }
 
     /// The connect deadline and the retry.
-    pub fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) {
+    pub(super) fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) {
         if self.connect_deadline.is_some_and(|t| t <= now) {
             info!("the broker did not accept the gateway's QoS -1 session in time");
             if let Some(s) = self.session {

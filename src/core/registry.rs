@@ -27,7 +27,7 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    pub fn new(per_source: SourceLimits) -> Self {
+    pub(super) fn new(per_source: SourceLimits) -> Self {
         Registry {
             devices: HashMap::new(),
             by_addr: HashMap::new(),
@@ -39,41 +39,41 @@ impl Registry {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.devices.len()
     }
 
-    pub fn ids(&self) -> Vec<DeviceId> {
+    pub(super) fn ids(&self) -> Vec<DeviceId> {
         self.devices.keys().copied().collect()
     }
 
-    pub fn get(&self, id: DeviceId) -> Option<&Device> {
+    pub(super) fn get(&self, id: DeviceId) -> Option<&Device> {
         self.devices.get(&id)
     }
 
-    pub fn get_mut(&mut self, id: DeviceId) -> Option<&mut Device> {
+    pub(super) fn get_mut(&mut self, id: DeviceId) -> Option<&mut Device> {
         self.devices.get_mut(&id)
     }
 
-    pub fn by_client_id(&self, client_id: &str) -> Option<DeviceId> {
+    pub(super) fn by_client_id(&self, client_id: &str) -> Option<DeviceId> {
         self.by_client_id.get(client_id).copied()
     }
 
-    pub fn by_addr(&self, addr: &DeviceAddr) -> Option<DeviceId> {
+    pub(super) fn by_addr(&self, addr: &DeviceAddr) -> Option<DeviceId> {
         self.by_addr.get(addr).copied()
     }
 
-    pub fn by_session(&self, session: SessionId) -> Option<DeviceId> {
+    pub(super) fn by_session(&self, session: SessionId) -> Option<DeviceId> {
         self.by_session.get(&session).copied()
     }
 
     /// Forgets which device owns `session` (its connection ended); returns the owner.
-    pub fn unbind_session(&mut self, session: SessionId) -> Option<DeviceId> {
+    pub(super) fn unbind_session(&mut self, session: SessionId) -> Option<DeviceId> {
         self.by_session.remove(&session)
     }
 
     /// Applies the sessions devices opened and closed through `ctx` since the last call.
-    pub fn sync_sessions(&mut self, ctx: &mut Ctx) {
+    pub(super) fn sync_sessions(&mut self, ctx: &mut Ctx) {
         for change in ctx.take_session_changes() {
             match change {
                 SessionChange::Opened(session, owner) => {
@@ -87,7 +87,7 @@ impl Registry {
     }
 
     /// Adds the device `make` builds with a fresh handle, under its ClientId and address.
-    pub fn insert(&mut self, make: impl FnOnce(DeviceId) -> Device) -> DeviceId {
+    pub(super) fn insert(&mut self, make: impl FnOnce(DeviceId) -> Device) -> DeviceId {
         let id = DeviceId(self.next_device);
         self.next_device += 1;
         let dev = make(id);
@@ -98,13 +98,13 @@ impl Registry {
     }
 
     /// `addr` no longer names any device.
-    pub fn unbind_addr(&mut self, addr: &DeviceAddr) {
+    pub(super) fn unbind_addr(&mut self, addr: &DeviceAddr) {
         self.by_addr.remove(addr);
     }
 
     /// Device `id` is now at `to` (and `to` finds it). Its old address stops finding it unless
     /// it belongs to another device by now (NAT reuse). Returns the old address when it moved.
-    pub fn move_addr(&mut self, id: DeviceId, to: &DeviceAddr) -> Option<DeviceAddr> {
+    pub(super) fn move_addr(&mut self, id: DeviceId, to: &DeviceAddr) -> Option<DeviceAddr> {
         let dev = self.devices.get_mut(&id)?;
         let moved = if dev.addr != *to {
             if self.by_addr.get(&dev.addr) == Some(&id) {
@@ -119,7 +119,7 @@ impl Registry {
     }
 
     /// Removes device `id` and every entry naming it; its durable rows are forgotten.
-    pub fn remove(&mut self, id: DeviceId, ctx: &mut Ctx) {
+    pub(super) fn remove(&mut self, id: DeviceId, ctx: &mut Ctx) {
         self.timers.remove(id);
         self.admission.remove(id);
         if let Some(mut d) = self.devices.remove(&id) {
@@ -134,7 +134,7 @@ impl Registry {
     /// Brings `id`'s admission entry (as `class`) and its timer entry up to date. Only an
     /// earlier deadline moves the timer entry; a later one is found when the current entry
     /// fires and the device settles again.
-    pub fn refresh(&mut self, id: DeviceId, class: Class) {
+    pub(super) fn refresh(&mut self, id: DeviceId, class: Class) {
         let Some(dev) = self.devices.get(&id) else {
             return;
         };

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 /// Normal topic ids of one device.
 #[derive(Debug, Default, Clone)]
-pub struct TopicTable {
+pub(super) struct TopicTable {
     by_id: HashMap<u16, Entry>,
     by_name: HashMap<String, u16>,
     next_id: u16,
@@ -23,25 +23,17 @@ struct Entry {
 
 /// Why a topic could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopicTableFull {
+pub(super) enum TopicTableFull {
     Full,
 }
 
 impl TopicTable {
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
-    pub fn name(&self, id: u16) -> Option<&str> {
+    pub(super) fn name(&self, id: u16) -> Option<&str> {
         self.by_id.get(&id).map(|e| e.name.as_str())
     }
 
     /// The id of `name` and whether the device already knows it.
-    pub fn id_of(&self, name: &str) -> Option<(u16, bool)> {
+    pub(super) fn id_of(&self, name: &str) -> Option<(u16, bool)> {
         let id = *self.by_name.get(name)?;
         let known = self.by_id.get(&id).is_some_and(|e| e.known_by_device);
         Some((id, known))
@@ -49,7 +41,7 @@ impl TopicTable {
 
     /// Returns the id for `name`, adding it when absent. `known_by_device` marks it as known
     /// (an existing unknown entry is upgraded, never downgraded).
-    pub fn get_or_insert(
+    pub(super) fn get_or_insert(
         &mut self,
         name: &str,
         known_by_device: bool,
@@ -87,14 +79,14 @@ impl TopicTable {
         Ok(id)
     }
 
-    pub fn mark_known(&mut self, id: u16) {
+    pub(super) fn mark_known(&mut self, id: u16) {
         if let Some(e) = self.by_id.get_mut(&id) {
             e.known_by_device = true;
         }
     }
 
     /// The device no longer knows `id` (it said "invalid topic id"): register it again.
-    pub fn mark_unknown(&mut self, id: u16) {
+    pub(super) fn mark_unknown(&mut self, id: u16) {
         if let Some(e) = self.by_id.get_mut(&id) {
             e.known_by_device = false;
         }
@@ -102,20 +94,20 @@ impl TopicTable {
 
     /// Forgets every device-side acknowledgement, e.g. after the device reconnects: ids stay
     /// stable, but each is registered again before its next PUBLISH.
-    pub fn mark_all_unknown(&mut self) {
+    pub(super) fn mark_all_unknown(&mut self) {
         for e in self.by_id.values_mut() {
             e.known_by_device = false;
         }
     }
 
-    pub fn remove(&mut self, id: u16) -> Option<String> {
+    pub(super) fn remove(&mut self, id: u16) -> Option<String> {
         let e = self.by_id.remove(&id)?;
         self.by_name.remove(&e.name);
         Some(e.name)
     }
 
     /// Every entry as (id, name, known by the device), sorted by id, for the store.
-    pub fn entries(&self) -> Vec<(u16, String, bool)> {
+    pub(super) fn entries(&self) -> Vec<(u16, String, bool)> {
         let mut v: Vec<_> = self
             .by_id
             .iter()
@@ -126,7 +118,7 @@ impl TopicTable {
     }
 
     /// Puts back an entry read from the store.
-    pub fn restore(&mut self, id: u16, name: String, known_by_device: bool) {
+    pub(super) fn restore(&mut self, id: u16, name: String, known_by_device: bool) {
         if id == 0 || id == 0xFFFF || self.by_name.contains_key(&name) {
             return;
         }
@@ -141,7 +133,7 @@ impl TopicTable {
         self.next_id = self.next_id.max(id);
     }
 
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.by_id.clear();
         self.by_name.clear();
     }

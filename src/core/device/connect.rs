@@ -58,7 +58,7 @@ impl Default for Connection {
 
 impl Connection {
     /// A CONNECT: takes its Duration and says what it does to the current session.
-    pub fn begin(
+    pub(super) fn begin(
         &mut self,
         c: &codec::Connect,
         sleeping: bool,
@@ -80,28 +80,28 @@ impl Connection {
     }
 
     /// When an Active device last heard at `last_heard` is lost (None without keep-alive).
-    pub fn keep_alive_deadline(&self, last_heard: Instant) -> Option<Instant> {
+    pub(super) fn keep_alive_deadline(&self, last_heard: Instant) -> Option<Instant> {
         (!self.keep_alive.is_zero()).then(|| last_heard + with_tolerance(self.keep_alive))
     }
 
-    pub fn keep_alive_secs(&self) -> u16 {
+    pub(super) fn keep_alive_secs(&self) -> u16 {
         u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX)
     }
 
     /// WILLTOPIC or WILLTOPICUPD; None (the empty one) deletes topic and message.
-    pub fn set_will_topic(&mut self, w: Option<WillTopic>) {
+    pub(super) fn set_will_topic(&mut self, w: Option<WillTopic>) {
         if w.is_none() {
             self.will_msg = Bytes::new();
         }
         self.will_topic = w;
     }
 
-    pub fn set_will_msg(&mut self, msg: Bytes) {
+    pub(super) fn set_will_msg(&mut self, msg: Bytes) {
         self.will_msg = msg;
     }
 
     /// The will the upstream CONNECT carries.
-    pub fn last_will(&self) -> Option<mqtt::LastWill> {
+    pub(super) fn last_will(&self) -> Option<mqtt::LastWill> {
         self.will_topic.as_ref().map(|w| mqtt::LastWill {
             topic: w.topic.clone(),
             message: self.will_msg.clone(),
@@ -110,7 +110,7 @@ impl Connection {
         })
     }
 
-    pub fn will_record(&self) -> Option<WillRecord> {
+    pub(super) fn will_record(&self) -> Option<WillRecord> {
         self.will_topic.as_ref().map(|w| WillRecord {
             topic: w.topic.clone(),
             qos: to_mqtt_qos(w.qos) as u8,
@@ -120,7 +120,7 @@ impl Connection {
     }
 
     /// A persistent session read back from the store.
-    pub fn restored(keep_alive: u16, will: Option<WillRecord>) -> Self {
+    pub(super) fn restored(keep_alive: u16, will: Option<WillRecord>) -> Self {
         Connection {
             clean_session: false,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),

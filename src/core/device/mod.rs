@@ -115,7 +115,7 @@ pub(crate) struct Device {
 }
 
 impl Device {
-    pub fn new(
+    pub(super) fn new(
         id: DeviceId,
         client_id: String,
         addr: DeviceAddr,
@@ -147,12 +147,12 @@ impl Device {
         }
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(super) fn is_connected(&self) -> bool {
         !matches!(self.state, DeviceState::Disconnected | DeviceState::Lost)
     }
 
     /// The earliest instant this device needs `on_timeout`.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         timers::earliest(DeviceTimer::ALL.iter().map(|&t| self.deadline(t)))
     }
 
@@ -214,7 +214,7 @@ impl Device {
         ctx.persistent() && !self.conn.clean_session
     }
 
-    pub fn record(&self) -> DeviceRecord {
+    pub(super) fn record(&self) -> DeviceRecord {
         DeviceRecord {
             client_id: self.client_id.clone(),
             addr: persist::AddrRecord::from_addr(&self.addr),
@@ -235,13 +235,13 @@ impl Device {
     }
 
     /// Deletes everything stored for this ClientId.
-    pub fn forget(&mut self, ctx: &mut Ctx) {
+    pub(super) fn forget(&mut self, ctx: &mut Ctx) {
         self.stored.forget(ctx, &self.client_id);
     }
 
     /// Rebuilds a device from its stored record; reopens its upstream session (clean session
     /// 0, same will) when it was active or asleep. Timers restart from `now`.
-    pub fn restore(
+    pub(super) fn restore(
         id: DeviceId,
         r: DeviceRecord,
         addr: DeviceAddr,
@@ -281,18 +281,18 @@ impl Device {
     }
 
     /// Puts back a buffered message (already acknowledged to the broker) in sequence order.
-    pub fn restore_buffered(&mut self, ctx: &mut Ctx, n: u64, r: persist::BufferedRecord) {
+    pub(super) fn restore_buffered(&mut self, ctx: &mut Ctx, n: u64, r: persist::BufferedRecord) {
         self.down.restore_buffered(ctx, &mut self.topics, n, r);
     }
 
     /// Puts back a stored subscription (at restore).
-    pub fn restore_subscription(&mut self, filter: String, qos: u8) {
+    pub(super) fn restore_subscription(&mut self, filter: String, qos: u8) {
         self.subs.restore(filter, qos);
     }
 
     /// Puts back an uplink QoS 2 flow: the device's re-sent PUBLISH or PUBREL continues it
     /// under the same packet id.
-    pub fn restore_uplink(&mut self, n: u64, r: UplinkRecord) {
+    pub(super) fn restore_uplink(&mut self, n: u64, r: UplinkRecord) {
         if matches!(r, UplinkRecord::Parked { .. }) {
             self.outage.restore(&mut self.pkids, n, r);
             return;
@@ -303,7 +303,7 @@ impl Device {
     // ---------------------------------------------------------------- sleep (§6.14)
 
     /// DISCONNECT with a Duration from a live device: Asleep, upstream session kept.
-    pub fn on_sleep(&mut self, ctx: &mut Ctx, now: Instant, duration: u16) {
+    pub(super) fn on_sleep(&mut self, ctx: &mut Ctx, now: Instant, duration: u16) {
         self.sleep.start(duration);
         self.go_to_sleep(ctx, now);
         ctx.transmit(&self.addr, Message::Disconnect { duration: None });
@@ -317,7 +317,7 @@ impl Device {
     }
 
     /// PINGREQ from an Asleep (or Awake) device: deliver the buffer, then PINGRESP.
-    pub fn on_wake(&mut self, ctx: &mut Ctx, now: Instant) {
+    pub(super) fn on_wake(&mut self, ctx: &mut Ctx, now: Instant) {
         if self.state == DeviceState::Awake {
             return; // a re-sent PINGREQ: the flush goes on, PINGRESP comes last
         }
@@ -335,7 +335,7 @@ impl Device {
     // ---------------------------------------------------------------- connect
 
     /// A CONNECT from this device (new, repeated, or taking over). The caller has bound `addr`.
-    pub fn on_connect(&mut self, ctx: &mut Ctx, now: Instant, c: &codec::Connect) {
+    pub(super) fn on_connect(&mut self, ctx: &mut Ctx, now: Instant, c: &codec::Connect) {
         let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
         let (has_session, resuming) = (self.session.is_some(), self.outage.resuming());
         let begin = self.conn.begin(c, sleeping, has_session, resuming);
@@ -401,7 +401,7 @@ impl Device {
         }
     }
 
-    pub fn on_will_topic(&mut self, ctx: &mut Ctx, now: Instant, w: Option<WillTopic>) {
+    pub(super) fn on_will_topic(&mut self, ctx: &mut Ctx, now: Instant, w: Option<WillTopic>) {
         if self.state != DeviceState::AwaitWillTopic {
             ctx.stats.wrong_state += 1;
             return;
@@ -435,7 +435,7 @@ impl Device {
         }
     }
 
-    pub fn on_will_msg(&mut self, ctx: &mut Ctx, now: Instant, msg: Bytes) {
+    pub(super) fn on_will_msg(&mut self, ctx: &mut Ctx, now: Instant, msg: Bytes) {
         if self.state != DeviceState::AwaitWillMsg {
             ctx.stats.wrong_state += 1;
             return;
@@ -544,7 +544,7 @@ impl Device {
 
     /// Fires every timer that is due, in [`DeviceTimer::ALL`] order. Whether the device was
     /// lost shows in its state (the gateway settles it after every call).
-    pub fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) {
+    pub(super) fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) {
         for timer in DeviceTimer::ALL {
             if self.deadline(timer).is_some_and(|d| d <= now)
                 && self.fire(ctx, now, timer) == AfterFire::Stop
@@ -614,7 +614,7 @@ impl Device {
 
     /// The device is gone without DISCONNECT: drop the upstream session ungracefully so the
     /// broker publishes the will.
-    pub fn lose(&mut self, ctx: &mut Ctx) {
+    pub(super) fn lose(&mut self, ctx: &mut Ctx) {
         self.end_sessions(ctx, false, DeviceState::Lost);
         ctx.stats.devices_lost += 1;
     }
@@ -632,7 +632,7 @@ impl Device {
     }
 
     /// DISCONNECT from the device: a clean MQTT DISCONNECT upstream (no will).
-    pub fn on_disconnect(&mut self, ctx: &mut Ctx) {
+    pub(super) fn on_disconnect(&mut self, ctx: &mut Ctx) {
         self.end_sessions(ctx, true, DeviceState::Disconnected);
         if self.conn.clean_session {
             self.topics.clear();
@@ -642,7 +642,7 @@ impl Device {
     }
 
     /// The broker closed the device's session (or could not be reached).
-    pub fn on_upstream_closed(&mut self, ctx: &mut Ctx, now: Instant, session: SessionId) {
+    pub(super) fn on_upstream_closed(&mut self, ctx: &mut Ctx, now: Instant, session: SessionId) {
         if self.switch.opening() == Some(session) || self.session == Some(session) {
             match self.state {
                 DeviceState::AwaitBroker => {
@@ -695,7 +695,7 @@ impl Device {
 
     // ---------------------------------------------------------------- upstream packets
 
-    pub fn on_upstream(
+    pub(super) fn on_upstream(
         &mut self,
         ctx: &mut Ctx,
         now: Instant,
@@ -753,7 +753,7 @@ impl Device {
     // ---------------------------------------------------------------- uplink
 
     /// Messages a device may send while Active. Returns false when the message is not one.
-    pub fn on_active_message(&mut self, ctx: &mut Ctx, now: Instant, msg: Message) -> bool {
+    pub(super) fn on_active_message(&mut self, ctx: &mut Ctx, now: Instant, msg: Message) -> bool {
         if self.switch.opening().is_some()
             && matches!(
                 msg,
@@ -1116,7 +1116,7 @@ impl Device {
     /// Sends what is queued while the device can hear; then what follows from an empty queue:
     /// the session resumed for messages left at the broker, an Awake device's PINGRESP, a
     /// session switch that waited for the downlink.
-    pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
+    pub(super) fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
         if !matches!(self.state, DeviceState::Active | DeviceState::Awake) {
             return;
         }

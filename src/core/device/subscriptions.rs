@@ -84,7 +84,7 @@ pub(super) struct DeviceSuback {
 
 impl DeviceSuback {
     /// (asked, got) when the broker granted less than the device asked for.
-    pub fn downgraded(&self) -> Option<(mqtt::QoS, mqtt::QoS)> {
+    pub(super) fn downgraded(&self) -> Option<(mqtt::QoS, mqtt::QoS)> {
         match self.code {
             Some(mqtt::SubackCode::Granted(q)) => Some((self.requested, q)),
             _ => None,
@@ -115,31 +115,31 @@ impl HoldsPacketIds for Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn pending_len(&self) -> usize {
+    pub(super) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 
     /// Subscriptions the gateway made again (or its own UNSUBSCRIBE) still wait for the broker.
-    pub fn remaking(&self) -> bool {
+    pub(super) fn remaking(&self) -> bool {
         self.pending
             .values()
             .any(|p| matches!(p, PendingSub::Internal | PendingSub::Restore { .. }))
     }
 
     /// A clean session forgets them.
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.granted.clear();
     }
 
     /// The session ended: nothing is pending on it any more.
-    pub fn end_session(&mut self) {
+    pub(super) fn end_session(&mut self) {
         self.pending.clear();
         self.resubscribed.clear();
         self.subscribed_here.clear();
     }
 
     /// The QoS the device gets: the publication's, capped by the best matching grant.
-    pub fn granted_qos(&self, topic: &str, qos: mqtt::QoS) -> mqtt::QoS {
+    pub(super) fn granted_qos(&self, topic: &str, qos: mqtt::QoS) -> mqtt::QoS {
         self.granted
             .iter()
             .filter(|(f, _)| mqtt::topic_matches(f, topic))
@@ -149,7 +149,7 @@ impl Subscriptions {
     }
 
     /// Puts back a stored subscription (at restore).
-    pub fn restore(&mut self, filter: String, qos: u8) {
+    pub(super) fn restore(&mut self, filter: String, qos: u8) {
         let Ok(qos) = mqtt::QoS::try_from(qos) else {
             return;
         };
@@ -161,7 +161,7 @@ impl Subscriptions {
 
     /// Writes every subscription's row (moving them out of an old device record). Returns
     /// true when something was written.
-    pub fn store_all(&self, ctx: &mut Ctx, link: &Link, durable: bool) -> bool {
+    pub(super) fn store_all(&self, ctx: &mut Ctx, link: &Link, durable: bool) -> bool {
         let mut stored = false;
         for (f, q) in &self.granted {
             stored |= store_row(ctx, link, durable, f, *q);
@@ -171,7 +171,7 @@ impl Subscriptions {
 
     /// The gateway's own UNSUBSCRIBE from `name` (the device refused its REGISTER), within
     /// the bound on open requests.
-    pub fn unsubscribe_internal(
+    pub(super) fn unsubscribe_internal(
         &mut self,
         ctx: &mut Ctx,
         session: SessionId,
@@ -199,7 +199,7 @@ impl Subscriptions {
     /// The broker accepted a session without the device's subscriptions (`remake`): subscribe
     /// again to every filter the gateway knows. After a `Gap::None` switch, their retained
     /// re-deliveries are not delivered.
-    pub fn session_accepted(
+    pub(super) fn session_accepted(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -234,7 +234,7 @@ impl Subscriptions {
         }
     }
 
-    pub fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.granted.len()
     }
 
@@ -258,7 +258,7 @@ impl Subscriptions {
     }
 
     /// SUBSCRIBE from the device (ignored without a session).
-    pub fn on_subscribe(
+    pub(super) fn on_subscribe(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -347,7 +347,7 @@ impl Subscriptions {
     }
 
     /// The broker's SUBACK. None when it matches nothing pending.
-    pub fn on_suback(
+    pub(super) fn on_suback(
         &mut self,
         link: &Link,
         pkid: u16,
@@ -399,7 +399,13 @@ impl Subscriptions {
 
     /// Answers the device's SUBSCRIBE; records the grant (and its row). Returns true when a
     /// row was written.
-    pub fn answer(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, s: DeviceSuback) -> bool {
+    pub(super) fn answer(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        durable: bool,
+        s: DeviceSuback,
+    ) -> bool {
         let mut stored = false;
         let (qos, topic_id, return_code) = match s.code {
             Some(mqtt::SubackCode::Granted(q)) => {
@@ -441,7 +447,13 @@ impl Subscriptions {
     }
 
     /// UNSUBSCRIBE from the device (ignored without a session).
-    pub fn on_unsubscribe(&mut self, ctx: &mut Ctx, link: &Link, u: Unsubscribe, mut ids: IdSpace) {
+    pub(super) fn on_unsubscribe(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        u: Unsubscribe,
+        mut ids: IdSpace,
+    ) {
         let Some(session) = link.session else { return };
         let filter = match &u.topic {
             TopicFilter::Name(n) => Some(n.clone()),
@@ -474,7 +486,7 @@ impl Subscriptions {
     }
 
     /// The broker's UNSUBACK: the subscription (and its row) goes, the device hears UNSUBACK.
-    pub fn on_unsuback(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, pkid: u16) {
+    pub(super) fn on_unsuback(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, pkid: u16) {
         let Some(PendingSub::Unsubscribe { msg_id, filter }) = self.pending.remove(&pkid) else {
             return;
         };
@@ -492,7 +504,12 @@ impl Subscriptions {
     /// A retained message sent only because the gateway re-subscribed for a device whose
     /// subscription never lapsed: acknowledged to the broker, not delivered. Returns true when
     /// `p` was one.
-    pub fn drop_redelivered_retained(&self, ctx: &mut Ctx, link: &Link, p: &mqtt::Publish) -> bool {
+    pub(super) fn drop_redelivered_retained(
+        &self,
+        ctx: &mut Ctx,
+        link: &Link,
+        p: &mqtt::Publish,
+    ) -> bool {
         if !p.retain || self.resubscribed.is_empty() {
             return false;
         }

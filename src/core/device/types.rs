@@ -52,7 +52,7 @@ pub(crate) struct PacketIds {
 
 impl PacketIds {
     /// The next free packet id after the last one given (never 0).
-    pub fn alloc(&mut self, in_use: impl Fn(u16) -> bool) -> u16 {
+    pub(super) fn alloc(&mut self, in_use: impl Fn(u16) -> bool) -> u16 {
         loop {
             self.next = self.next.wrapping_add(1);
             if self.next != 0 && !in_use(self.next) {
@@ -62,7 +62,7 @@ impl PacketIds {
     }
 
     /// Ids up to `id` were given out before a restart: start after it.
-    pub fn at_least(&mut self, id: u16) {
+    pub(super) fn at_least(&mut self, id: u16) {
         self.next = self.next.max(id);
     }
 }
@@ -85,12 +85,12 @@ pub(crate) struct IdSpace<'a> {
 
 impl IdSpace<'_> {
     /// Whether a feature holding `own` ids may take another.
-    pub fn full(&self, own: usize) -> bool {
+    pub(super) fn full(&self, own: usize) -> bool {
         own + self.others.iter().map(|o| o.held()).sum::<usize>() >= self.limit
     }
 
     /// The next free id; `own` says which the asking feature holds.
-    pub fn alloc(&mut self, own: impl Fn(u16) -> bool) -> u16 {
+    pub(super) fn alloc(&mut self, own: impl Fn(u16) -> bool) -> u16 {
         let others = self.others;
         self.ids
             .alloc(|id| own(id) || others.iter().any(|o| o.holds(id)))
@@ -132,7 +132,7 @@ pub fn with_tolerance(period: Duration) -> Duration {
 }
 
 /// A short topic name as text; short names are two characters (spec §6.7).
-pub fn short_name(s: [u8; 2]) -> Option<String> {
+pub(crate) fn short_name(s: [u8; 2]) -> Option<String> {
     std::str::from_utf8(&s).ok().map(str::to_owned)
 }
 

@@ -76,13 +76,13 @@ impl HoldsPacketIds for Uplink {
 
 impl Uplink {
     /// No flow the broker still has to answer (a session switch may go ahead).
-    pub fn broker_idle(&self) -> bool {
+    pub(super) fn broker_idle(&self) -> bool {
         self.flows.values().all(|f| f.broker_done)
     }
 
     /// Puts back a QoS 2 flow read from the store: the device's re-sent PUBLISH or PUBREL
     /// continues it under the same packet id.
-    pub fn restore(&mut self, pkids: &mut PacketIds, r: UplinkRecord) {
+    pub(super) fn restore(&mut self, pkids: &mut PacketIds, r: UplinkRecord) {
         if let UplinkRecord::Qos2 {
             msg_id,
             pkid,
@@ -113,7 +113,7 @@ impl Uplink {
 
     /// The session ended. A clean session forgets every flow (and its rows); a persistent one
     /// keeps its QoS 2 flows, whose packet ids the broker may hold.
-    pub fn end_session(&mut self, ctx: &mut Ctx, link: &Link, clean_session: bool) {
+    pub(super) fn end_session(&mut self, ctx: &mut Ctx, link: &Link, clean_session: bool) {
         if clean_session {
             self.flows.clear();
             self.by_msg.clear();
@@ -136,7 +136,7 @@ impl Uplink {
 
     /// A QoS 0/1/2 PUBLISH from the device on `topic`, to go up on the link's session.
     /// `durable`: the session has a store (QoS 2 state is written before the broker sees it).
-    pub fn on_publish(
+    pub(super) fn on_publish(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -232,7 +232,7 @@ impl Uplink {
     }
 
     /// The device's PUBREL (not for a parked message).
-    pub fn on_pubrel(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, msg_id: u16) {
+    pub(super) fn on_pubrel(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, msg_id: u16) {
         let pkid = self.by_msg.get(&msg_id).copied();
         if pkid.is_some_and(|pkid| self.complete_acked_qos2(ctx, link, durable, pkid)) {
             return;
@@ -285,7 +285,7 @@ impl Uplink {
     }
 
     /// The broker's PUBACK (not for a parked message).
-    pub fn on_broker_puback(
+    pub(super) fn on_broker_puback(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -309,7 +309,13 @@ impl Uplink {
     }
 
     /// The broker's PUBREC (not for a parked message).
-    pub fn on_broker_pubrec(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, pkid: u16) {
+    pub(super) fn on_broker_pubrec(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        durable: bool,
+        pkid: u16,
+    ) {
         let Some(f) = self.flows.get_mut(&pkid) else {
             return;
         };
@@ -332,7 +338,13 @@ impl Uplink {
     }
 
     /// The broker's PUBCOMP (not for a parked message).
-    pub fn on_broker_pubcomp(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, pkid: u16) {
+    pub(super) fn on_broker_pubcomp(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        durable: bool,
+        pkid: u16,
+    ) {
         if let Some(f) = self.finish(ctx, link, durable, pkid) {
             ctx.transmit(link.addr, Message::Pubcomp { msg_id: f.msg_id });
         }
