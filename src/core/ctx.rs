@@ -2,13 +2,14 @@
 //! session ids. Split from `Gateway` so a `&mut Device` and the context can be borrowed together;
 //! which device owns a session is the registry's, told through `SessionChange`s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use tracing::debug;
 
 use super::durability::Durability;
 use super::settings::Settings;
+use super::topics::Predefined;
 use super::types::{DeviceAddr, Output, PersistOp, SessionId, Stats};
 use super::DeviceId;
 use crate::codec::{Encapsulation, Frame, Message};
@@ -29,8 +30,7 @@ pub(crate) struct Ctx {
     session_changes: Vec<SessionChange>,
     next_session: u64,
     /// Predefined topics both ways.
-    pub predefined_by_id: HashMap<u16, String>,
-    pub predefined_by_name: HashMap<String, u16>,
+    pub predefined: Predefined,
     scratch: BytesMut,
     /// The batch of the current input and the effects waiting for the store.
     durability: Durability,
@@ -41,13 +41,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub(super) fn new(settings: Settings) -> Self {
-        let predefined_by_id: HashMap<u16, String> =
-            settings.predefined_topics.iter().cloned().collect();
-        let predefined_by_name = settings
-            .predefined_topics
-            .iter()
-            .map(|(id, name)| (name.clone(), *id))
-            .collect();
+        let predefined = Predefined::new(&settings.predefined_topics);
         Ctx {
             durability: Durability::new(settings.persistent),
             settings,
@@ -55,8 +49,7 @@ impl Ctx {
             stats: Stats::default(),
             session_changes: Vec::new(),
             next_session: 1,
-            predefined_by_id,
-            predefined_by_name,
+            predefined,
             scratch: BytesMut::with_capacity(256),
             tx_bytes: 0,
         }

@@ -11,6 +11,7 @@
 #![warn(unreachable_pub)]
 
 mod admission;
+mod bridge;
 mod ctx;
 mod device;
 mod discovery;

@@ -11,10 +11,11 @@ use std::time::Instant;
 
 use tracing::{debug, info};
 
+use super::bridge::qos0_publish;
 use super::ctx::Ctx;
-use super::device::{qos0_publish, short_name};
+use super::topics;
 use super::types::{DeviceAddr, SessionId};
-use crate::codec::{self, TopicRef};
+use crate::codec;
 use crate::mqtt;
 
 /// The gateway's own upstream session for QoS -1 publishes.
@@ -51,11 +52,8 @@ impl QosMinusOne {
         from: &DeviceAddr,
         p: codec::Publish,
     ) {
-        let topic = match p.topic {
-            TopicRef::Predefined(id) => ctx.predefined_by_id.get(&id).cloned(),
-            TopicRef::Short(s) => short_name(s).filter(|n| mqtt::valid_topic_name(n)),
-            TopicRef::Id(_) => None, // QoS -1 allows only predefined ids and short names
-        };
+        // QoS -1 allows only predefined ids and short names: no table.
+        let topic = topics::publish_name(&ctx.predefined, None, p.topic);
         let Some(topic) = topic else {
             ctx.stats.wrong_state += 1;
             debug!(peer = %from, topic = ?p.topic, "QoS -1 PUBLISH on an unusable topic dropped");

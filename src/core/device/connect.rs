@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::types::{to_mqtt_qos, to_sn_qos, with_tolerance};
-use crate::codec::{self, ReturnCode, WillTopic};
+use super::types::with_tolerance;
+use crate::codec::{self, WillTopic};
+use crate::core::bridge::{self, stored_sn_qos, to_mqtt_qos};
 use crate::core::ctx::Ctx;
 use crate::core::persist::WillRecord;
 use crate::mqtt;
@@ -102,12 +103,9 @@ impl Connection {
 
     /// The will the upstream CONNECT carries.
     pub(super) fn last_will(&self) -> Option<mqtt::LastWill> {
-        self.will_topic.as_ref().map(|w| mqtt::LastWill {
-            topic: w.topic.clone(),
-            message: self.will_msg.clone(),
-            qos: to_mqtt_qos(w.qos),
-            retain: w.retain,
-        })
+        self.will_topic
+            .as_ref()
+            .map(|w| bridge::last_will(w, &self.will_msg))
     }
 
     pub(super) fn will_record(&self) -> Option<WillRecord> {
@@ -125,7 +123,7 @@ impl Connection {
             clean_session: false,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
             will_topic: will.as_ref().map(|w| WillTopic {
-                qos: to_sn_qos(mqtt::QoS::try_from(w.qos).unwrap_or(mqtt::QoS::AtMostOnce)),
+                qos: stored_sn_qos(w.qos),
                 retain: w.retain,
                 topic: w.topic.clone(),
             }),
@@ -138,12 +136,4 @@ impl Connection {
 /// How long a will prompt waits for the device: what its own retries (N_RETRY × T_RETRY) allow.
 pub(super) fn will_prompt_time(ctx: &Ctx) -> Duration {
     ctx.settings.retry_interval * (ctx.settings.max_retries + 1)
-}
-
-/// The device's CONNACK code when the broker refused its session.
-pub(super) fn refused(code: mqtt::ConnectReturnCode) -> ReturnCode {
-    match code {
-        mqtt::ConnectReturnCode::ServerUnavailable => ReturnCode::Congestion,
-        _ => ReturnCode::NotSupported,
-    }
 }

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use super::types::{to_mqtt_qos, to_sn_qos, DeviceState, Link};
+use super::types::{DeviceState, Link};
+use crate::core::bridge::{stored_sn_qos, to_mqtt_qos, to_sn_qos};
 
 mod item;
 
 use crate::codec::{self, Message, Puback, Regack, Register, ReturnCode, TopicRef};
 use crate::core::ctx::Ctx;
 use crate::core::persist;
-use crate::core::topics::TopicTable;
+use crate::core::topics::{self, DownlinkTopic, TopicTable};
 use crate::core::types::{Output, Table};
 use crate::mqtt;
 use item::{drop_down, publish_message, release, BrokerAck, Down};
@@ -191,7 +192,7 @@ impl Downlink {
         r: persist::BufferedRecord,
     ) {
         self.next_buffer_seq = self.next_buffer_seq.max(n + 1);
-        let qos = to_sn_qos(mqtt::QoS::try_from(r.qos).unwrap_or(mqtt::QoS::AtMostOnce));
+        let qos = stored_sn_qos(r.qos);
         // Already acknowledged upstream: the table limit must not lose it.
         let Some((topic, register)) = self.resolve(ctx, topics, &r.topic, usize::MAX) else {
             return;
@@ -386,22 +387,19 @@ impl Downlink {
     fn resolve(
         &self,
         ctx: &Ctx,
-        topics: &mut TopicTable,
+        table: &mut TopicTable,
         topic: &str,
         table_limit: usize,
     ) -> Option<(TopicRef, Option<u16>)> {
-        if let Some((id, known)) = topics.id_of(topic) {
-            let register = (!known && !self.register_pending(id)).then_some(id);
-            return Some((TopicRef::Id(id), register));
-        }
-        if let Some(id) = ctx.predefined_by_name.get(topic) {
-            return Some((TopicRef::Predefined(*id), None));
-        }
-        if let Ok(s) = <[u8; 2]>::try_from(topic.as_bytes()) {
-            return Some((TopicRef::Short(s), None));
-        }
-        let id = topics.get_or_insert(topic, false, table_limit).ok()?;
-        Some((TopicRef::Id(id), Some(id)))
+        Some(
+            match topics::downlink_topic(&ctx.predefined, table, topic, table_limit)? {
+                DownlinkTopic::Ready(r) => (r, None),
+                DownlinkTopic::Unregistered(id) => {
+                    (TopicRef::Id(id), (!self.register_pending(id)).then_some(id))
+                }
+                DownlinkTopic::Added(id) => (TopicRef::Id(id), Some(id)),
+            },
+        )
     }
 
     fn register_pending(&self, topic_id: u16) -> bool {

@@ -29,7 +29,6 @@ mod timers;
 mod types;
 mod uplink;
 
-pub(crate) use types::{qos0_publish, short_name};
 pub use types::{with_tolerance, DeviceState};
 use types::{HoldsPacketIds, IdSpace, Link, PacketIds};
 
@@ -65,6 +64,7 @@ macro_rules! id_space {
     };
 }
 
+use super::bridge;
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
 use super::topics::TopicTable;
@@ -525,7 +525,7 @@ impl Device {
     ) {
         if code != mqtt::ConnectReturnCode::Accepted {
             info!(client_id = %self.client_id, ?code, "broker refused the device's session");
-            self.fail_connect(ctx, connect::refused(code));
+            self.fail_connect(ctx, bridge::connack_code(code));
             return;
         }
         self.set_state(ctx, DeviceState::Active);

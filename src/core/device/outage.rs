@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::info;
 
-use super::types::{puback_for, to_mqtt_qos, HoldsPacketIds, IdSpace, Link, PacketIds};
+use super::types::{puback_for, HoldsPacketIds, IdSpace, Link, PacketIds};
 use crate::codec::{self, Message, Publish, ReturnCode};
+use crate::core::bridge::to_mqtt_qos;
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
 use crate::core::types::{Output, PersistOp, SessionId, Table};

@@ -19,11 +19,12 @@ use std::collections::HashMap;
 
 use tracing::{debug, info};
 
-use super::types::{short_name, to_mqtt_qos, to_sn_qos, HoldsPacketIds, IdSpace, Link};
-use crate::codec::{self, Message, ReturnCode, Suback, Subscribe, TopicFilter, Unsubscribe};
+use super::types::{HoldsPacketIds, IdSpace, Link};
+use crate::codec::{self, Message, ReturnCode, Suback, Subscribe, Unsubscribe};
+use crate::core::bridge::{to_mqtt_qos, to_sn_qos};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, SubscriptionRecord};
-use crate::core::topics::TopicTable;
+use crate::core::topics::{self, TopicTable};
 use crate::core::types::{PersistOp, SessionId, Table};
 use crate::mqtt;
 
@@ -285,40 +286,15 @@ impl Subscriptions {
         {
             return; // a re-send; the SUBACK is on its way
         }
-        let (filter, topic_id) = match &s.topic {
-            TopicFilter::Name(name) => {
-                if !mqtt::valid_topic_filter(name) {
-                    nack(ctx, 0, ReturnCode::NotSupported);
+        let limit = ctx.settings.max_topics_per_device;
+        let (filter, topic_id) =
+            match topics::subscribe_filter(&ctx.predefined, topics, &s.topic, limit) {
+                Ok(f) => f,
+                Err((topic_id, rc)) => {
+                    nack(ctx, topic_id, rc);
                     return;
                 }
-                if mqtt::valid_topic_name(name) {
-                    match topics.get_or_insert(name, true, ctx.settings.max_topics_per_device) {
-                        Ok(id) => (name.clone(), id),
-                        Err(_) => {
-                            nack(ctx, 0, ReturnCode::Congestion);
-                            return;
-                        }
-                    }
-                } else {
-                    (name.clone(), 0) // wildcard: ids come later by REGISTER
-                }
-            }
-            TopicFilter::Predefined(id) => match ctx.predefined_by_id.get(id) {
-                Some(name) => (name.clone(), *id),
-                None => {
-                    nack(ctx, *id, ReturnCode::InvalidTopicId);
-                    return;
-                }
-            },
-            TopicFilter::Short(s2) => match short_name(*s2).filter(|n| mqtt::valid_topic_filter(n))
-            {
-                Some(n) => (n, 0),
-                None => {
-                    nack(ctx, 0, ReturnCode::NotSupported);
-                    return;
-                }
-            },
-        };
+            };
         if ids.full(self.pending.len()) {
             nack(ctx, 0, ReturnCode::Congestion);
             return;
@@ -455,12 +431,7 @@ impl Subscriptions {
         mut ids: IdSpace,
     ) {
         let Some(session) = link.session else { return };
-        let filter = match &u.topic {
-            TopicFilter::Name(n) => Some(n.clone()),
-            TopicFilter::Predefined(id) => ctx.predefined_by_id.get(id).cloned(),
-            TopicFilter::Short(s) => short_name(*s),
-        };
-        let Some(filter) = filter.filter(|f| mqtt::valid_topic_filter(f)) else {
+        let Some(filter) = topics::unsubscribe_filter(&ctx.predefined, &u.topic) else {
             // Nothing to unsubscribe from; the spec gives UNSUBACK no return code.
             ctx.transmit(link.addr, Message::Unsuback { msg_id: u.msg_id });
             return;

@@ -12,12 +12,13 @@ use std::collections::HashMap;
 
 use tracing::debug;
 
-use super::types::{puback_for, puback_topic_id, qos0_publish, short_name, to_mqtt_qos, Link};
+use super::types::{puback_for, puback_topic_id, Link};
 use super::types::{HoldsPacketIds, IdSpace, PacketIds};
-use crate::codec::{self, Message, Puback, Publish, Regack, Register, ReturnCode, TopicRef};
+use crate::codec::{self, Message, Puback, Publish, Regack, Register, ReturnCode};
+use crate::core::bridge::{qos0_publish, to_mqtt_qos};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
-use crate::core::topics::TopicTable;
+use crate::core::topics::{self, TopicTable};
 use crate::core::types::{Output, PersistOp, Table};
 use crate::mqtt;
 
@@ -416,14 +417,8 @@ impl Uplink {
 /// REGISTER from the device: the REGACK for it, with a topic id for the name when accepted
 /// (the topic table changed: the caller saves the record before sending it).
 pub(super) fn register(ctx: &Ctx, topics: &mut TopicTable, r: Register) -> Regack {
-    let rc = if !mqtt::valid_topic_name(&r.topic_name) {
-        Err(ReturnCode::NotSupported)
-    } else {
-        topics
-            .get_or_insert(&r.topic_name, true, ctx.settings.max_topics_per_device)
-            .map_err(|_| ReturnCode::Congestion)
-    };
-    let (topic_id, return_code) = match rc {
+    let limit = ctx.settings.max_topics_per_device;
+    let (topic_id, return_code) = match topics::register_name(topics, &r.topic_name, limit) {
         Ok(id) => (id, ReturnCode::Accepted),
         Err(rc) => (0, rc),
     };
@@ -441,11 +436,7 @@ pub(super) fn topic_name(
     topics: &TopicTable,
     p: &Publish,
 ) -> Option<String> {
-    let name = match p.topic {
-        TopicRef::Id(id) => topics.name(id).map(str::to_owned),
-        TopicRef::Predefined(id) => ctx.predefined_by_id.get(&id).cloned(),
-        TopicRef::Short(s) => short_name(s).filter(|n| mqtt::valid_topic_name(n)),
-    };
+    let name = topics::publish_name(&ctx.predefined, Some(topics), p.topic);
     if name.is_none() {
         debug!(client_id = %link.client_id, ?p.topic, "PUBLISH on unknown topic id");
         ctx.transmit(link.addr, puback_for(p, ReturnCode::InvalidTopicId));
