@@ -17,8 +17,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::types::DeviceId;
 use super::types::{DeviceAddr, PeerAddr};
-use super::DeviceId;
 
 /// Per-source limits (`limits.per_source.*`).
 #[derive(Debug, Clone, PartialEq, Eq)]

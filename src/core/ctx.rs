@@ -10,13 +10,13 @@ use tracing::debug;
 use super::durability::Durability;
 use super::settings::Settings;
 use super::topics::Predefined;
+use super::types::DeviceId;
 use super::types::{DeviceAddr, Output, PersistOp, SessionId, Stats};
-use super::DeviceId;
 use crate::codec::{Encapsulation, Frame, Message};
 use crate::mqtt;
 
 /// A change to which device owns which upstream session, applied by the registry
-/// ([`super::registry::Registry::sync_sessions`]) when the input is done.
+/// (`Registry::sync_sessions`) when the input is done.
 pub(super) enum SessionChange {
     Opened(SessionId, DeviceId),
     Closed(SessionId),

@@ -21,8 +21,8 @@ use super::persist::{self, DeviceRecord};
 use super::qos_minus_one::QosMinusOne;
 use super::registry::Registry;
 use super::settings::Settings;
+use super::types::DeviceId;
 use super::types::{DeviceAddr, GroupId, Output, PeerAddr, SessionId, Stats, Table};
-use super::DeviceId;
 use crate::codec::{self, Message};
 use crate::mqtt;
 

@@ -32,9 +32,6 @@ pub use device::{with_tolerance, DeviceState};
 pub use gateway::{Gateway, RestoreReport};
 pub use settings::Settings;
 pub use types::{
-    DeviceAddr, GroupId, Output, PeerAddr, PersistOp, SessionId, Stats, Table, TransportId,
+    DeviceAddr, DeviceId, GroupId, Output, PeerAddr, PersistOp, SessionId, Stats, Table,
+    TransportId,
 };
-
-/// The gateway's handle for one device's record. Never reused within a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(pub u64);

@@ -11,8 +11,8 @@ use super::admission::{Admission, Class, SourceLimits};
 use super::ctx::{Ctx, SessionChange};
 use super::device::Device;
 use super::timers::TimerQueue;
+use super::types::DeviceId;
 use super::types::{DeviceAddr, SessionId};
-use super::DeviceId;
 
 pub(super) struct Registry {
     devices: HashMap<DeviceId, Device>,

@@ -70,8 +70,8 @@ mod orchestrate;
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
 use super::topics::TopicTable;
+use super::types::DeviceId;
 use super::types::{DeviceAddr, SessionId};
-use super::DeviceId;
 use crate::codec::{Message, Puback, Regack, ReturnCode};
 use crate::mqtt;
 
