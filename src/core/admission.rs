@@ -17,8 +17,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::types::DeviceId;
 use super::types::{DeviceAddr, PeerAddr};
-use super::DeviceId;
 
 /// Per-source limits (`limits.per_source.*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl Default for SourceLimits {
 
 /// How a device counts for eviction and limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(super) enum Class {
     /// Not connected (disconnected or lost): remembered, first to go.
     Idle,
     /// Connected but not heard from since its CONNECT: second to go.
@@ -70,7 +70,7 @@ pub enum Class {
 
 /// Why a CONNECT was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(super) enum Refusal {
     AddressFull,
     SubnetFull,
     AddressPending,
@@ -79,7 +79,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Refusal::AddressFull => "limits.per_source.devices_per_address",
             Refusal::SubnetFull => "limits.per_source.devices_per_subnet",
@@ -127,7 +127,7 @@ const MAX_BUCKETS: usize = 4096;
 /// The admission index. The gateway calls [`Admission::update`] after every input a device
 /// handled, and [`Admission::remove`] when it drops the device.
 #[derive(Debug)]
-pub struct Admission {
+pub(super) struct Admission {
     limits: SourceLimits,
     entries: HashMap<DeviceId, Entry>,
     idle: BTreeSet<(Instant, DeviceId)>,
@@ -140,7 +140,7 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(limits: SourceLimits) -> Self {
+    pub(super) fn new(limits: SourceLimits) -> Self {
         Admission {
             limits,
             entries: HashMap::new(),
@@ -180,7 +180,7 @@ impl Admission {
 
     /// Records what `id` is now. Cheap when nothing changed (the common case: a proven
     /// device that spoke again).
-    pub fn update(&mut self, id: DeviceId, class: Class, addr: &DeviceAddr, heard: Instant) {
+    pub(super) fn update(&mut self, id: DeviceId, class: Class, addr: &DeviceAddr, heard: Instant) {
         let source = self.source(addr);
         let entry = Entry {
             class,
@@ -223,7 +223,7 @@ impl Admission {
     }
 
     /// Forgets `id` (the device was removed, or is about to be re-added).
-    pub fn remove(&mut self, id: DeviceId) {
+    pub(super) fn remove(&mut self, id: DeviceId) {
         let Some(e) = self.entries.remove(&id) else {
             return;
         };
@@ -259,7 +259,7 @@ impl Admission {
 
     /// The device to evict for a newcomer when the table is full: the least recently heard
     /// idle one, else the least recently heard pending one. Never `keep`.
-    pub fn victim(&self, keep: Option<DeviceId>) -> Option<(DeviceId, Class)> {
+    pub(super) fn victim(&self, keep: Option<DeviceId>) -> Option<(DeviceId, Class)> {
         let pick = |set: &BTreeSet<(Instant, DeviceId)>| {
             set.iter().map(|(_, id)| *id).find(|id| Some(*id) != keep)
         };
@@ -271,7 +271,7 @@ impl Admission {
     /// May a CONNECT from `addr` start a session now? `existing` is the device it belongs to,
     /// if known: its own place does not count against it. Takes a token from the subnet's
     /// bucket when it may.
-    pub fn admit(
+    pub(super) fn admit(
         &mut self,
         now: Instant,
         addr: &DeviceAddr,
@@ -349,7 +349,7 @@ impl Admission {
 
     /// Devices indexed (every device the gateway holds).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
 }
@@ -365,16 +365,16 @@ fn refill(b: &mut Bucket, now: Instant, rate: f64, burst: f64) -> f64 {
 /// Rate-limits a log line about refusals: the first one at once, then at most one summary
 /// every [`LOG_EVERY`] with how many were not logged.
 #[derive(Debug, Default)]
-pub struct LogLimiter {
+pub(super) struct LogLimiter {
     last: Option<Instant>,
     suppressed: u64,
 }
 
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
+pub(super) const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl LogLimiter {
     /// `Some(n)` when a line may be logged now, with `n` events not logged since the last.
-    pub fn tick(&mut self, now: Instant) -> Option<u64> {
+    pub(super) fn tick(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(t) if now.saturating_duration_since(t) < LOG_EVERY => {
                 self.suppressed += 1;

@@ -1,27 +1,36 @@
 //! Gateway-wide context a device's state machine may use: settings, the output queue, counters,
-//! session ids. Split from `Gateway` so a `&mut Device` and the context can be borrowed together.
+//! session ids. Split from `Gateway` so a `&mut Device` and the context can be borrowed together;
+//! which device owns a session is the registry's, told through `SessionChange`s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use tracing::debug;
 
 use super::durability::Durability;
 use super::settings::Settings;
+use super::topics::Predefined;
+use super::types::DeviceId;
 use super::types::{DeviceAddr, Output, PersistOp, SessionId, Stats};
-use super::DeviceId;
 use crate::codec::{Encapsulation, Frame, Message};
 use crate::mqtt;
+
+/// A change to which device owns which upstream session, applied by the registry
+/// (`Registry::sync_sessions`) when the input is done.
+pub(super) enum SessionChange {
+    Opened(SessionId, DeviceId),
+    Closed(SessionId),
+}
 
 pub(crate) struct Ctx {
     pub settings: Settings,
     pub out: VecDeque<Output>,
     pub stats: Stats,
-    pub by_session: HashMap<SessionId, DeviceId>,
+    /// Sessions opened for and closed by devices during this input, for the registry.
+    session_changes: Vec<SessionChange>,
     next_session: u64,
     /// Predefined topics both ways.
-    pub predefined_by_id: HashMap<u16, String>,
-    pub predefined_by_name: HashMap<String, u16>,
+    pub predefined: Predefined,
     scratch: BytesMut,
     /// The batch of the current input and the effects waiting for the store.
     durability: Durability,
@@ -31,63 +40,66 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(settings: Settings) -> Self {
-        let predefined_by_id: HashMap<u16, String> =
-            settings.predefined_topics.iter().cloned().collect();
-        let predefined_by_name = settings
-            .predefined_topics
-            .iter()
-            .map(|(id, name)| (name.clone(), *id))
-            .collect();
+    pub(super) fn new(settings: Settings) -> Self {
+        let predefined = Predefined::new(&settings.predefined_topics);
         Ctx {
             durability: Durability::new(settings.persistent),
             settings,
             out: VecDeque::new(),
             stats: Stats::default(),
-            by_session: HashMap::new(),
+            session_changes: Vec::new(),
             next_session: 1,
-            predefined_by_id,
-            predefined_by_name,
+            predefined,
             scratch: BytesMut::with_capacity(256),
             tx_bytes: 0,
         }
     }
 
-    pub fn persistent(&self) -> bool {
+    /// The session changes since the last call.
+    pub(super) fn take_session_changes(&mut self) -> std::vec::Drain<'_, SessionChange> {
+        self.session_changes.drain(..)
+    }
+
+    pub(super) fn persistent(&self) -> bool {
         self.settings.persistent
     }
 
     /// Adds a change to the current durable batch (nothing when persistence is off).
-    pub fn persist(&mut self, op: PersistOp) {
+    pub(super) fn persist(&mut self, op: PersistOp) {
         self.durability.persist(op);
     }
 
     /// Emits `out` once everything persisted so far is durable (at once when persistence is
     /// off). Design rule 2: an acknowledgement that promises durability waits for the store.
-    pub fn after_persist(&mut self, out: Output) {
+    pub(super) fn after_persist(&mut self, out: Output) {
         self.durability.after_persist(&mut self.out, out);
     }
 
     /// Closes the current batch: emits it as `Output::Persist`.
-    pub fn flush_persist(&mut self) {
+    pub(super) fn flush_persist(&mut self) {
         self.durability.flush(&mut self.out);
     }
 
     /// The store made batch `seq` (and every earlier one) durable: release what waited on it.
-    pub fn confirm(&mut self, seq: u64) {
+    pub(super) fn confirm(&mut self, seq: u64) {
         self.durability.confirm(&mut self.out, seq);
     }
 
     /// Encodes `message` for `to` (encapsulated again when it came through a forwarder).
     /// Returns the frame, or `None` when it cannot be encoded or exceeds the frame limit
     /// (spec §6.10: the gateway then silently aborts that message).
-    pub fn encode(&mut self, to: &DeviceAddr, message: Message) -> Option<Bytes> {
+    pub(super) fn encode(&mut self, to: &DeviceAddr, message: Message) -> Option<Bytes> {
         self.encode_ctrl(to, message, 0)
     }
 
     /// As [`Ctx::encode`], with `ctrl` as the Ctrl octet when the frame is encapsulated for a
     /// forwarder (its bits 1-0 are the broadcast radius, spec §5.5 Table 29).
-    pub fn encode_ctrl(&mut self, to: &DeviceAddr, message: Message, ctrl: u8) -> Option<Bytes> {
+    pub(super) fn encode_ctrl(
+        &mut self,
+        to: &DeviceAddr,
+        message: Message,
+        ctrl: u8,
+    ) -> Option<Bytes> {
         let frame = Frame {
             encapsulation: to.wireless_node_id.as_ref().map(|id| Encapsulation {
                 ctrl,
@@ -108,7 +120,7 @@ impl Ctx {
     }
 
     /// Encodes and queues `message` to `to`; false when it could not be encoded.
-    pub fn transmit(&mut self, to: &DeviceAddr, message: Message) -> bool {
+    pub(super) fn transmit(&mut self, to: &DeviceAddr, message: Message) -> bool {
         match self.encode(to, message) {
             Some(frame) => {
                 self.transmit_frame(to, frame);
@@ -118,7 +130,7 @@ impl Ctx {
         }
     }
 
-    pub fn transmit_frame(&mut self, to: &DeviceAddr, frame: Bytes) {
+    pub(super) fn transmit_frame(&mut self, to: &DeviceAddr, frame: Bytes) {
         self.tx_bytes += frame.len() as u64;
         self.out.push_back(Output::Transmit {
             to: to.clone(),
@@ -126,7 +138,7 @@ impl Ctx {
         });
     }
 
-    pub fn send(&mut self, session: SessionId, packet: mqtt::Packet) {
+    pub(super) fn send(&mut self, session: SessionId, packet: mqtt::Packet) {
         if self.durability.holds(session) {
             // An earlier packet on this session waits for the store: keep the order.
             self.after_persist(Output::Send { session, packet });
@@ -136,22 +148,23 @@ impl Ctx {
     }
 
     /// Allocates a session id and queues its opening for `owner` (None: the gateway's own).
-    pub fn open(&mut self, owner: Option<DeviceId>, connect: mqtt::Connect) -> SessionId {
+    pub(super) fn open(&mut self, owner: Option<DeviceId>, connect: mqtt::Connect) -> SessionId {
         let session = SessionId(self.next_session);
         self.next_session += 1;
         if let Some(owner) = owner {
-            self.by_session.insert(session, owner);
+            self.session_changes
+                .push(SessionChange::Opened(session, owner));
         }
         self.out.push_back(Output::Open { session, connect });
         session
     }
 
     /// Closes a session. `graceful` sends DISCONNECT first so the broker discards the will.
-    pub fn close(&mut self, session: SessionId, graceful: bool) {
+    pub(super) fn close(&mut self, session: SessionId, graceful: bool) {
         if graceful {
             self.send(session, mqtt::Packet::Disconnect);
         }
-        self.by_session.remove(&session);
+        self.session_changes.push(SessionChange::Closed(session));
         if self.durability.holds(session) {
             // Packets still wait for the store: the close follows them, never overtakes them.
             self.after_persist(Output::Close { session });
@@ -161,7 +174,7 @@ impl Ctx {
     }
 
     /// The MQTT CONNECT for a device's upstream session.
-    pub fn connect_packet(
+    pub(super) fn connect_packet(
         &self,
         client_id: &str,
         clean_session: bool,

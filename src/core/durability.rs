@@ -28,7 +28,7 @@ pub(crate) struct Durability {
 }
 
 impl Durability {
-    pub fn new(enabled: bool) -> Self {
+    pub(super) fn new(enabled: bool) -> Self {
         Durability {
             enabled,
             batch: Vec::new(),
@@ -40,20 +40,20 @@ impl Durability {
     }
 
     /// Adds a change to the current batch (nothing when no store is attached).
-    pub fn persist(&mut self, op: PersistOp) {
+    pub(super) fn persist(&mut self, op: PersistOp) {
         if self.enabled {
             self.batch.push(op);
         }
     }
 
     /// Whether a packet on `session` waits for the store, so a later one must wait too.
-    pub fn holds(&self, session: SessionId) -> bool {
+    pub(super) fn holds(&self, session: SessionId) -> bool {
         self.held.contains_key(&session)
     }
 
     /// Emits `effect` into `out` once everything persisted so far is durable (at once without
     /// a store).
-    pub fn after_persist(&mut self, out: &mut VecDeque<Output>, effect: Output) {
+    pub(super) fn after_persist(&mut self, out: &mut VecDeque<Output>, effect: Output) {
         if !self.enabled {
             out.push_back(effect);
             return;
@@ -66,7 +66,7 @@ impl Durability {
 
     /// Closes the current batch: emits it as `Output::Persist`. Deferred effects of an input
     /// that persisted nothing wait only for the batches before it.
-    pub fn flush(&mut self, out: &mut VecDeque<Output>) {
+    pub(super) fn flush(&mut self, out: &mut VecDeque<Output>) {
         if self.batch.is_empty() {
             let prev = self.seq - 1;
             if self.confirmed >= prev {
@@ -87,7 +87,7 @@ impl Durability {
     }
 
     /// The store made batch `seq` (and every earlier one) durable: release what waited on it.
-    pub fn confirm(&mut self, out: &mut VecDeque<Output>, seq: u64) {
+    pub(super) fn confirm(&mut self, out: &mut VecDeque<Output>, seq: u64) {
         self.confirmed = self.confirmed.max(seq.min(self.seq - 1));
         while self.pending.front().is_some_and(|(s, _)| *s <= seq) {
             let Some((_, effect)) = self.pending.pop_front() else {

@@ -1,5 +1,5 @@
 //! The `Gateway`: routes frames from devices and packets from upstream sessions to the right
-//! device state machine, owns the device registry, the timers, discovery and the QoS -1 path.
+//! device state machine; holds the device registry (`registry.rs`), discovery and the QoS -1 path.
 //!
 //! Call pattern (the shell's driver loop):
 //! 1. feed an input: [`Gateway::handle_frame`], [`Gateway::handle_group_frame`],
@@ -8,22 +8,21 @@
 //! 2. drain [`Gateway::poll_output`] until `None` and carry each [`Output`] out in order;
 //! 3. sleep until [`Gateway::poll_timeout`] (or the next input) and call `handle_timeout`.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use super::admission::{Admission, Class, LogLimiter};
+use super::admission::{Class, LogLimiter};
 use super::ctx::Ctx;
 use super::device::{Device, DeviceState};
 use super::discovery;
 use super::persist::{self, DeviceRecord};
 use super::qos_minus_one::QosMinusOne;
+use super::registry::Registry;
 use super::settings::Settings;
-use super::timers::TimerQueue;
+use super::types::DeviceId;
 use super::types::{DeviceAddr, GroupId, Output, PeerAddr, SessionId, Stats, Table};
-use super::DeviceId;
 use crate::codec::{self, Message};
 use crate::mqtt;
 
@@ -41,15 +40,10 @@ pub struct RestoreReport {
 /// The sans-IO MQTT-SN gateway. See the module docs for the call pattern.
 pub struct Gateway {
     ctx: Ctx,
-    devices: HashMap<DeviceId, Device>,
-    by_addr: HashMap<DeviceAddr, DeviceId>,
-    by_client_id: HashMap<String, DeviceId>,
-    timers: TimerQueue<DeviceId>,
-    next_device: u64,
+    /// Devices by handle, address, ClientId and session; their timers and admission entries.
+    registry: Registry,
     qos_m1: QosMinusOne,
     next_advertise: Option<Instant>,
-    /// Per-source limits and the eviction order.
-    admission: Admission,
     /// Refused CONNECTs are logged at most this often.
     refusal_log: LogLimiter,
 }
@@ -58,14 +52,9 @@ impl Gateway {
     pub fn new(settings: Settings, now: Instant) -> Self {
         let next_advertise = settings.advertise_interval.map(|_| now);
         Gateway {
-            admission: Admission::new(settings.per_source.clone()),
+            registry: Registry::new(settings.per_source.clone()),
             refusal_log: LogLimiter::default(),
             ctx: Ctx::new(settings),
-            devices: HashMap::new(),
-            by_addr: HashMap::new(),
-            by_client_id: HashMap::new(),
-            timers: TimerQueue::default(),
-            next_device: 1,
             qos_m1: QosMinusOne::default(),
             next_advertise,
         }
@@ -81,19 +70,19 @@ impl Gateway {
 
     /// Devices the gateway holds state for (connected or remembered).
     pub fn device_count(&self) -> usize {
-        self.devices.len()
+        self.registry.len()
     }
 
     /// The state of the device with this ClientId, if known.
     pub fn device_state(&self, client_id: &str) -> Option<DeviceState> {
-        let id = self.by_client_id.get(client_id)?;
-        self.devices.get(id).map(|d| d.state)
+        let id = self.registry.by_client_id(client_id)?;
+        self.registry.get(id).map(|d| d.state)
     }
 
     /// Entries in the timer table and the admission index (tests: nothing stale is left).
     #[cfg(test)]
     pub(crate) fn index_sizes(&self) -> (usize, usize) {
-        (self.timers.len(), self.admission.len())
+        (self.registry.timers.len(), self.registry.admission.len())
     }
 
     /// The next effect to carry out.
@@ -104,7 +93,7 @@ impl Gateway {
     /// When `handle_timeout` must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
-            self.timers.next_deadline(),
+            self.registry.timers.next_deadline(),
             self.next_advertise,
             self.qos_m1.next_deadline(),
         ]
@@ -118,7 +107,7 @@ impl Gateway {
     /// One frame (datagram or de-framed serial message) from a device.
     pub fn handle_frame(&mut self, now: Instant, from: DeviceAddr, frame: Bytes) {
         self.frame_in(now, from, frame);
-        self.ctx.flush_persist();
+        self.finish_input();
     }
 
     fn frame_in(&mut self, now: Instant, from: DeviceAddr, frame: Bytes) {
@@ -168,7 +157,7 @@ impl Gateway {
                 discovery::heard_on_group(&mut self.ctx, group, &from, decoded.message);
             }
         }
-        self.ctx.flush_persist();
+        self.finish_input();
     }
 
     fn handle_message(&mut self, now: Instant, from: DeviceAddr, msg: Message) {
@@ -190,24 +179,25 @@ impl Gateway {
         }
         let by_client = match &msg {
             // A sleeping device wakes with its ClientId, possibly from a new address (§6.14).
-            Message::PingReq { client_id: Some(c) } => self.by_client_id.get(c.as_str()).copied(),
+            Message::PingReq { client_id: Some(c) } => self.registry.by_client_id(c.as_str()),
             _ => None,
         };
-        let Some(id) = by_client.or_else(|| self.by_addr.get(&from).copied()) else {
+        let Some(id) = by_client.or_else(|| self.registry.by_addr(&from)) else {
             self.no_session(&from, &msg);
             return;
         };
-        let Some(dev) = self.devices.get_mut(&id) else {
+        let Some(dev) = self.registry.get(id) else {
             return;
         };
         if by_client.is_some() && dev.addr != from && dev.state.is_live() {
-            info!(client_id = %dev.client_id, old = %dev.addr, new = %from, "device moved");
-            if self.by_addr.get(&dev.addr) == Some(&id) {
-                self.by_addr.remove(&dev.addr);
+            let client_id = dev.client_id.clone();
+            if let Some(old) = self.registry.move_addr(id, &from) {
+                info!(client_id = %client_id, old = %old, new = %from, "device moved");
             }
-            dev.addr = from.clone();
-            self.by_addr.insert(from.clone(), id);
         }
+        let Some(dev) = self.registry.get_mut(id) else {
+            return;
+        };
         dev.last_heard = now;
         dev.silent_bytes = 0;
         // Anything a connected device says after its CONNACK proves it is there (not a spoofed
@@ -277,8 +267,8 @@ impl Gateway {
             refuse(&mut self.ctx, codec::ReturnCode::NotSupported);
             return;
         }
-        let known = self.by_client_id.get(&c.client_id).copied();
-        if let Err(why) = self.admission.admit(now, &from, known) {
+        let known = self.registry.by_client_id(&c.client_id);
+        if let Err(why) = self.registry.admission.admit(now, &from, known) {
             self.ctx.stats.connects_refused_source += 1;
             if let Some(unlogged) = self.refusal_log.tick(now) {
                 info!(peer = %from, client_id = %c.client_id, limit = why.as_str(), unlogged, "CONNECT refused: per-source limit");
@@ -288,20 +278,20 @@ impl Gateway {
         }
         let tx_mark = self.ctx.tx_bytes;
         // Another client spoke from this address before: it is gone without DISCONNECT.
-        if let Some(&other) = self.by_addr.get(&from) {
-            if let Some(o) = self.devices.get_mut(&other) {
+        if let Some(other) = self.registry.by_addr(&from) {
+            if let Some(o) = self.registry.get_mut(other) {
                 if o.client_id != c.client_id {
                     if o.is_connected() {
                         o.lose(&mut self.ctx);
                     }
-                    self.by_addr.remove(&from);
+                    self.registry.unbind_addr(&from);
                 }
             }
         }
-        let id = match self.by_client_id.get(&c.client_id) {
-            Some(&id) => id,
+        let id = match self.registry.by_client_id(&c.client_id) {
+            Some(id) => id,
             None => {
-                if self.devices.len() >= self.ctx.settings.max_devices && !self.evict_one() {
+                if self.registry.len() >= self.ctx.settings.max_devices && !self.evict_one() {
                     self.ctx.stats.connects_refused_full += 1;
                     if let Some(unlogged) = self.refusal_log.tick(now) {
                         info!(peer = %from, client_id = %c.client_id, unlogged, "CONNECT refused: limits.max_devices reached and every device is talking");
@@ -309,33 +299,18 @@ impl Gateway {
                     refuse(&mut self.ctx, codec::ReturnCode::Congestion);
                     return;
                 }
-                let id = DeviceId(self.next_device);
-                self.next_device += 1;
-                let dev = Device::new(
-                    id,
-                    c.client_id.clone(),
-                    from.clone(),
-                    now,
-                    self.ctx.settings.retry_interval,
-                );
-                self.devices.insert(id, dev);
-                self.by_client_id.insert(c.client_id.clone(), id);
-                id
+                let retry = self.ctx.settings.retry_interval;
+                self.registry
+                    .insert(|id| Device::new(id, c.client_id.clone(), from.clone(), now, retry))
             }
         };
-        let Some(dev) = self.devices.get_mut(&id) else {
+        // Same ClientId from a new address (NAT rebinding, new IP): the session moves.
+        if let Some(old) = self.registry.move_addr(id, &from) {
+            info!(client_id = %c.client_id, old = %old, new = %from, "device moved");
+        }
+        let Some(dev) = self.registry.get_mut(id) else {
             return;
         };
-        if dev.addr != from {
-            // Same ClientId from a new address (NAT rebinding, new IP): the session moves.
-            info!(client_id = %c.client_id, old = %dev.addr, new = %from, "device moved");
-            // The old address may belong to another device by now (NAT reuse).
-            if self.by_addr.get(&dev.addr) == Some(&id) {
-                self.by_addr.remove(&dev.addr);
-            }
-            dev.addr = from.clone();
-        }
-        self.by_addr.insert(from, id);
         if dev.state == DeviceState::AwaitBroker && !c.will {
             // A re-sent CONNECT while the broker is still answering: the CONNACK will come.
             self.settle(id, tx_mark);
@@ -355,36 +330,31 @@ impl Gateway {
     /// reconnect, and its session ends without its will). A device that has spoken since its
     /// CONNACK keeps its slot.
     fn evict_one(&mut self) -> bool {
-        let Some((id, class)) = self.admission.victim(None) else {
+        let Some((id, class)) = self.registry.admission.victim(None) else {
             return false;
         };
         if class == Class::Pending {
-            if let Some(d) = self.devices.get_mut(&id) {
+            if let Some(d) = self.registry.get_mut(id) {
                 debug!(client_id = %d.client_id, peer = %d.addr, "table full: pending device evicted");
                 d.on_disconnect(&mut self.ctx);
             }
         }
         self.ctx.stats.devices_evicted += 1;
-        self.remove_device(id);
+        self.registry.remove(id, &mut self.ctx);
         true
     }
 
-    fn remove_device(&mut self, id: DeviceId) {
-        self.timers.remove(id);
-        self.admission.remove(id);
-        if let Some(mut d) = self.devices.remove(&id) {
-            d.forget(&mut self.ctx);
-            if self.by_addr.get(&d.addr) == Some(&id) {
-                self.by_addr.remove(&d.addr);
-            }
-            self.by_client_id.remove(&d.client_id);
-        }
+    /// Every input ends here: the registry learns the sessions devices opened and closed, and
+    /// the input's durable batch goes out.
+    fn finish_input(&mut self) {
+        self.registry.sync_sessions(&mut self.ctx);
+        self.ctx.flush_persist();
     }
 
     /// A packet decoded from an upstream session.
     pub fn handle_upstream(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
         self.upstream_in(now, session, packet);
-        self.ctx.flush_persist();
+        self.finish_input();
     }
 
     fn upstream_in(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
@@ -392,11 +362,11 @@ impl Gateway {
             self.qos_m1.on_upstream(&mut self.ctx, now, packet);
             return;
         }
-        let Some(&id) = self.ctx.by_session.get(&session) else {
+        let Some(id) = self.registry.by_session(session) else {
             return; // a session we already let go
         };
         let tx_mark = self.ctx.tx_bytes;
-        if let Some(dev) = self.devices.get_mut(&id) {
+        if let Some(dev) = self.registry.get_mut(id) {
             dev.on_upstream(&mut self.ctx, now, session, packet);
             self.settle(id, tx_mark);
         }
@@ -405,7 +375,7 @@ impl Gateway {
     /// The upstream session's connection ended (refused, reset, or closed by the broker).
     pub fn handle_upstream_closed(&mut self, now: Instant, session: SessionId) {
         self.upstream_closed(now, session);
-        self.ctx.flush_persist();
+        self.finish_input();
     }
 
     fn upstream_closed(&mut self, now: Instant, session: SessionId) {
@@ -413,11 +383,11 @@ impl Gateway {
             self.qos_m1.on_closed(&self.ctx, now);
             return;
         }
-        let Some(id) = self.ctx.by_session.remove(&session) else {
+        let Some(id) = self.registry.unbind_session(session) else {
             return;
         };
         let tx_mark = self.ctx.tx_bytes;
-        if let Some(dev) = self.devices.get_mut(&id) {
+        if let Some(dev) = self.registry.get_mut(id) {
             dev.on_upstream_closed(&mut self.ctx, now, session);
             self.settle(id, tx_mark);
         }
@@ -426,7 +396,7 @@ impl Gateway {
     /// Timers: keep-alive supervision, retransmissions, connect stages, ADVERTISE.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.timeout(now);
-        self.ctx.flush_persist();
+        self.finish_input();
     }
 
     /// The store made batch `seq` (and all before it) durable: acknowledgements that waited
@@ -458,20 +428,19 @@ impl Gateway {
                 report.skipped += 1;
                 continue;
             };
-            if self.by_client_id.contains_key(&record.client_id)
-                || self.devices.len() >= self.ctx.settings.max_devices
+            if self.registry.by_client_id(&record.client_id).is_some()
+                || self.registry.len() >= self.ctx.settings.max_devices
             {
                 report.skipped += 1;
                 continue;
             }
-            let id = DeviceId(self.next_device);
-            self.next_device += 1;
-            let mut dev = Device::restore(id, record, addr, &mut self.ctx, now);
-            // It had a session before the restart: a real device, not a spoofed CONNECT.
-            dev.proven = true;
-            self.by_addr.insert(dev.addr.clone(), id);
-            self.by_client_id.insert(dev.client_id.clone(), id);
-            self.devices.insert(id, dev);
+            let ctx = &mut self.ctx;
+            self.registry.insert(|id| {
+                let mut dev = Device::restore(id, record, addr, ctx, now);
+                // It had a session before the restart: a real device, not a spoofed CONNECT.
+                dev.proven = true;
+                dev
+            });
             report.devices += 1;
         }
         // Keys sort by device then sequence, so buffers come back in order.
@@ -480,9 +449,9 @@ impl Gateway {
             if table == Table::Subscription {
                 let sub = persist::split_subscription_key(&key).and_then(|(client_id, filter)| {
                     let r: persist::SubscriptionRecord = persist::decode(&value)?;
-                    Some((*self.by_client_id.get(&client_id)?, filter, r.qos))
+                    Some((self.registry.by_client_id(&client_id)?, filter, r.qos))
                 });
-                match sub.and_then(|(id, f, q)| Some((self.devices.get_mut(&id)?, f, q))) {
+                match sub.and_then(|(id, f, q)| Some((self.registry.get_mut(id)?, f, q))) {
                     Some((dev, filter, qos)) => {
                         dev.restore_subscription(filter, qos);
                         report.subscriptions += 1;
@@ -492,12 +461,12 @@ impl Gateway {
                 continue;
             }
             let dev = persist::split_numbered_key(&key)
-                .and_then(|(client_id, n)| Some((*self.by_client_id.get(&client_id)?, n)));
+                .and_then(|(client_id, n)| Some((self.registry.by_client_id(&client_id)?, n)));
             let Some((id, n)) = dev else {
                 report.skipped += 1;
                 continue;
             };
-            let Some(dev) = self.devices.get_mut(&id) else {
+            let Some(dev) = self.registry.get_mut(id) else {
                 continue;
             };
             match table {
@@ -518,20 +487,20 @@ impl Gateway {
                 Table::Device | Table::Subscription => {}
             }
         }
-        let ids: Vec<DeviceId> = self.devices.keys().copied().collect();
+        let ids = self.registry.ids();
         let tx_mark = self.ctx.tx_bytes;
         for id in ids {
             self.settle(id, tx_mark);
         }
         info!(?report, "restored persistent sessions");
-        self.ctx.flush_persist();
+        self.finish_input();
         report
     }
 
     fn timeout(&mut self, now: Instant) {
-        while let Some((_, id)) = self.timers.pop_due(now) {
+        while let Some((_, id)) = self.registry.timers.pop_due(now) {
             let tx_mark = self.ctx.tx_bytes;
-            let Some(dev) = self.devices.get_mut(&id) else {
+            let Some(dev) = self.registry.get_mut(id) else {
                 continue;
             };
             dev.on_timeout(&mut self.ctx, now);
@@ -553,7 +522,7 @@ impl Gateway {
     /// past `limits.max_silent_downlink_bytes`), then bring its timer and admission entry up
     /// to date.
     fn settle(&mut self, id: DeviceId, tx_mark: u64) {
-        let Some(dev) = self.devices.get_mut(&id) else {
+        let Some(dev) = self.registry.get_mut(id) else {
             return;
         };
         let sent = usize::try_from(self.ctx.tx_bytes.saturating_sub(tx_mark)).unwrap_or(usize::MAX);
@@ -575,16 +544,6 @@ impl Gateway {
         } else {
             Class::Pending
         };
-        self.admission.update(id, class, &dev.addr, dev.last_heard);
-        match dev.next_deadline() {
-            // Only an earlier deadline moves the entry; a later one is found when the current
-            // entry fires and the device settles again.
-            Some(next) => {
-                if self.timers.get(id).is_none_or(|s| next < s) {
-                    self.timers.set(next, id);
-                }
-            }
-            None => self.timers.remove(id),
-        }
+        self.registry.refresh(id, class);
     }
 }

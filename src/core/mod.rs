@@ -4,8 +4,14 @@
 //! session's packet-id space; decides what is sent where and when. Must never: do I/O, read
 //! the clock, spawn, lock, or hold an unbounded queue. Time comes in as `now`; effects go out
 //! as [`Output`] values drained with [`Gateway::poll_output`].
+//!
+//! The public surface is what `shell`, `store`, tests/ and fuzz/bodies/ use; everything else is
+//! `pub(crate)` or narrower (`unreachable_pub` keeps it so).
+
+#![warn(unreachable_pub)]
 
 mod admission;
+mod bridge;
 mod ctx;
 mod device;
 mod discovery;
@@ -13,10 +19,11 @@ mod durability;
 mod gateway;
 pub mod persist;
 mod qos_minus_one;
+mod registry;
 pub mod settings;
 mod timers;
-pub mod topics;
-pub mod types;
+mod topics;
+mod types;
 
 #[cfg(test)]
 mod tests;
@@ -25,9 +32,6 @@ pub use device::{with_tolerance, DeviceState};
 pub use gateway::{Gateway, RestoreReport};
 pub use settings::Settings;
 pub use types::{
-    DeviceAddr, GroupId, Output, PeerAddr, PersistOp, SessionId, Stats, Table, TransportId,
+    DeviceAddr, DeviceId, GroupId, Output, PeerAddr, PersistOp, SessionId, Stats, Table,
+    TransportId,
 };
-
-/// The gateway's handle for one device's record. Never reused within a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(pub u64);

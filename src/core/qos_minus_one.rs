@@ -11,10 +11,11 @@ use std::time::Instant;
 
 use tracing::{debug, info};
 
+use super::bridge::qos0_publish;
 use super::ctx::Ctx;
-use super::device::{qos0_publish, short_name};
+use super::topics;
 use super::types::{DeviceAddr, SessionId};
-use crate::codec::{self, TopicRef};
+use crate::codec;
 use crate::mqtt;
 
 /// The gateway's own upstream session for QoS -1 publishes.
@@ -31,12 +32,12 @@ pub(crate) struct QosMinusOne {
 
 impl QosMinusOne {
     /// Whether `session` is this path's session (packets on it are for [`Self::on_upstream`]).
-    pub fn owns(&self, session: SessionId) -> bool {
+    pub(super) fn owns(&self, session: SessionId) -> bool {
         self.session == Some(session)
     }
 
     /// When [`Self::on_timeout`] must next run.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         [self.retry_at, self.connect_deadline]
             .into_iter()
             .flatten()
@@ -44,18 +45,15 @@ impl QosMinusOne {
     }
 
     /// A QoS -1 PUBLISH from `from`.
-    pub fn on_publish(
+    pub(super) fn on_publish(
         &mut self,
         ctx: &mut Ctx,
         now: Instant,
         from: &DeviceAddr,
         p: codec::Publish,
     ) {
-        let topic = match p.topic {
-            TopicRef::Predefined(id) => ctx.predefined_by_id.get(&id).cloned(),
-            TopicRef::Short(s) => short_name(s).filter(|n| mqtt::valid_topic_name(n)),
-            TopicRef::Id(_) => None, // QoS -1 allows only predefined ids and short names
-        };
+        // QoS -1 allows only predefined ids and short names: no table.
+        let topic = topics::publish_name(&ctx.predefined, None, p.topic);
         let Some(topic) = topic else {
             ctx.stats.wrong_state += 1;
             debug!(peer = %from, topic = ?p.topic, "QoS -1 PUBLISH on an unusable topic dropped");
@@ -88,7 +86,7 @@ impl QosMinusOne {
     }
 
     /// A packet on this path's session: only its CONNACK matters.
-    pub fn on_upstream(&mut self, ctx: &mut Ctx, now: Instant, packet: mqtt::Packet) {
+    pub(super) fn on_upstream(&mut self, ctx: &mut Ctx, now: Instant, packet: mqtt::Packet) {
         let (Some(session), mqtt::Packet::ConnAck { code, .. }) = (self.session, packet) else {
             return;
         };
@@ -106,7 +104,7 @@ impl QosMinusOne {
     }
 
     /// This path's session ended.
-    pub fn on_closed(&mut self, ctx: &Ctx, now: Instant) {
+    pub(super) fn on_closed(&mut self, ctx: &Ctx, now: Instant) {
         self.failed(ctx, now);
     }
 
@@ -120,7 +118,7 @@ impl QosMinusOne {
     }
 
     /// The connect deadline and the retry.
-    pub fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) {
+    pub(super) fn on_timeout(&mut self, ctx: &mut Ctx, now: Instant) {
         if self.connect_deadline.is_some_and(|t| t <= now) {
             info!("the broker did not accept the gateway's QoS -1 session in time");
             if let Some(s) = self.session {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 /// Deadlines keyed by `K`, one per key.
 #[derive(Debug)]
-pub struct TimerQueue<K: Ord + Hash> {
+pub(super) struct TimerQueue<K: Ord + Hash> {
     order: BTreeSet<(Instant, K)>,
     by_key: HashMap<K, Instant>,
 }
@@ -26,12 +26,12 @@ impl<K: Ord + Hash + Copy> Default for TimerQueue<K> {
 
 impl<K: Ord + Hash + Copy> TimerQueue<K> {
     /// The deadline `key` has now, if any.
-    pub fn get(&self, key: K) -> Option<Instant> {
+    pub(super) fn get(&self, key: K) -> Option<Instant> {
         self.by_key.get(&key).copied()
     }
 
     /// Sets (or moves) `key`'s deadline to `at`.
-    pub fn set(&mut self, at: Instant, key: K) {
+    pub(super) fn set(&mut self, at: Instant, key: K) {
         if let Some(old) = self.by_key.insert(key, at) {
             if old == at {
                 return;
@@ -42,18 +42,18 @@ impl<K: Ord + Hash + Copy> TimerQueue<K> {
     }
 
     /// Drops `key`'s deadline, if it has one.
-    pub fn remove(&mut self, key: K) {
+    pub(super) fn remove(&mut self, key: K) {
         if let Some(old) = self.by_key.remove(&key) {
             self.order.remove(&(old, key));
         }
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.order.first().map(|(at, _)| *at)
     }
 
     /// Takes one key due at or before `now` off the table.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
         let (at, key) = *self.order.first()?;
         if at > now {
             return None;
@@ -65,7 +65,7 @@ impl<K: Ord + Hash + Copy> TimerQueue<K> {
 
     /// Keys with a deadline.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.by_key.len()
     }
 }

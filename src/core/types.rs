@@ -7,6 +7,10 @@ use bytes::Bytes;
 use crate::mqtt;
 
 /// Which transport (UDP socket, serial port) a frame came in on; assigned by the shell.
+/// The gateway's handle for one device's record. Never reused within a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u64);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TransportId(pub u16);
 

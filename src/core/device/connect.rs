@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::types::{to_mqtt_qos, to_sn_qos, with_tolerance};
-use crate::codec::{self, ReturnCode, WillTopic};
+use super::types::with_tolerance;
+use crate::codec::{self, WillTopic};
+use crate::core::bridge::{self, stored_sn_qos, to_mqtt_qos};
 use crate::core::ctx::Ctx;
 use crate::core::persist::WillRecord;
 use crate::mqtt;
@@ -58,7 +59,7 @@ impl Default for Connection {
 
 impl Connection {
     /// A CONNECT: takes its Duration and says what it does to the current session.
-    pub fn begin(
+    pub(super) fn begin(
         &mut self,
         c: &codec::Connect,
         sleeping: bool,
@@ -80,37 +81,34 @@ impl Connection {
     }
 
     /// When an Active device last heard at `last_heard` is lost (None without keep-alive).
-    pub fn keep_alive_deadline(&self, last_heard: Instant) -> Option<Instant> {
+    pub(super) fn keep_alive_deadline(&self, last_heard: Instant) -> Option<Instant> {
         (!self.keep_alive.is_zero()).then(|| last_heard + with_tolerance(self.keep_alive))
     }
 
-    pub fn keep_alive_secs(&self) -> u16 {
+    pub(super) fn keep_alive_secs(&self) -> u16 {
         u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX)
     }
 
     /// WILLTOPIC or WILLTOPICUPD; None (the empty one) deletes topic and message.
-    pub fn set_will_topic(&mut self, w: Option<WillTopic>) {
+    pub(super) fn set_will_topic(&mut self, w: Option<WillTopic>) {
         if w.is_none() {
             self.will_msg = Bytes::new();
         }
         self.will_topic = w;
     }
 
-    pub fn set_will_msg(&mut self, msg: Bytes) {
+    pub(super) fn set_will_msg(&mut self, msg: Bytes) {
         self.will_msg = msg;
     }
 
     /// The will the upstream CONNECT carries.
-    pub fn last_will(&self) -> Option<mqtt::LastWill> {
-        self.will_topic.as_ref().map(|w| mqtt::LastWill {
-            topic: w.topic.clone(),
-            message: self.will_msg.clone(),
-            qos: to_mqtt_qos(w.qos),
-            retain: w.retain,
-        })
+    pub(super) fn last_will(&self) -> Option<mqtt::LastWill> {
+        self.will_topic
+            .as_ref()
+            .map(|w| bridge::last_will(w, &self.will_msg))
     }
 
-    pub fn will_record(&self) -> Option<WillRecord> {
+    pub(super) fn will_record(&self) -> Option<WillRecord> {
         self.will_topic.as_ref().map(|w| WillRecord {
             topic: w.topic.clone(),
             qos: to_mqtt_qos(w.qos) as u8,
@@ -120,12 +118,12 @@ impl Connection {
     }
 
     /// A persistent session read back from the store.
-    pub fn restored(keep_alive: u16, will: Option<WillRecord>) -> Self {
+    pub(super) fn restored(keep_alive: u16, will: Option<WillRecord>) -> Self {
         Connection {
             clean_session: false,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
             will_topic: will.as_ref().map(|w| WillTopic {
-                qos: to_sn_qos(mqtt::QoS::try_from(w.qos).unwrap_or(mqtt::QoS::AtMostOnce)),
+                qos: stored_sn_qos(w.qos),
                 retain: w.retain,
                 topic: w.topic.clone(),
             }),
@@ -138,12 +136,4 @@ impl Connection {
 /// How long a will prompt waits for the device: what its own retries (N_RETRY × T_RETRY) allow.
 pub(super) fn will_prompt_time(ctx: &Ctx) -> Duration {
     ctx.settings.retry_interval * (ctx.settings.max_retries + 1)
-}
-
-/// The device's CONNACK code when the broker refused its session.
-pub(super) fn refused(code: mqtt::ConnectReturnCode) -> ReturnCode {
-    match code {
-        mqtt::ConnectReturnCode::ServerUnavailable => ReturnCode::Congestion,
-        _ => ReturnCode::NotSupported,
-    }
 }

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, info};
 
-use super::types::{to_mqtt_qos, to_sn_qos, DeviceState, Link};
+use super::types::{DeviceState, Link};
+use crate::core::bridge::{stored_sn_qos, to_mqtt_qos, to_sn_qos};
 
 mod item;
 
 use crate::codec::{self, Message, Puback, Regack, Register, ReturnCode, TopicRef};
 use crate::core::ctx::Ctx;
 use crate::core::persist;
-use crate::core::topics::TopicTable;
+use crate::core::topics::{self, DownlinkTopic, TopicTable};
 use crate::core::types::{Output, Table};
 use crate::mqtt;
 use item::{drop_down, publish_message, release, BrokerAck, Down};
@@ -95,7 +96,7 @@ pub(super) struct Downlink {
 }
 
 impl Downlink {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Downlink {
             next_buffer_seq: 1,
             ..Downlink::default()
@@ -103,22 +104,22 @@ impl Downlink {
     }
 
     /// When what is in flight goes again.
-    pub fn retransmit_at(&self, retry_interval: Duration) -> Option<Instant> {
+    pub(super) fn retransmit_at(&self, retry_interval: Duration) -> Option<Instant> {
         self.inflight.as_ref().map(|f| f.sent_at + retry_interval)
     }
 
     /// How often what is in flight was sent again.
-    pub fn retries(&self) -> u32 {
+    pub(super) fn retries(&self) -> u32 {
         self.inflight.as_ref().map_or(0, |f| f.retries)
     }
 
     /// Nothing queued, nothing in flight.
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.inflight.is_none() && self.queue.is_empty()
     }
 
     /// Something still owes the broker its PUBACK / PUBREC.
-    pub fn owes_broker(&self) -> bool {
+    pub(super) fn owes_broker(&self) -> bool {
         let owes = |d: &Down| matches!(d, Down::Publish { ack, .. } if *ack != BrokerAck::None);
         self.queue.iter().any(owes) || self.inflight.as_ref().is_some_and(|f| owes(&f.item))
     }
@@ -126,7 +127,7 @@ impl Downlink {
     /// Once the queue is empty again, whether messages were left at the broker for want of
     /// room: the session must be resumed to get them back (MQTT 3.1.1 §4.4 re-sends only
     /// then). Counts them as handled.
-    pub fn take_left_with_broker(&mut self, client_id: &str) -> bool {
+    pub(super) fn take_left_with_broker(&mut self, client_id: &str) -> bool {
         if self.left_with_broker == 0 || !self.is_idle() {
             return false;
         }
@@ -140,7 +141,7 @@ impl Downlink {
     }
 
     /// The broker lost the session: the messages left with it went too.
-    pub fn forget_left_with_broker(&mut self, client_id: &str) {
+    pub(super) fn forget_left_with_broker(&mut self, client_id: &str) {
         if self.left_with_broker > 0 {
             info!(
                 client_id,
@@ -152,14 +153,14 @@ impl Downlink {
     }
 
     /// The session ends: keep only what was already acknowledged to the broker (stored).
-    pub fn end_session(&mut self) {
+    pub(super) fn end_session(&mut self) {
         let inflight = self.inflight.take().map(|f| f.item);
         let owned = inflight.into_iter().chain(self.queue.drain(..));
         self.queue = owned.filter(Down::is_stored).collect();
     }
 
     /// A clean session starts with nothing queued.
-    pub fn clear_queue(&mut self) {
+    pub(super) fn clear_queue(&mut self) {
         self.queue.clear();
     }
 
@@ -183,7 +184,7 @@ impl Downlink {
     }
 
     /// Puts back a buffered message (already acknowledged to the broker) in sequence order.
-    pub fn restore_buffered(
+    pub(super) fn restore_buffered(
         &mut self,
         ctx: &Ctx,
         topics: &mut TopicTable,
@@ -191,7 +192,7 @@ impl Downlink {
         r: persist::BufferedRecord,
     ) {
         self.next_buffer_seq = self.next_buffer_seq.max(n + 1);
-        let qos = to_sn_qos(mqtt::QoS::try_from(r.qos).unwrap_or(mqtt::QoS::AtMostOnce));
+        let qos = stored_sn_qos(r.qos);
         // Already acknowledged upstream: the table limit must not lose it.
         let Some((topic, register)) = self.resolve(ctx, topics, &r.topic, usize::MAX) else {
             return;
@@ -216,7 +217,7 @@ impl Downlink {
     /// A PUBLISH from the broker, at the QoS the device gets (`qos`): queued (with the REGISTER
     /// it needs), or dropped / left with the broker when there is no room. Returns true when
     /// queued.
-    pub fn offer(
+    pub(super) fn offer(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -386,22 +387,19 @@ impl Downlink {
     fn resolve(
         &self,
         ctx: &Ctx,
-        topics: &mut TopicTable,
+        table: &mut TopicTable,
         topic: &str,
         table_limit: usize,
     ) -> Option<(TopicRef, Option<u16>)> {
-        if let Some((id, known)) = topics.id_of(topic) {
-            let register = (!known && !self.register_pending(id)).then_some(id);
-            return Some((TopicRef::Id(id), register));
-        }
-        if let Some(id) = ctx.predefined_by_name.get(topic) {
-            return Some((TopicRef::Predefined(*id), None));
-        }
-        if let Ok(s) = <[u8; 2]>::try_from(topic.as_bytes()) {
-            return Some((TopicRef::Short(s), None));
-        }
-        let id = topics.get_or_insert(topic, false, table_limit).ok()?;
-        Some((TopicRef::Id(id), Some(id)))
+        Some(
+            match topics::downlink_topic(&ctx.predefined, table, topic, table_limit)? {
+                DownlinkTopic::Ready(r) => (r, None),
+                DownlinkTopic::Unregistered(id) => {
+                    (TopicRef::Id(id), (!self.register_pending(id)).then_some(id))
+                }
+                DownlinkTopic::Added(id) => (TopicRef::Id(id), Some(id)),
+            },
+        )
     }
 
     fn register_pending(&self, topic_id: u16) -> bool {
@@ -416,7 +414,7 @@ impl Downlink {
 
     /// Sends queued items while nothing is in flight (one QoS 1/2 PUBLISH or REGISTER at a
     /// time). The caller checks the device can hear.
-    pub fn send_queued(
+    pub(super) fn send_queued(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -472,7 +470,7 @@ impl Downlink {
     }
 
     /// Sends what is in flight again (DUP).
-    pub fn retransmit(&mut self, ctx: &mut Ctx, link: &Link, now: Instant) {
+    pub(super) fn retransmit(&mut self, ctx: &mut Ctx, link: &Link, now: Instant) {
         let Some(f) = self.inflight.as_mut() else {
             return;
         };
@@ -493,7 +491,7 @@ impl Downlink {
 
     /// Sends what was in flight when the device fell asleep again at once (DUP), with a fresh
     /// retry budget.
-    pub fn resume(&mut self, ctx: &mut Ctx, link: &Link, now: Instant) {
+    pub(super) fn resume(&mut self, ctx: &mut Ctx, link: &Link, now: Instant) {
         if self.inflight.is_some() {
             self.retransmit(ctx, link, now);
             if let Some(f) = self.inflight.as_mut() {
@@ -503,7 +501,7 @@ impl Downlink {
     }
 
     /// Drops queued publishes on `topic_id` (the device rejected or cannot take the topic).
-    pub fn drop_topic(&mut self, ctx: &mut Ctx, link: &Link, topic_id: u16) {
+    pub(super) fn drop_topic(&mut self, ctx: &mut Ctx, link: &Link, topic_id: u16) {
         let mut kept = VecDeque::with_capacity(self.queue.len());
         let queued: Vec<Down> = self.queue.drain(..).collect();
         for d in queued {
@@ -523,7 +521,7 @@ impl Downlink {
     }
 
     /// The device's REGACK. None when it matches nothing in flight (nothing changed).
-    pub fn on_regack(
+    pub(super) fn on_regack(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -553,7 +551,7 @@ impl Downlink {
     }
 
     /// The device's PUBACK. Returns true when the queue may move on.
-    pub fn on_puback(
+    pub(super) fn on_puback(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -611,7 +609,7 @@ impl Downlink {
     }
 
     /// The device's PUBREC.
-    pub fn on_pubrec(&mut self, ctx: &mut Ctx, link: &Link, now: Instant, msg_id: u16) {
+    pub(super) fn on_pubrec(&mut self, ctx: &mut Ctx, link: &Link, now: Instant, msg_id: u16) {
         if self.inflight_matches(msg_id, DownStage::Pubcomp) {
             // Our PUBREL was lost.
             ctx.transmit(link.addr, Message::Pubrel { msg_id });
@@ -637,7 +635,7 @@ impl Downlink {
     }
 
     /// The device's PUBCOMP. Returns true when the queue may move on.
-    pub fn on_pubcomp(&mut self, ctx: &mut Ctx, msg_id: u16) -> bool {
+    pub(super) fn on_pubcomp(&mut self, ctx: &mut Ctx, msg_id: u16) -> bool {
         if !self.inflight_matches(msg_id, DownStage::Pubcomp) {
             ctx.stats.wrong_state += 1;
             return false;

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::info;
 
-use super::types::{puback_for, to_mqtt_qos, HoldsPacketIds, IdSpace, Link, PacketIds};
+use super::types::{puback_for, HoldsPacketIds, IdSpace, Link, PacketIds};
 use crate::codec::{self, Message, Publish, ReturnCode};
+use crate::core::bridge::to_mqtt_qos;
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
 use crate::core::types::{Output, PersistOp, SessionId, Table};
@@ -64,34 +65,34 @@ impl HoldsPacketIds for Outage {
 }
 
 impl Outage {
-    pub fn reconnect_at(&self) -> Option<Instant> {
+    pub(super) fn reconnect_at(&self) -> Option<Instant> {
         self.reconnect_at
     }
 
     /// The device's PUBREL for a parked QoS 2 message.
-    pub fn release(&mut self, msg_id: u16) -> bool {
+    pub(super) fn release(&mut self, msg_id: u16) -> bool {
         self.unreleased.remove(&msg_id)
     }
 
-    pub fn resuming(&self) -> bool {
+    pub(super) fn resuming(&self) -> bool {
         self.resuming
     }
 
-    pub fn set_resuming(&mut self) {
+    pub(super) fn set_resuming(&mut self) {
         self.resuming = true;
     }
 
     /// The reconnect timer fired.
-    pub fn stop_waiting(&mut self) {
+    pub(super) fn stop_waiting(&mut self) {
         self.reconnect_at = None;
     }
 
-    pub fn clear_resuming(&mut self) {
+    pub(super) fn clear_resuming(&mut self) {
         self.resuming = false;
     }
 
     /// The broker went away: keep the device, try the session again after a back-off.
-    pub fn start(&mut self, now: Instant, retry_interval: Duration, client_id: &str) {
+    pub(super) fn start(&mut self, now: Instant, retry_interval: Duration, client_id: &str) {
         self.backoff = if self.backoff.is_zero() {
             retry_interval
         } else {
@@ -105,13 +106,19 @@ impl Outage {
     }
 
     /// The broker accepted the resumed session: the back-off starts over.
-    pub fn accepted(&mut self) {
+    pub(super) fn accepted(&mut self) {
         self.resuming = false;
         self.backoff = Duration::ZERO;
     }
 
     /// Sends every parked message upstream on `session`, in order, under its packet id.
-    pub fn flush(&mut self, ctx: &mut Ctx, link: &Link, session: SessionId, mut ids: IdSpace) {
+    pub(super) fn flush(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        session: SessionId,
+        mut ids: IdSpace,
+    ) {
         let mut parked = std::mem::take(&mut self.parked);
         for p in parked.iter_mut() {
             let dup = p.pkid.is_some();
@@ -146,7 +153,7 @@ impl Outage {
 
     /// A PUBLISH on `topic` while the broker is away (a live, durable session). Answers the
     /// device once the parked copy is durable.
-    pub fn park(&mut self, ctx: &mut Ctx, link: &Link, topic: String, p: Publish) {
+    pub(super) fn park(&mut self, ctx: &mut Ctx, link: &Link, topic: String, p: Publish) {
         let ack = |rc| puback_for(&p, rc);
         let reply = match p.qos {
             codec::QoS::MinusOne | codec::QoS::AtMostOnce => {
@@ -190,7 +197,7 @@ impl Outage {
     }
 
     /// PUBACK or PUBCOMP: true when it was for a parked message (it is the broker's now).
-    pub fn acked(&mut self, ctx: &mut Ctx, link: &Link, pkid: u16) -> bool {
+    pub(super) fn acked(&mut self, ctx: &mut Ctx, link: &Link, pkid: u16) -> bool {
         let Some(key) = self.forwarded.remove(&pkid) else {
             return false;
         };
@@ -203,7 +210,7 @@ impl Outage {
     }
 
     /// PUBREC: true when it was for a parked QoS 2 message (released, durably first).
-    pub fn released(&mut self, ctx: &mut Ctx, link: &Link, pkid: u16) -> bool {
+    pub(super) fn released(&mut self, ctx: &mut Ctx, link: &Link, pkid: u16) -> bool {
         let Some(&key) = self.forwarded.get(&pkid) else {
             return false;
         };
@@ -224,7 +231,7 @@ impl Outage {
     }
 
     /// Puts back a parked message read from the store.
-    pub fn restore(&mut self, pkids: &mut PacketIds, n: u64, r: UplinkRecord) {
+    pub(super) fn restore(&mut self, pkids: &mut PacketIds, n: u64, r: UplinkRecord) {
         if let UplinkRecord::Parked {
             topic,
             qos,

@@ -20,24 +20,24 @@ pub(super) struct Record {
 
 impl Record {
     /// A record read back from the store.
-    pub fn restored() -> Self {
+    pub(super) fn restored() -> Self {
         Record { stored: true }
     }
 
     /// A row for this ClientId was written elsewhere (a subscription's).
-    pub fn mark_stored(&mut self) {
+    pub(super) fn mark_stored(&mut self) {
         self.stored = true;
     }
 
     /// Writes the device record (the caller checks the session is durable).
-    pub fn save(&mut self, ctx: &mut Ctx, r: DeviceRecord) {
+    pub(super) fn save(&mut self, ctx: &mut Ctx, r: DeviceRecord) {
         self.stored = true;
         let key = persist::device_prefix(&r.client_id);
         ctx.persist(persist::put(Table::Device, key, &r));
     }
 
     /// Deletes everything stored for `client_id`.
-    pub fn forget(&mut self, ctx: &mut Ctx, client_id: &str) {
+    pub(super) fn forget(&mut self, ctx: &mut Ctx, client_id: &str) {
         if !std::mem::take(&mut self.stored) {
             return; // nothing was ever written for it
         }

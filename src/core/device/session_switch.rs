@@ -57,13 +57,13 @@ pub(super) struct SessionSwitch {
 
 impl SessionSwitch {
     /// A switch is wanted (if none is already).
-    pub fn want(&mut self) {
+    pub(super) fn want(&mut self) {
         self.switch.get_or_insert_with(Default::default);
     }
 
     /// The device changed its will (topic or message). Returns true when the caller should try
     /// the switch now; false when one is opening (this one follows it).
-    pub fn want_for_will(&mut self, topic: bool) -> bool {
+    pub(super) fn want_for_will(&mut self, topic: bool) -> bool {
         let w = self.switch.get_or_insert_with(Default::default);
         if topic {
             w.respond_topic = true;
@@ -78,19 +78,19 @@ impl SessionSwitch {
     }
 
     /// A switch is wanted and its session not yet opened.
-    pub fn waiting(&self) -> bool {
+    pub(super) fn waiting(&self) -> bool {
         self.switch
             .as_ref()
             .is_some_and(|w| w.new_session.is_none())
     }
 
     /// The replacement session being opened.
-    pub fn opening(&self) -> Option<SessionId> {
+    pub(super) fn opening(&self) -> Option<SessionId> {
         self.switch.as_ref().and_then(|w| w.new_session)
     }
 
     /// The replacement session was opened.
-    pub fn opened(&mut self, session: SessionId) {
+    pub(super) fn opened(&mut self, session: SessionId) {
         if let Some(w) = self.switch.as_mut() {
             w.new_session = Some(session);
         }
@@ -98,7 +98,7 @@ impl SessionSwitch {
 
     /// The broker answered the replacement session: the switch is over. None when none was
     /// opening.
-    pub fn answered(&mut self) -> Option<Switched> {
+    pub(super) fn answered(&mut self) -> Option<Switched> {
         let w = self.switch.take()?;
         Some(Switched {
             session: w.new_session?,
@@ -110,25 +110,25 @@ impl SessionSwitch {
 
     /// The switch was accepted: the will responses it owes are due once no re-subscription
     /// is outstanding ([`SessionSwitch::release_will_responses`]).
-    pub fn owe_will_responses(&mut self, done: &Switched) {
+    pub(super) fn owe_will_responses(&mut self, done: &Switched) {
         let (t, m) = self.will_responses.unwrap_or_default();
         self.will_responses = Some((t || done.respond_topic, m || done.respond_msg));
     }
 
     /// Abandons the switch; returns the replacement session to close, if it was opened.
-    pub fn abandon(&mut self) -> Option<SessionId> {
+    pub(super) fn abandon(&mut self) -> Option<SessionId> {
         self.switch.take().and_then(|w| w.new_session)
     }
 
     /// The device's session ended: nothing to switch, nothing held.
-    pub fn end_session(&mut self) {
+    pub(super) fn end_session(&mut self) {
         self.held_uplink.clear();
         self.switch = None;
     }
 
     /// Holds an uplink message while the replacement session opens. False when the hold is
     /// full (the message is dropped).
-    pub fn hold(&mut self, msg: Message, limit: usize) -> bool {
+    pub(super) fn hold(&mut self, msg: Message, limit: usize) -> bool {
         if self.held_uplink.len() >= limit {
             return false;
         }
@@ -137,13 +137,13 @@ impl SessionSwitch {
     }
 
     /// The held uplink messages, in order.
-    pub fn take_held(&mut self) -> Vec<Message> {
+    pub(super) fn take_held(&mut self) -> Vec<Message> {
         self.held_uplink.drain(..).collect()
     }
 
     /// Sends the WILLTOPICRESP / WILLMSGRESP owed, unless re-subscriptions are outstanding
     /// (`remaking`).
-    pub fn release_will_responses(&mut self, ctx: &mut Ctx, link: &Link, remaking: bool) {
+    pub(super) fn release_will_responses(&mut self, ctx: &mut Ctx, link: &Link, remaking: bool) {
         if remaking {
             return;
         }

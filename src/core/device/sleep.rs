@@ -17,21 +17,21 @@ pub(super) struct Sleep {
 
 impl Sleep {
     /// DISCONNECT with a Duration (seconds).
-    pub fn start(&mut self, secs: u16) {
+    pub(super) fn start(&mut self, secs: u16) {
         self.duration = Duration::from_secs(u64::from(secs));
     }
 
     /// A restored sleeper's Duration.
-    pub fn restored(duration: Duration) -> Self {
+    pub(super) fn restored(duration: Duration) -> Self {
         Sleep { duration }
     }
 
-    pub fn duration(&self) -> Duration {
+    pub(super) fn duration(&self) -> Duration {
         self.duration
     }
 
     /// When a device falling asleep at `now` is lost unless heard from.
-    pub fn deadline(&self, now: Instant) -> Instant {
+    pub(super) fn deadline(&self, now: Instant) -> Instant {
         now + with_tolerance(self.duration)
     }
 }

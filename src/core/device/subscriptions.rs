@@ -19,11 +19,12 @@ use std::collections::HashMap;
 
 use tracing::{debug, info};
 
-use super::types::{short_name, to_mqtt_qos, to_sn_qos, HoldsPacketIds, IdSpace, Link};
-use crate::codec::{self, Message, ReturnCode, Suback, Subscribe, TopicFilter, Unsubscribe};
+use super::types::{HoldsPacketIds, IdSpace, Link};
+use crate::codec::{self, Message, ReturnCode, Suback, Subscribe, Unsubscribe};
+use crate::core::bridge::{to_mqtt_qos, to_sn_qos};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, SubscriptionRecord};
-use crate::core::topics::TopicTable;
+use crate::core::topics::{self, TopicTable};
 use crate::core::types::{PersistOp, SessionId, Table};
 use crate::mqtt;
 
@@ -84,7 +85,7 @@ pub(super) struct DeviceSuback {
 
 impl DeviceSuback {
     /// (asked, got) when the broker granted less than the device asked for.
-    pub fn downgraded(&self) -> Option<(mqtt::QoS, mqtt::QoS)> {
+    pub(super) fn downgraded(&self) -> Option<(mqtt::QoS, mqtt::QoS)> {
         match self.code {
             Some(mqtt::SubackCode::Granted(q)) => Some((self.requested, q)),
             _ => None,
@@ -115,31 +116,31 @@ impl HoldsPacketIds for Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn pending_len(&self) -> usize {
+    pub(super) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 
     /// Subscriptions the gateway made again (or its own UNSUBSCRIBE) still wait for the broker.
-    pub fn remaking(&self) -> bool {
+    pub(super) fn remaking(&self) -> bool {
         self.pending
             .values()
             .any(|p| matches!(p, PendingSub::Internal | PendingSub::Restore { .. }))
     }
 
     /// A clean session forgets them.
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.granted.clear();
     }
 
     /// The session ended: nothing is pending on it any more.
-    pub fn end_session(&mut self) {
+    pub(super) fn end_session(&mut self) {
         self.pending.clear();
         self.resubscribed.clear();
         self.subscribed_here.clear();
     }
 
     /// The QoS the device gets: the publication's, capped by the best matching grant.
-    pub fn granted_qos(&self, topic: &str, qos: mqtt::QoS) -> mqtt::QoS {
+    pub(super) fn granted_qos(&self, topic: &str, qos: mqtt::QoS) -> mqtt::QoS {
         self.granted
             .iter()
             .filter(|(f, _)| mqtt::topic_matches(f, topic))
@@ -149,7 +150,7 @@ impl Subscriptions {
     }
 
     /// Puts back a stored subscription (at restore).
-    pub fn restore(&mut self, filter: String, qos: u8) {
+    pub(super) fn restore(&mut self, filter: String, qos: u8) {
         let Ok(qos) = mqtt::QoS::try_from(qos) else {
             return;
         };
@@ -161,7 +162,7 @@ impl Subscriptions {
 
     /// Writes every subscription's row (moving them out of an old device record). Returns
     /// true when something was written.
-    pub fn store_all(&self, ctx: &mut Ctx, link: &Link, durable: bool) -> bool {
+    pub(super) fn store_all(&self, ctx: &mut Ctx, link: &Link, durable: bool) -> bool {
         let mut stored = false;
         for (f, q) in &self.granted {
             stored |= store_row(ctx, link, durable, f, *q);
@@ -171,7 +172,7 @@ impl Subscriptions {
 
     /// The gateway's own UNSUBSCRIBE from `name` (the device refused its REGISTER), within
     /// the bound on open requests.
-    pub fn unsubscribe_internal(
+    pub(super) fn unsubscribe_internal(
         &mut self,
         ctx: &mut Ctx,
         session: SessionId,
@@ -199,7 +200,7 @@ impl Subscriptions {
     /// The broker accepted a session without the device's subscriptions (`remake`): subscribe
     /// again to every filter the gateway knows. After a `Gap::None` switch, their retained
     /// re-deliveries are not delivered.
-    pub fn session_accepted(
+    pub(super) fn session_accepted(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -234,7 +235,7 @@ impl Subscriptions {
         }
     }
 
-    pub fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.granted.len()
     }
 
@@ -258,7 +259,7 @@ impl Subscriptions {
     }
 
     /// SUBSCRIBE from the device (ignored without a session).
-    pub fn on_subscribe(
+    pub(super) fn on_subscribe(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -285,40 +286,15 @@ impl Subscriptions {
         {
             return; // a re-send; the SUBACK is on its way
         }
-        let (filter, topic_id) = match &s.topic {
-            TopicFilter::Name(name) => {
-                if !mqtt::valid_topic_filter(name) {
-                    nack(ctx, 0, ReturnCode::NotSupported);
+        let limit = ctx.settings.max_topics_per_device;
+        let (filter, topic_id) =
+            match topics::subscribe_filter(&ctx.predefined, topics, &s.topic, limit) {
+                Ok(f) => f,
+                Err((topic_id, rc)) => {
+                    nack(ctx, topic_id, rc);
                     return;
                 }
-                if mqtt::valid_topic_name(name) {
-                    match topics.get_or_insert(name, true, ctx.settings.max_topics_per_device) {
-                        Ok(id) => (name.clone(), id),
-                        Err(_) => {
-                            nack(ctx, 0, ReturnCode::Congestion);
-                            return;
-                        }
-                    }
-                } else {
-                    (name.clone(), 0) // wildcard: ids come later by REGISTER
-                }
-            }
-            TopicFilter::Predefined(id) => match ctx.predefined_by_id.get(id) {
-                Some(name) => (name.clone(), *id),
-                None => {
-                    nack(ctx, *id, ReturnCode::InvalidTopicId);
-                    return;
-                }
-            },
-            TopicFilter::Short(s2) => match short_name(*s2).filter(|n| mqtt::valid_topic_filter(n))
-            {
-                Some(n) => (n, 0),
-                None => {
-                    nack(ctx, 0, ReturnCode::NotSupported);
-                    return;
-                }
-            },
-        };
+            };
         if ids.full(self.pending.len()) {
             nack(ctx, 0, ReturnCode::Congestion);
             return;
@@ -347,7 +323,7 @@ impl Subscriptions {
     }
 
     /// The broker's SUBACK. None when it matches nothing pending.
-    pub fn on_suback(
+    pub(super) fn on_suback(
         &mut self,
         link: &Link,
         pkid: u16,
@@ -399,7 +375,13 @@ impl Subscriptions {
 
     /// Answers the device's SUBSCRIBE; records the grant (and its row). Returns true when a
     /// row was written.
-    pub fn answer(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, s: DeviceSuback) -> bool {
+    pub(super) fn answer(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        durable: bool,
+        s: DeviceSuback,
+    ) -> bool {
         let mut stored = false;
         let (qos, topic_id, return_code) = match s.code {
             Some(mqtt::SubackCode::Granted(q)) => {
@@ -441,14 +423,15 @@ impl Subscriptions {
     }
 
     /// UNSUBSCRIBE from the device (ignored without a session).
-    pub fn on_unsubscribe(&mut self, ctx: &mut Ctx, link: &Link, u: Unsubscribe, mut ids: IdSpace) {
+    pub(super) fn on_unsubscribe(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        u: Unsubscribe,
+        mut ids: IdSpace,
+    ) {
         let Some(session) = link.session else { return };
-        let filter = match &u.topic {
-            TopicFilter::Name(n) => Some(n.clone()),
-            TopicFilter::Predefined(id) => ctx.predefined_by_id.get(id).cloned(),
-            TopicFilter::Short(s) => short_name(*s),
-        };
-        let Some(filter) = filter.filter(|f| mqtt::valid_topic_filter(f)) else {
+        let Some(filter) = topics::unsubscribe_filter(&ctx.predefined, &u.topic) else {
             // Nothing to unsubscribe from; the spec gives UNSUBACK no return code.
             ctx.transmit(link.addr, Message::Unsuback { msg_id: u.msg_id });
             return;
@@ -474,7 +457,7 @@ impl Subscriptions {
     }
 
     /// The broker's UNSUBACK: the subscription (and its row) goes, the device hears UNSUBACK.
-    pub fn on_unsuback(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, pkid: u16) {
+    pub(super) fn on_unsuback(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, pkid: u16) {
         let Some(PendingSub::Unsubscribe { msg_id, filter }) = self.pending.remove(&pkid) else {
             return;
         };
@@ -492,7 +475,12 @@ impl Subscriptions {
     /// A retained message sent only because the gateway re-subscribed for a device whose
     /// subscription never lapsed: acknowledged to the broker, not delivered. Returns true when
     /// `p` was one.
-    pub fn drop_redelivered_retained(&self, ctx: &mut Ctx, link: &Link, p: &mqtt::Publish) -> bool {
+    pub(super) fn drop_redelivered_retained(
+        &self,
+        ctx: &mut Ctx,
+        link: &Link,
+        p: &mqtt::Publish,
+    ) -> bool {
         if !p.retain || self.resubscribed.is_empty() {
             return false;
         }

@@ -42,7 +42,7 @@ pub(crate) enum DeviceTimer {
 
 impl DeviceTimer {
     /// Every timer, in the order they fire when several are due at once.
-    pub const ALL: [DeviceTimer; 7] = [
+    pub(super) const ALL: [DeviceTimer; 7] = [
         DeviceTimer::OutageReconnect,
         DeviceTimer::WillPrompt,
         DeviceTimer::BrokerConnack,
@@ -85,7 +85,7 @@ pub(super) struct Timers {
 
 impl Timers {
     /// Arms `timer` (an upstream wait or `Sleep`) at `at`.
-    pub fn arm(&mut self, timer: DeviceTimer, at: Instant) {
+    pub(super) fn arm(&mut self, timer: DeviceTimer, at: Instant) {
         if timer.is_upstream_wait() {
             self.upstream = Some((timer, at));
         } else if timer == DeviceTimer::Sleep {
@@ -94,16 +94,16 @@ impl Timers {
     }
 
     /// Ends whichever upstream wait is armed.
-    pub fn clear_upstream_wait(&mut self) {
+    pub(super) fn clear_upstream_wait(&mut self) {
         self.upstream = None;
     }
 
-    pub fn clear_sleep(&mut self) {
+    pub(super) fn clear_sleep(&mut self) {
         self.sleep = None;
     }
 
     /// Disarms `timer` (one that fired).
-    pub fn disarm(&mut self, timer: DeviceTimer) {
+    pub(super) fn disarm(&mut self, timer: DeviceTimer) {
         if timer.is_upstream_wait() {
             if self.upstream.is_some_and(|(t, _)| t == timer) {
                 self.upstream = None;
@@ -114,7 +114,7 @@ impl Timers {
     }
 
     /// The armed deadline of `timer`; None for the derived timers.
-    pub fn armed(&self, timer: DeviceTimer) -> Option<Instant> {
+    pub(super) fn armed(&self, timer: DeviceTimer) -> Option<Instant> {
         match timer {
             DeviceTimer::Sleep => self.sleep,
             t if t.is_upstream_wait() => self.upstream.filter(|(u, _)| *u == t).map(|(_, at)| at),

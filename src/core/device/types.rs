@@ -1,16 +1,13 @@
-//! Small things two or more device features share: the device's life state, the QoS
-//! conversions, the PUBACK a device is owed, and [`Link`] (who the device is, for a feature
-//! that sends to it or writes its rows).
+//! Small things two or more device features share: the device's life state, the PUBACK a
+//! device is owed, the packet-id space, and [`Link`] (who the device is, for a feature that
+//! sends to it or writes its rows). QoS and the other MQTT mappings are in `core/bridge.rs`.
 //!
 //! Owns no state. Must never: import a feature file (they all sit above this one).
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use crate::codec::{self, Message, Puback, Publish, ReturnCode, TopicRef};
+use crate::codec::{Message, Puback, Publish, ReturnCode, TopicRef};
 use crate::core::types::{DeviceAddr, SessionId};
-use crate::mqtt;
 
 /// Where a device is in its life (spec §6.14's client states, as seen from the gateway).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +49,7 @@ pub(crate) struct PacketIds {
 
 impl PacketIds {
     /// The next free packet id after the last one given (never 0).
-    pub fn alloc(&mut self, in_use: impl Fn(u16) -> bool) -> u16 {
+    pub(super) fn alloc(&mut self, in_use: impl Fn(u16) -> bool) -> u16 {
         loop {
             self.next = self.next.wrapping_add(1);
             if self.next != 0 && !in_use(self.next) {
@@ -62,7 +59,7 @@ impl PacketIds {
     }
 
     /// Ids up to `id` were given out before a restart: start after it.
-    pub fn at_least(&mut self, id: u16) {
+    pub(super) fn at_least(&mut self, id: u16) {
         self.next = self.next.max(id);
     }
 }
@@ -85,12 +82,12 @@ pub(crate) struct IdSpace<'a> {
 
 impl IdSpace<'_> {
     /// Whether a feature holding `own` ids may take another.
-    pub fn full(&self, own: usize) -> bool {
+    pub(super) fn full(&self, own: usize) -> bool {
         own + self.others.iter().map(|o| o.held()).sum::<usize>() >= self.limit
     }
 
     /// The next free id; `own` says which the asking feature holds.
-    pub fn alloc(&mut self, own: impl Fn(u16) -> bool) -> u16 {
+    pub(super) fn alloc(&mut self, own: impl Fn(u16) -> bool) -> u16 {
         let others = self.others;
         self.ids
             .alloc(|id| own(id) || others.iter().any(|o| o.holds(id)))
@@ -106,22 +103,6 @@ pub(crate) struct Link<'a> {
     pub session: Option<SessionId>,
 }
 
-pub(crate) fn to_mqtt_qos(q: codec::QoS) -> mqtt::QoS {
-    match q {
-        codec::QoS::MinusOne | codec::QoS::AtMostOnce => mqtt::QoS::AtMostOnce,
-        codec::QoS::AtLeastOnce => mqtt::QoS::AtLeastOnce,
-        codec::QoS::ExactlyOnce => mqtt::QoS::ExactlyOnce,
-    }
-}
-
-pub(crate) fn to_sn_qos(q: mqtt::QoS) -> codec::QoS {
-    match q {
-        mqtt::QoS::AtMostOnce => codec::QoS::AtMostOnce,
-        mqtt::QoS::AtLeastOnce => codec::QoS::AtLeastOnce,
-        mqtt::QoS::ExactlyOnce => codec::QoS::ExactlyOnce,
-    }
-}
-
 /// Spec §7.2: the gateway tolerates +50 % on short periods, +10 % on periods over a minute.
 pub fn with_tolerance(period: Duration) -> Duration {
     if period > Duration::from_secs(60) {
@@ -129,11 +110,6 @@ pub fn with_tolerance(period: Duration) -> Duration {
     } else {
         period + period / 2
     }
-}
-
-/// A short topic name as text; short names are two characters (spec §6.7).
-pub fn short_name(s: [u8; 2]) -> Option<String> {
-    std::str::from_utf8(&s).ok().map(str::to_owned)
 }
 
 /// The TopicId a PUBACK for `p` carries: the id, or the short name's two octets.
@@ -151,18 +127,6 @@ pub(crate) fn puback_for(p: &Publish, rc: ReturnCode) -> Message {
         msg_id: p.msg_id,
         return_code: rc,
     })
-}
-
-/// An MQTT QoS 0 PUBLISH (device QoS 0 and -1 alike).
-pub(crate) fn qos0_publish(topic: String, retain: bool, payload: Bytes) -> mqtt::Publish {
-    mqtt::Publish {
-        dup: false,
-        qos: mqtt::QoS::AtMostOnce,
-        retain,
-        topic,
-        packet_id: None,
-        payload,
-    }
 }
 
 #[cfg(test)]

@@ -12,12 +12,13 @@ use std::collections::HashMap;
 
 use tracing::debug;
 
-use super::types::{puback_for, puback_topic_id, qos0_publish, short_name, to_mqtt_qos, Link};
+use super::types::{puback_for, puback_topic_id, Link};
 use super::types::{HoldsPacketIds, IdSpace, PacketIds};
-use crate::codec::{self, Message, Puback, Publish, Regack, Register, ReturnCode, TopicRef};
+use crate::codec::{self, Message, Puback, Publish, Regack, Register, ReturnCode};
+use crate::core::bridge::{qos0_publish, to_mqtt_qos};
 use crate::core::ctx::Ctx;
 use crate::core::persist::{self, UplinkRecord};
-use crate::core::topics::TopicTable;
+use crate::core::topics::{self, TopicTable};
 use crate::core::types::{Output, PersistOp, Table};
 use crate::mqtt;
 
@@ -76,13 +77,13 @@ impl HoldsPacketIds for Uplink {
 
 impl Uplink {
     /// No flow the broker still has to answer (a session switch may go ahead).
-    pub fn broker_idle(&self) -> bool {
+    pub(super) fn broker_idle(&self) -> bool {
         self.flows.values().all(|f| f.broker_done)
     }
 
     /// Puts back a QoS 2 flow read from the store: the device's re-sent PUBLISH or PUBREL
     /// continues it under the same packet id.
-    pub fn restore(&mut self, pkids: &mut PacketIds, r: UplinkRecord) {
+    pub(super) fn restore(&mut self, pkids: &mut PacketIds, r: UplinkRecord) {
         if let UplinkRecord::Qos2 {
             msg_id,
             pkid,
@@ -113,7 +114,7 @@ impl Uplink {
 
     /// The session ended. A clean session forgets every flow (and its rows); a persistent one
     /// keeps its QoS 2 flows, whose packet ids the broker may hold.
-    pub fn end_session(&mut self, ctx: &mut Ctx, link: &Link, clean_session: bool) {
+    pub(super) fn end_session(&mut self, ctx: &mut Ctx, link: &Link, clean_session: bool) {
         if clean_session {
             self.flows.clear();
             self.by_msg.clear();
@@ -136,7 +137,7 @@ impl Uplink {
 
     /// A QoS 0/1/2 PUBLISH from the device on `topic`, to go up on the link's session.
     /// `durable`: the session has a store (QoS 2 state is written before the broker sees it).
-    pub fn on_publish(
+    pub(super) fn on_publish(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -232,7 +233,7 @@ impl Uplink {
     }
 
     /// The device's PUBREL (not for a parked message).
-    pub fn on_pubrel(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, msg_id: u16) {
+    pub(super) fn on_pubrel(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, msg_id: u16) {
         let pkid = self.by_msg.get(&msg_id).copied();
         if pkid.is_some_and(|pkid| self.complete_acked_qos2(ctx, link, durable, pkid)) {
             return;
@@ -285,7 +286,7 @@ impl Uplink {
     }
 
     /// The broker's PUBACK (not for a parked message).
-    pub fn on_broker_puback(
+    pub(super) fn on_broker_puback(
         &mut self,
         ctx: &mut Ctx,
         link: &Link,
@@ -309,7 +310,13 @@ impl Uplink {
     }
 
     /// The broker's PUBREC (not for a parked message).
-    pub fn on_broker_pubrec(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, pkid: u16) {
+    pub(super) fn on_broker_pubrec(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        durable: bool,
+        pkid: u16,
+    ) {
         let Some(f) = self.flows.get_mut(&pkid) else {
             return;
         };
@@ -332,7 +339,13 @@ impl Uplink {
     }
 
     /// The broker's PUBCOMP (not for a parked message).
-    pub fn on_broker_pubcomp(&mut self, ctx: &mut Ctx, link: &Link, durable: bool, pkid: u16) {
+    pub(super) fn on_broker_pubcomp(
+        &mut self,
+        ctx: &mut Ctx,
+        link: &Link,
+        durable: bool,
+        pkid: u16,
+    ) {
         if let Some(f) = self.finish(ctx, link, durable, pkid) {
             ctx.transmit(link.addr, Message::Pubcomp { msg_id: f.msg_id });
         }
@@ -404,14 +417,8 @@ impl Uplink {
 /// REGISTER from the device: the REGACK for it, with a topic id for the name when accepted
 /// (the topic table changed: the caller saves the record before sending it).
 pub(super) fn register(ctx: &Ctx, topics: &mut TopicTable, r: Register) -> Regack {
-    let rc = if !mqtt::valid_topic_name(&r.topic_name) {
-        Err(ReturnCode::NotSupported)
-    } else {
-        topics
-            .get_or_insert(&r.topic_name, true, ctx.settings.max_topics_per_device)
-            .map_err(|_| ReturnCode::Congestion)
-    };
-    let (topic_id, return_code) = match rc {
+    let limit = ctx.settings.max_topics_per_device;
+    let (topic_id, return_code) = match topics::register_name(topics, &r.topic_name, limit) {
         Ok(id) => (id, ReturnCode::Accepted),
         Err(rc) => (0, rc),
     };
@@ -429,11 +436,7 @@ pub(super) fn topic_name(
     topics: &TopicTable,
     p: &Publish,
 ) -> Option<String> {
-    let name = match p.topic {
-        TopicRef::Id(id) => topics.name(id).map(str::to_owned),
-        TopicRef::Predefined(id) => ctx.predefined_by_id.get(&id).cloned(),
-        TopicRef::Short(s) => short_name(s).filter(|n| mqtt::valid_topic_name(n)),
-    };
+    let name = topics::publish_name(&ctx.predefined, Some(topics), p.topic);
     if name.is_none() {
         debug!(client_id = %link.client_id, ?p.topic, "PUBLISH on unknown topic id");
         ctx.transmit(link.addr, puback_for(p, ReturnCode::InvalidTopicId));

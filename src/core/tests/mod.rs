@@ -129,7 +129,7 @@ pub(super) struct Will {
 }
 
 impl Will {
-    pub fn last_will(&self) -> mqtt::LastWill {
+    pub(super) fn last_will(&self) -> mqtt::LastWill {
         mqtt::LastWill {
             topic: self.topic.to_owned(),
             message: Bytes::from_static(self.msg),
@@ -151,11 +151,11 @@ pub(super) fn settings() -> Settings {
 }
 
 impl World {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with(settings())
     }
 
-    pub fn with(settings: Settings) -> Self {
+    pub(super) fn with(settings: Settings) -> Self {
         let now = Instant::now();
         World {
             gw: Gateway::new(settings, now),
@@ -183,23 +183,23 @@ impl World {
         }
     }
 
-    pub fn device_send(&mut self, from: &DeviceAddr, msg: Message) {
+    pub(super) fn device_send(&mut self, from: &DeviceAddr, msg: Message) {
         let frame = msg.to_bytes().expect("test message encodes");
         self.device_send_raw(from, frame);
     }
 
-    pub fn device_send_frame(&mut self, from: &DeviceAddr, frame: Frame) {
+    pub(super) fn device_send_frame(&mut self, from: &DeviceAddr, frame: Frame) {
         let bytes = frame.to_bytes().expect("test frame encodes");
         self.device_send_raw(from, bytes);
     }
 
-    pub fn device_send_raw(&mut self, from: &DeviceAddr, frame: Bytes) {
+    pub(super) fn device_send_raw(&mut self, from: &DeviceAddr, frame: Bytes) {
         self.gw.handle_frame(self.now, from.clone(), frame);
         self.drain();
     }
 
     /// Decoded frames transmitted to `to`, removed from the pending outputs.
-    pub fn take_frames_to(&mut self, to: &DeviceAddr) -> Vec<Frame> {
+    pub(super) fn take_frames_to(&mut self, to: &DeviceAddr) -> Vec<Frame> {
         self.drain();
         let mut taken = Vec::new();
         self.out.retain(|o| match o {
@@ -212,7 +212,7 @@ impl World {
         taken
     }
 
-    pub fn take_to_device(&mut self, to: &DeviceAddr) -> Vec<Message> {
+    pub(super) fn take_to_device(&mut self, to: &DeviceAddr) -> Vec<Message> {
         self.take_frames_to(to)
             .into_iter()
             .map(|f| {
@@ -222,7 +222,7 @@ impl World {
             .collect()
     }
 
-    pub fn take_upstream(&mut self, session: SessionId) -> Vec<mqtt::Packet> {
+    pub(super) fn take_upstream(&mut self, session: SessionId) -> Vec<mqtt::Packet> {
         self.drain();
         let mut taken = Vec::new();
         self.out.retain(|o| match o {
@@ -235,7 +235,7 @@ impl World {
         taken
     }
 
-    pub fn opened(&mut self) -> Vec<(SessionId, mqtt::Connect)> {
+    pub(super) fn opened(&mut self) -> Vec<(SessionId, mqtt::Connect)> {
         self.drain();
         let mut taken = Vec::new();
         self.out.retain(|o| match o {
@@ -248,7 +248,7 @@ impl World {
         taken
     }
 
-    pub fn closed(&mut self) -> Vec<SessionId> {
+    pub(super) fn closed(&mut self) -> Vec<SessionId> {
         self.drain();
         let mut taken = Vec::new();
         self.out.retain(|o| match o {
@@ -261,7 +261,7 @@ impl World {
         taken
     }
 
-    pub fn broadcasts(&mut self) -> Vec<Message> {
+    pub(super) fn broadcasts(&mut self) -> Vec<Message> {
         self.drain();
         let mut taken = Vec::new();
         self.out.retain(|o| match o {
@@ -275,20 +275,20 @@ impl World {
     }
 
     /// Everything pending, in order.
-    pub fn take_all(&mut self) -> Vec<Output> {
+    pub(super) fn take_all(&mut self) -> Vec<Output> {
         self.drain();
         std::mem::take(&mut self.out)
     }
 
     #[track_caller]
-    pub fn assert_quiet(&mut self) {
+    pub(super) fn assert_quiet(&mut self) {
         self.drain();
         assert!(self.out.is_empty(), "unexpected outputs: {:#?}", self.out);
     }
 
     /// Moves the clock forward, firing every timer that falls due on the way at its deadline,
     /// as the shell's driver would.
-    pub fn advance(&mut self, by: Duration) {
+    pub(super) fn advance(&mut self, by: Duration) {
         let target = self.now + by;
         while let Some(t) = self.gw.poll_timeout() {
             if t > target {
@@ -309,13 +309,17 @@ impl World {
         self.drain();
     }
 
-    pub fn broker(&mut self, session: SessionId, packet: mqtt::Packet) {
+    pub(super) fn broker(&mut self, session: SessionId, packet: mqtt::Packet) {
         self.gw.handle_upstream(self.now, session, packet);
         self.drain();
     }
 
     /// CONNACK with `code`; Session Present as a broker that keeps persistent sessions says it.
-    pub fn broker_connack_code(&mut self, session: SessionId, code: mqtt::ConnectReturnCode) {
+    pub(super) fn broker_connack_code(
+        &mut self,
+        session: SessionId,
+        code: mqtt::ConnectReturnCode,
+    ) {
         let mut session_present = false;
         if code == mqtt::ConnectReturnCode::Accepted {
             if let Some((client_id, clean)) = self.session_clients.get(&session).cloned() {
@@ -336,22 +340,22 @@ impl World {
     }
 
     /// The broker forgets every session (restarted without persistence, or expired them).
-    pub fn broker_loses_sessions(&mut self) {
+    pub(super) fn broker_loses_sessions(&mut self) {
         self.broker_sessions.clear();
     }
 
-    pub fn broker_connack(&mut self, session: SessionId) {
+    pub(super) fn broker_connack(&mut self, session: SessionId) {
         self.broker_connack_code(session, mqtt::ConnectReturnCode::Accepted);
     }
 
-    pub fn broker_closed(&mut self, session: SessionId) {
+    pub(super) fn broker_closed(&mut self, session: SessionId) {
         self.gw.handle_upstream_closed(self.now, session);
         self.drain();
     }
 
     /// Runs the whole handshake (with will prompting when `will` is given) up to CONNACK
     /// accepted, with keep-alive `duration`. Returns the upstream session.
-    pub fn connect_with(
+    pub(super) fn connect_with(
         &mut self,
         at: &DeviceAddr,
         client_id: &str,
@@ -394,7 +398,13 @@ impl World {
     }
 
     /// CONNECT with Will=1 from `at`, answering both prompts with `will` (no Open expected).
-    pub fn connect_prompts(&mut self, at: &DeviceAddr, client_id: &str, clean: bool, will: &Will) {
+    pub(super) fn connect_prompts(
+        &mut self,
+        at: &DeviceAddr,
+        client_id: &str,
+        clean: bool,
+        will: &Will,
+    ) {
         self.device_send(at, connect_msg(client_id, clean, true, 60));
         assert_eq!(self.take_to_device(at), vec![Message::WillTopicReq]);
         self.device_send(
@@ -414,7 +424,7 @@ impl World {
         );
     }
 
-    pub fn connect(
+    pub(super) fn connect(
         &mut self,
         at: &DeviceAddr,
         client_id: &str,
@@ -426,7 +436,7 @@ impl World {
 
     /// Device subscribes to `filter` at `qos`; the broker grants `granted`. Returns the SUBACK's
     /// topic id.
-    pub fn subscribe(
+    pub(super) fn subscribe(
         &mut self,
         at: &DeviceAddr,
         session: SessionId,
@@ -467,7 +477,7 @@ impl World {
     }
 
     /// Device registers `name`; returns the REGACK's topic id.
-    pub fn register(&mut self, at: &DeviceAddr, name: &str, msg_id: u16) -> u16 {
+    pub(super) fn register(&mut self, at: &DeviceAddr, name: &str, msg_id: u16) -> u16 {
         self.device_send(
             at,
             Message::Register(codec::Register {

@@ -43,7 +43,7 @@ pub(super) enum Down {
 
 impl Down {
     /// A copy is in the store (the broker was already acknowledged).
-    pub fn is_stored(&self) -> bool {
+    pub(super) fn is_stored(&self) -> bool {
         matches!(
             self,
             Down::Publish {
@@ -53,7 +53,7 @@ impl Down {
         )
     }
 
-    pub fn is_qos0(&self) -> bool {
+    pub(super) fn is_qos0(&self) -> bool {
         matches!(
             self,
             Down::Publish {
