@@ -9,7 +9,14 @@
 use bytes::{BufMut, BytesMut};
 
 use super::error::DecodeError;
-use super::publish::flag_bits;
+
+/// The PUBLISH bits of the fixed-header flag nibble (§3.3.1).
+pub(super) mod flag_bits {
+    pub const DUP: u8 = 0b1000;
+    pub const QOS_MASK: u8 = 0b0110;
+    pub const QOS_SHIFT: u8 = 1;
+    pub const RETAIN: u8 = 0b0001;
+}
 
 /// Control packet type numbers: the high nibble of the first byte (§2.2.1, Table 2.1).
 pub(super) mod kind {

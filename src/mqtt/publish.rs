@@ -10,16 +10,9 @@ use bytes::{BufMut, BytesMut};
 
 use super::error::{DecodeError, EncodeError};
 use super::field::{check_packet_id, put_string, topic_name_len};
+use super::header::flag_bits;
 use super::packet::{Publish, QoS};
 use super::reader::Reader;
-
-/// The PUBLISH bits of the fixed-header flag nibble (§3.3.1).
-pub(super) mod flag_bits {
-    pub const DUP: u8 = 0b1000;
-    pub const QOS_MASK: u8 = 0b0110;
-    pub const QOS_SHIFT: u8 = 1;
-    pub const RETAIN: u8 = 0b0001;
-}
 
 /// `flags` is the fixed header's low nibble, already checked by the header.
 pub(super) fn decode_body(flags: u8, r: &mut Reader) -> Result<Publish, DecodeError> {
