@@ -22,6 +22,8 @@
 //! and [`BrokerHandle::failure`] resolves, so the gateway stops.
 //!
 //! Without the `embedded-broker` feature, [`start`] fails with [`BrokerError::NotBuilt`].
+//! Owns: the broker's runtime, its config and [`BrokerHandle`]. Must never: be reached by the
+//! gateway other than over TCP, or let its crate's types leave this module.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -18,6 +18,8 @@
 //!
 //! `codec`, `mqtt` and `core` never touch a socket, a file or the clock: time comes in as an
 //! argument and effects go out as values. See `docs/architecture.md`.
+//!
+//! Owns: the layer declarations and re-exports. Must never: hold logic of its own.
 
 pub mod broker;
 pub mod codec;

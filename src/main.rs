@@ -1,5 +1,6 @@
 //! `mqttsn-gateway`: the command line. Parses arguments, loads `gateway.yaml`, applies the
 //! command-line overrides, sets up logging and starts the shell. The only place `anyhow` is used.
+//! Owns: the CLI and logging set-up. Must never: hold gateway logic (that is the library's).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

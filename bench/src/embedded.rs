@@ -1,6 +1,7 @@
 //! Test 9, the embedded broker: tests 5, 2w, 3 and 6a against `broker.mode: embedded`, next to
 //! the same numbers against mosquitto upstream.
 //! Owns: that test's procedure, its gateways and rows.
+//! Never: an in-process broker: the embedded one runs in the gateway child, measured from /proc.
 
 use crate::*;
 

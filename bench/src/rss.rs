@@ -1,5 +1,6 @@
 //! Test 6: the gateway's RSS idle and with many devices connected at once.
 //! Owns: that test's procedure and rows, and the gateways it starts for it.
+//! Never: reads its own RSS: the gateway is a child process and its `/proc` is read.
 
 use crate::*;
 

@@ -1,6 +1,7 @@
 //! Test 7, sleeping devices: RSS with messages buffered for many sleeping devices, and the
 //! wake-up of one and of all.
 //! Owns: that test's procedure, its gateways and rows.
+//! Never: measures an in-process gateway: the RSS read is the gateway child's.
 
 use crate::*;
 

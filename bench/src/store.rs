@@ -1,6 +1,7 @@
 //! Test 8, the durable store: disk writes and fsyncs per message, and uplink QoS 1 / QoS 2
 //! throughput of persistent devices with the store on and off.
 //! Owns: that test's procedure, its gateways and rows.
+//! Never: counts another process's writes: the disk I/O and fsyncs read are the gateway child's.
 
 use crate::*;
 

@@ -18,6 +18,8 @@
 //!
 //! When the journal cannot write, `set` and routing never return: no PUBACK goes out, and the
 //! gateway stops on [`Journal::failed`].
+//! Owns: the wrappers around rmqtt's retainer, routing and session entry. Must never: let a
+//! PUBACK go out before the journal has committed, or redeliver out of order.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

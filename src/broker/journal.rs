@@ -13,6 +13,8 @@
 //!
 //! This module knows nothing of the broker crate: records are opaque bytes, keyed by topic or
 //! by ClientId and a message key (see [`message_key`]).
+//! Owns: `journal.db` and its writer thread. Must never: acknowledge a write before its commit,
+//! or name the broker crate.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 //! Defaults the core also has (keep-alive, connect timeout, ClientId prefix) are read from
 //! [`Settings::default`]. Must never import from `mod.rs`; shared deserializers come from
 //! `checks.rs`. Reads text only: it never resolves host names or opens sockets.
+//! Owns: the `broker` section's types and checks.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

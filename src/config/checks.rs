@@ -5,6 +5,7 @@
 //!
 //! Sits below every other file of `config`: it imports only `duration`, never a section or
 //! `mod.rs`. It knows no key names; a check for one key belongs with that key's section.
+//! Owns: the shared deserializers and value checks.
 
 use std::fmt;
 use std::net::SocketAddr;

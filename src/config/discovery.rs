@@ -2,6 +2,7 @@
 //! (spec §6.1). Values are checked while they are read, like the rest of `config`; the checks
 //! that need `transports.udp` (which transport a group belongs to) run when the gateway starts.
 //! Must never import from `mod.rs`; shared deserializers come from `checks.rs`.
+//! Owns: the `discovery` section's types and checks.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,6 +1,7 @@
 //! Gateway-wide context a device's state machine may use: settings, the output queue, counters,
 //! session ids. Split from `Gateway` so a `&mut Device` and the context can be borrowed together;
 //! which device owns a session is the registry's, told through `SessionChange`s.
+//! Owns: `Ctx`. Must never: hold a device's state, do I/O or read the clock.
 
 use std::collections::VecDeque;
 

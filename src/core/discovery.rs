@@ -9,6 +9,7 @@
 //!   to the shell, which makes it the IP scope (TTL / hop limit).
 //!
 //! Must never: do I/O, read the clock.
+//! Owns: the GWINFO and ADVERTISE frames and where they go.
 
 use tracing::debug;
 

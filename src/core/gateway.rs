@@ -7,6 +7,9 @@
 //!    [`Gateway::handle_timeout`], each with `now`;
 //! 2. drain [`Gateway::poll_output`] until `None` and carry each [`Output`] out in order;
 //! 3. sleep until [`Gateway::poll_timeout`] (or the next input) and call `handle_timeout`.
+//!
+//! Owns: routing and the registry. Must never: do I/O or read the clock (time is `now`), or act
+//! for a device itself: the device's state machine does.
 
 use std::time::Instant;
 

@@ -3,6 +3,7 @@
 //! Records are JSON (payloads as hex) so `sqlite3 store.db 'select * from kv'` shows a person
 //! what the gateway remembers. Keys start with the ClientId, length-prefixed, so one device's
 //! records sort together and can be deleted by prefix. Owns no I/O: the shell's store does that.
+//! Must never: touch the store or change a record's encoding without reading the old one.
 
 use serde::{Deserialize, Serialize};
 

@@ -4,6 +4,7 @@
 //! removed device leaves nothing behind.
 //!
 //! Must never: decide protocol behaviour (the gateway routes, the device acts) or read the clock.
+//! Owns: `Registry` and its indexes.
 
 use std::collections::HashMap;
 

@@ -1,6 +1,7 @@
 //! What the core needs to know from the configuration, as plain values.
 //!
 //! The shell builds this from `config::Config`; the core never reads files.
+//! Owns: [`Settings`] and the core's defaults. Must never: read files or the environment.
 
 use std::time::Duration;
 

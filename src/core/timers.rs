@@ -3,6 +3,7 @@
 //! Owns no clock: callers pass deadlines and `now`. Every operation is O(log n) in the number
 //! of keys with a deadline, and a removed key leaves nothing behind (a device removed from the
 //! registry must not keep a stale entry for hours).
+//! Owns: the deadline table. Must never: read the clock or keep an entry for a removed key.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;

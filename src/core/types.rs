@@ -1,4 +1,6 @@
 //! Addresses, outputs and counters: the values that cross the core's boundary.
+//! Owns: the ids, addresses, [`Output`], [`PersistOp`] and [`Stats`]. Must never: import another
+//! core file (it sits below them all).
 
 use std::net::SocketAddr;
 

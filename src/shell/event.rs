@@ -2,6 +2,7 @@
 //!
 //! A leaf: the tasks and the driver import it, it imports none of them. Must never carry
 //! anything but what was received (no decisions, no state).
+//! Owns: [`Event`].
 
 use bytes::Bytes;
 

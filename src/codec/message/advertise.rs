@@ -1,4 +1,5 @@
 //! ADVERTISE (§5.4.1, Table 6): `GwId(1) Duration(2)`.
+//! Owns: ADVERTISE's variable part. Must never: panic on input or read past the message.
 
 use bytes::{BufMut, BytesMut};
 

@@ -3,6 +3,8 @@
 //! Only Will and CleanSession of Flags are used; the other bits are ignored on decode and written
 //! as 0. ProtocolId is kept raw so the gateway (not the codec) answers a foreign one. The ClientId
 //! must be non-empty UTF-8; the spec's 23-character limit is policy and is left to the gateway.
+//! Owns: CONNECT's variable part. Must never: enforce policy (ClientId length, ProtocolId) or
+//! panic on input.
 
 use bytes::{BufMut, BytesMut};
 

@@ -1,6 +1,7 @@
 //! DISCONNECT (§5.4.21, Table 24): `[Duration(2)]`. Exactly 0 or 2 octets after MsgType; a
 //! Duration means the client asks to sleep. 1 octet is a truncated Duration, 3 or more are
 //! trailing octets.
+//! Owns: DISCONNECT's variable part. Must never: panic on input or accept a partial Duration.
 
 use bytes::{BufMut, BytesMut};
 

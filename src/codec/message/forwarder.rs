@@ -5,6 +5,8 @@
 //! must fill the rest of the frame exactly (checked by its own Length). Encapsulations do not
 //! nest. Ctrl is kept whole (reserved bits included) so a frame can be relayed unchanged; the
 //! WirelessNodeId is opaque, possibly empty, and a zero-copy slice.
+//! Owns: the encapsulation header. Must never: accept a nested encapsulation or copy the
+//! WirelessNodeId.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

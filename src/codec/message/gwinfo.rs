@@ -1,5 +1,6 @@
 //! GWINFO (§5.4.3, Table 8): `GwId(1) [GwAdd(n)]`. GwAdd is only sent when a client answers for a
 //! gateway; it is opaque (its format depends on the network) and runs to the end of the message.
+//! Owns: GWINFO's variable part. Must never: interpret GwAdd or panic on input.
 
 use bytes::{Bytes, BytesMut};
 

@@ -1,5 +1,6 @@
 //! WILLTOPICREQ (§5.4.6), WILLMSGREQ (§5.4.8) and PINGRESP (§5.4.20): header only, no variable
 //! part. Decoding needs no code beyond the dispatcher's trailing-octet check.
+//! Owns: the zero-length bodies of these kinds. Must never: accept a variable part.
 
 pub(super) fn body_len() -> usize {
     0

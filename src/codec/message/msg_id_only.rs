@@ -1,4 +1,5 @@
 //! PUBREC, PUBREL, PUBCOMP (§5.4.14, Table 18) and UNSUBACK (§5.4.18, Table 21): `MsgId(2)`.
+//! Owns: these kinds' MsgId body. Must never: panic on input or read past the message.
 
 use bytes::{BufMut, BytesMut};
 

@@ -1,5 +1,6 @@
 //! PINGREQ (§5.4.19, Table 22): `[ClientId(n)]`. Any octets after MsgType are the ClientId of a
 //! sleeping client waking up; none means an ordinary keep-alive ping.
+//! Owns: PINGREQ's optional ClientId. Must never: panic on input or copy the ClientId.
 
 use bytes::BytesMut;
 

@@ -1,4 +1,5 @@
 //! PUBACK (§5.4.13, Table 17): `TopicId(2) MsgId(2) ReturnCode(1)`.
+//! Owns: PUBACK's variable part. Must never: panic on input or read past the message.
 
 use bytes::{BufMut, BytesMut};
 

@@ -3,6 +3,8 @@
 //! Flags uses DUP, QoS, Retain and TopicIdType; Will and CleanSession are ignored / written 0.
 //! TopicIdType selects how the 2-octet TopicId is read ([`TopicRef`]); 0b11 is rejected. Data is
 //! a zero-copy slice. The codec does not police QoS/MsgId combinations: that is protocol logic.
+//! Owns: PUBLISH's variable part. Must never: copy Data, accept TopicIdType 0b11, or panic on
+//! input.
 
 use bytes::{BufMut, BytesMut};
 

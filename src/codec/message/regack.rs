@@ -1,4 +1,5 @@
 //! REGACK (§5.4.11, Table 15): `TopicId(2) MsgId(2) ReturnCode(1)`.
+//! Owns: REGACK's variable part. Must never: panic on input or read past the message.
 
 use bytes::{BufMut, BytesMut};
 

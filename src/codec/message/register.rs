@@ -2,6 +2,8 @@
 //!
 //! TopicName is UTF-8 to the end of the message. Its content (empty, wildcards) is the gateway's
 //! concern, not the codec's.
+//! Owns: REGISTER's variable part. Must never: judge the TopicName beyond UTF-8, or panic on
+//! input.
 
 use bytes::{BufMut, BytesMut};
 

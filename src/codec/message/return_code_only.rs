@@ -1,4 +1,5 @@
 //! CONNACK (§5.4.5), WILLTOPICRESP (§5.4.24) and WILLMSGRESP (§5.4.25): `ReturnCode(1)`.
+//! Owns: these kinds' ReturnCode body. Must never: panic on input or read past the message.
 
 use bytes::{BufMut, BytesMut};
 

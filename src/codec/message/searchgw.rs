@@ -1,4 +1,5 @@
 //! SEARCHGW (§5.4.2, Table 7): `Radius(1)`.
+//! Owns: SEARCHGW's variable part. Must never: panic on input or read past the message.
 
 use bytes::{BufMut, BytesMut};
 

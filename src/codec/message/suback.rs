@@ -1,6 +1,7 @@
 //! SUBACK (§5.4.16, Table 20): `Flags(1) TopicId(2) MsgId(2) ReturnCode(1)`.
 //!
 //! Only QoS (the granted level) of Flags is used.
+//! Owns: SUBACK's variable part. Must never: panic on input or write Flags bits other than QoS.
 
 use bytes::{BufMut, BytesMut};
 

@@ -3,6 +3,8 @@
 //! Flags uses DUP, QoS and TopicIdType. Also owns the TopicName-or-TopicId tail shared with
 //! UNSUBSCRIBE: TopicIdType 00 is a UTF-8 name (wildcards allowed) to the end of the message;
 //! 01 and 10 are exactly two octets.
+//! Must never: accept TopicIdType 11 or a TopicId tail that is not exactly two octets, or panic
+//! on input.
 
 use bytes::{BufMut, BytesMut};
 

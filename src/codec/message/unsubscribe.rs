@@ -1,6 +1,8 @@
 //! UNSUBSCRIBE (§5.4.17, Table 19): `Flags(1) MsgId(2) TopicName(n) | TopicId(2)`.
 //!
 //! Only TopicIdType of Flags matters; the tail is shared with SUBSCRIBE.
+//! Owns: UNSUBSCRIBE's Flags and MsgId. Must never: parse the tail itself (subscribe.rs does), or
+//! panic on input.
 
 use bytes::{BufMut, BytesMut};
 

@@ -1,5 +1,6 @@
 //! WILLMSG (§5.4.9, Table 13) and WILLMSGUPD (§5.4.23, Table 26): `WillMsg(n)`, opaque octets
 //! to the end of the message (may be empty). Zero-copy.
+//! Owns: these kinds' WillMsg body. Must never: interpret or copy the octets.
 
 use bytes::{Bytes, BytesMut};
 

@@ -4,6 +4,8 @@
 //! carries QoS and Retain (other bits ignored / written 0) and the rest is the UTF-8 topic, which
 //! must not be empty: a Flags octet with no topic is neither form, so it is
 //! [`DecodeError::BadWillTopic`].
+//! Owns: these kinds' variable part. Must never: accept a Flags octet without a topic, or panic
+//! on input.
 
 use bytes::{BufMut, BytesMut};
 

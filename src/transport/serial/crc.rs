@@ -1,5 +1,6 @@
 //! CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final XOR.
 //! Check value: `crc16(b"123456789") == 0x29B1`.
+//! Owns: the CRC-16 SLIP uses. Must never: allocate or panic.
 
 /// The CRC of `data`. Bitwise on purpose: the same ten lines a device author writes in C.
 pub fn crc16_ccitt_false(data: &[u8]) -> u16 {

@@ -14,6 +14,8 @@
 //! partial frame plus the octets of the last `push`.
 //!
 //! Docs with the bytes on the wire: `docs/serial.md`.
+//!
+//! Owns: the [`Decoder`] shape and [`Counters`]. Must never: open a port, read a clock, or panic.
 
 // Input must never be able to panic a decoder; clippy enforces it outside tests.
 #![cfg_attr(

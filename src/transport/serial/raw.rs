@@ -7,6 +7,8 @@
 //! first octet is skipped (counted) and the search goes on from the next. A frame whose Length
 //! promises more than ever arrives stays partial until the caller's idle timer calls
 //! [`Decoder::reset_partial`].
+//!
+//! Owns: the raw framing both ways. Must never: panic on input, or hold more than one partial frame.
 
 use bytes::{Buf, Bytes, BytesMut};
 

@@ -6,6 +6,8 @@
 //! Empty frames (END END) are ignored, so a sender may start every frame with END to flush
 //! line noise. A frame with a bad escape, a bad CRC or fewer than 3 octets is dropped and
 //! counted.
+//!
+//! Owns: SLIP escaping and the CRC trailer. Must never: pass on a frame with a bad CRC or escape.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 

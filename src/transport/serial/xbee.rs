@@ -11,6 +11,8 @@
 //! frame (TX status, modem status, AT responses) is counted as ignored.
 //! Out: Transmit Request (0x10): `0x10, frame id 0 (no TX status), dst64[8], dst16[2],
 //! radius 0, options 0, RF data`. Broadcast is dst64 `00 00 00 00 00 00 FF FF`, dst16 `FF FE`.
+//!
+//! Owns: API frames 0x90 in and 0x10 out. Must never: pass on a frame with a bad checksum.
 
 use std::collections::HashMap;
 

@@ -3,6 +3,8 @@
 //! CONNACK, and every way the sessions end (DISCONNECT, loss, the broker closing them).
 //!
 //! Part of the orchestration layer (see `orchestrate/mod.rs`).
+//! Owns: the connect and teardown sequences. Must never: hold state of its own, do I/O or read
+//! the clock.
 
 use std::time::Instant;
 

@@ -3,6 +3,8 @@
 //! and the WILLTOPICRESP / WILLMSGRESP released once subscriptions are back.
 //!
 //! Part of the orchestration layer (see `orchestrate/mod.rs`).
+//! Owns: the session-switch sequence. Must never: hold state of its own, do I/O or read the
+//! clock.
 
 use std::time::Instant;
 

@@ -4,6 +4,8 @@
 //! subscriptions.rs to the session's packet-id space.
 //!
 //! Part of the orchestration layer (see `orchestrate/mod.rs`).
+//! Owns: the upstream session's flows. Must never: hold state of its own, do I/O or read the
+//! clock.
 
 use std::time::Instant;
 
