@@ -22,7 +22,7 @@ pub(crate) struct Durability {
     /// Effects that promise durability, released once their batch is confirmed.
     pending: VecDeque<(u64, Output)>,
     /// Sessions with a deferred packet: later packets on them wait too, to keep their order.
-    held: HashMap<SessionId, usize>,
+    waiting_sessions: HashMap<SessionId, usize>,
     /// Highest batch the store confirmed.
     confirmed: u64,
 }
@@ -34,7 +34,7 @@ impl Durability {
             batch: Vec::new(),
             seq: 1,
             pending: VecDeque::new(),
-            held: HashMap::new(),
+            waiting_sessions: HashMap::new(),
             confirmed: 0,
         }
     }
@@ -48,7 +48,7 @@ impl Durability {
 
     /// Whether a packet on `session` waits for the store, so a later one must wait too.
     pub(super) fn holds(&self, session: SessionId) -> bool {
-        self.held.contains_key(&session)
+        self.waiting_sessions.contains_key(&session)
     }
 
     /// Emits `effect` into `out` once everything persisted so far is durable (at once without
@@ -59,7 +59,7 @@ impl Durability {
             return;
         }
         if let Output::Send { session, .. } = &effect {
-            *self.held.entry(*session).or_insert(0) += 1;
+            *self.waiting_sessions.entry(*session).or_insert(0) += 1;
         }
         self.pending.push_back((self.seq, effect));
     }
@@ -94,10 +94,10 @@ impl Durability {
                 break;
             };
             if let Output::Send { session, .. } = &effect {
-                if let Some(n) = self.held.get_mut(session) {
+                if let Some(n) = self.waiting_sessions.get_mut(session) {
                     *n -= 1;
                     if *n == 0 {
-                        self.held.remove(session);
+                        self.waiting_sessions.remove(session);
                     }
                 }
             }

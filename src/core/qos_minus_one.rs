@@ -23,7 +23,7 @@ use crate::mqtt;
 pub(crate) struct QosMinusOne {
     session: Option<SessionId>,
     connected: bool,
-    held: VecDeque<mqtt::Publish>,
+    waiting: VecDeque<mqtt::Publish>,
     /// No new attempt before this, after a failed one.
     retry_at: Option<Instant>,
     /// The opening session must be accepted by then.
@@ -64,8 +64,8 @@ impl QosMinusOne {
         match (self.session, self.connected) {
             (Some(s), true) => ctx.send(s, mqtt::Packet::Publish(publish)),
             _ => {
-                if self.held.len() < ctx.settings.max_queued_per_device {
-                    self.held.push_back(publish);
+                if self.waiting.len() < ctx.settings.max_queued_per_device {
+                    self.waiting.push_back(publish);
                 } else {
                     ctx.stats.downlink_dropped += 1;
                 }
@@ -93,7 +93,7 @@ impl QosMinusOne {
         self.connect_deadline = None;
         if code == mqtt::ConnectReturnCode::Accepted {
             self.connected = true;
-            for p in std::mem::take(&mut self.held) {
+            for p in std::mem::take(&mut self.waiting) {
                 ctx.send(session, mqtt::Packet::Publish(p));
             }
         } else {
@@ -112,7 +112,7 @@ impl QosMinusOne {
         self.session = None;
         self.connected = false;
         self.connect_deadline = None;
-        if !self.held.is_empty() {
+        if !self.waiting.is_empty() {
             self.retry_at = Some(now + ctx.settings.retry_interval);
         }
     }
@@ -128,7 +128,7 @@ impl QosMinusOne {
         }
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
-            if !self.held.is_empty() {
+            if !self.waiting.is_empty() {
                 self.open(ctx, now);
             }
         }

@@ -1,8 +1,8 @@
 //! PUBLISH (§3.3): DUP, QoS and RETAIN in the fixed-header flags; topic name, packet identifier
 //! (QoS 1 and 2 only), then the payload to the end of the packet.
 //!
-//! Owns: the PUBLISH flag bits and body both ways, and the rule that a packet identifier is
-//! present iff QoS > 0. The header checks the flag nibble (QoS 3, DUP on QoS 0) before the body
+//! Owns: packing the PUBLISH flags (their bit positions are in header.rs) and the body both
+//! ways, and the rule that a packet identifier is present iff QoS > 0. The header checks the flag nibble (QoS 3, DUP on QoS 0) before the body
 //! arrives. Must never: copy the payload on decode (it is a slice of the receive buffer), or
 //! write a topic with wildcards.
 
