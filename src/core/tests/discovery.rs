@@ -1,5 +1,6 @@
-//! Gateway discovery (spec §5.4.2-3, §5.5, §6.1): SEARCHGW answered with the radius it came
-//! with, through a forwarder's Ctrl octet.
+//! Gateway discovery (spec §5.4.2-3, §5.5, §6.1): ADVERTISE at start and every interval, SEARCHGW
+//! answered with GWINFO and the radius it came with, also through a forwarder's Ctrl octet and on
+//! a group.
 
 use bytes::Bytes;
 
@@ -173,4 +174,54 @@ fn only_searchgw_is_served_on_a_group() {
     w.assert_quiet();
     assert_eq!(w.gw.device_count(), 0);
     assert!(w.opened().is_empty());
+}
+
+// ---------------------------------------------------------------- discovery
+
+#[test]
+fn searchgw_gets_gwinfo_with_the_gateway_id() {
+    let mut w = World::with(Settings {
+        gateway_id: 42,
+        ..settings()
+    });
+    let a = addr(9);
+    w.device_send(&a, Message::SearchGw { radius: 0 });
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::GwInfo {
+            gw_id: 42,
+            gw_add: None
+        }]
+    );
+    assert_eq!(w.gw.device_count(), 0);
+}
+
+#[test]
+fn advertise_is_broadcast_at_start_and_every_interval() {
+    let mut w = World::with(Settings {
+        gateway_id: 3,
+        advertise_interval: Some(Duration::from_secs(900)),
+        ..settings()
+    });
+    let adv = Message::Advertise {
+        gw_id: 3,
+        duration: 900,
+    };
+    assert_eq!(w.gw.poll_timeout(), Some(w.now));
+    w.advance(Duration::ZERO);
+    assert_eq!(w.broadcasts(), vec![adv.clone()]);
+    w.advance(Duration::from_secs(899));
+    assert!(w.broadcasts().is_empty());
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.broadcasts(), vec![adv.clone()]);
+    w.advance(Duration::from_secs(1800));
+    assert_eq!(w.broadcasts(), vec![adv.clone(), adv]);
+}
+
+#[test]
+fn no_advertise_without_an_interval() {
+    let mut w = World::new();
+    assert_eq!(w.gw.poll_timeout(), None);
+    w.advance(Duration::from_secs(3600));
+    w.assert_quiet();
 }

@@ -1,5 +1,5 @@
-//! Keep-alive (§6.11), disconnect (§6.12), broker-side close, discovery (§6.1), bad input and
-//! limits.
+//! Disconnect (§6.12), a broker-side close, frames routed by address and through a forwarder,
+//! and bad input: malformed, oversized, from an address without a session, in the wrong state.
 
 use std::time::Duration;
 
@@ -7,50 +7,6 @@ use bytes::Bytes;
 
 use super::super::DeviceState;
 use super::*;
-
-#[test]
-fn keep_alive_short_period_has_fifty_percent_tolerance() {
-    let mut w = World::new();
-    let a = addr(1);
-    let s = w.connect_with(&a, "dev1", true, None, 10);
-    w.advance(Duration::from_millis(14_900));
-    assert_eq!(w.gw.device_state("dev1"), Some(DeviceState::Active));
-    w.assert_quiet();
-    w.advance(Duration::from_millis(100));
-    assert_eq!(w.gw.device_state("dev1"), Some(DeviceState::Lost));
-    // No DISCONNECT upstream: the broker publishes the will.
-    assert_eq!(w.take_all(), vec![Output::Close { session: s }]);
-    assert_eq!(w.gw.stats().devices_lost, 1);
-}
-
-#[test]
-fn keep_alive_long_period_has_ten_percent_tolerance() {
-    let mut w = World::new();
-    let a = addr(1);
-    let s = w.connect_with(&a, "dev1", true, None, 100);
-    w.advance(Duration::from_millis(109_999));
-    assert_eq!(w.gw.device_state("dev1"), Some(DeviceState::Active));
-    w.advance(Duration::from_millis(1));
-    assert_eq!(w.gw.device_state("dev1"), Some(DeviceState::Lost));
-    assert_eq!(w.take_all(), vec![Output::Close { session: s }]);
-}
-
-#[test]
-fn pingreq_gets_pingresp_and_resets_keep_alive() {
-    let mut w = World::new();
-    let a = addr(1);
-    w.connect_with(&a, "dev1", true, None, 10);
-    for _ in 0..5 {
-        w.advance(Duration::from_secs(14));
-        w.device_send(&a, Message::PingReq { client_id: None });
-        assert_eq!(w.take_to_device(&a), vec![Message::PingResp]);
-    }
-    assert_eq!(w.gw.device_state("dev1"), Some(DeviceState::Active));
-    w.advance(Duration::from_millis(14_999));
-    assert_eq!(w.gw.device_state("dev1"), Some(DeviceState::Active));
-    w.advance(Duration::from_millis(1));
-    assert_eq!(w.gw.device_state("dev1"), Some(DeviceState::Lost));
-}
 
 #[test]
 fn device_disconnect_sends_mqtt_disconnect_then_close_and_answers_disconnect() {
@@ -92,56 +48,6 @@ fn broker_closing_an_active_session_disconnects_the_device() {
     );
     assert_eq!(w.gw.device_state("dev1"), Some(DeviceState::Disconnected));
     assert_eq!(w.gw.stats().devices_active, 0);
-    w.assert_quiet();
-}
-
-// ---------------------------------------------------------------- discovery
-
-#[test]
-fn searchgw_gets_gwinfo_with_the_gateway_id() {
-    let mut w = World::with(Settings {
-        gateway_id: 42,
-        ..settings()
-    });
-    let a = addr(9);
-    w.device_send(&a, Message::SearchGw { radius: 0 });
-    assert_eq!(
-        w.take_to_device(&a),
-        vec![Message::GwInfo {
-            gw_id: 42,
-            gw_add: None
-        }]
-    );
-    assert_eq!(w.gw.device_count(), 0);
-}
-
-#[test]
-fn advertise_is_broadcast_at_start_and_every_interval() {
-    let mut w = World::with(Settings {
-        gateway_id: 3,
-        advertise_interval: Some(Duration::from_secs(900)),
-        ..settings()
-    });
-    let adv = Message::Advertise {
-        gw_id: 3,
-        duration: 900,
-    };
-    assert_eq!(w.gw.poll_timeout(), Some(w.now));
-    w.advance(Duration::ZERO);
-    assert_eq!(w.broadcasts(), vec![adv.clone()]);
-    w.advance(Duration::from_secs(899));
-    assert!(w.broadcasts().is_empty());
-    w.advance(Duration::from_secs(1));
-    assert_eq!(w.broadcasts(), vec![adv.clone()]);
-    w.advance(Duration::from_secs(1800));
-    assert_eq!(w.broadcasts(), vec![adv.clone(), adv]);
-}
-
-#[test]
-fn no_advertise_without_an_interval() {
-    let mut w = World::new();
-    assert_eq!(w.gw.poll_timeout(), None);
-    w.advance(Duration::from_secs(3600));
     w.assert_quiet();
 }
 
@@ -271,48 +177,6 @@ fn forwarder_encapsulated_connect_gets_an_encapsulated_connack_for_the_same_node
     w.device_send_frame(&fwd, enc(Message::PingReq { client_id: None }));
     assert_eq!(w.take_frames_to(&via), vec![enc(Message::PingResp)]);
     w.assert_quiet();
-}
-
-// ---------------------------------------------------------------- limits
-
-#[test]
-fn max_devices_all_connected_refuses_with_congestion() {
-    let mut w = World::with(Settings {
-        max_devices: 2,
-        ..settings()
-    });
-    w.connect(&addr(1), "d1", true, None);
-    w.connect(&addr(2), "d2", true, None);
-    // Both talk after their CONNACK: neither may be evicted for a newcomer.
-    for a in [addr(1), addr(2)] {
-        w.device_send(&a, Message::PingReq { client_id: None });
-        assert_eq!(w.take_to_device(&a), vec![Message::PingResp]);
-    }
-    w.device_send(&addr(3), connect_msg("d3", true, false, 60));
-    assert_eq!(
-        w.take_to_device(&addr(3)),
-        vec![connack(ReturnCode::Congestion)]
-    );
-    assert!(w.opened().is_empty());
-    assert_eq!(w.gw.device_count(), 2);
-}
-
-#[test]
-fn max_devices_evicts_a_disconnected_device() {
-    let mut w = World::with(Settings {
-        max_devices: 2,
-        ..settings()
-    });
-    let s1 = w.connect(&addr(1), "d1", true, None);
-    w.connect(&addr(2), "d2", true, None);
-    w.device_send(&addr(1), Message::Disconnect { duration: None });
-    w.take_upstream(s1);
-    w.closed();
-    w.take_to_device(&addr(1));
-    w.connect(&addr(3), "d3", true, None);
-    assert_eq!(w.gw.device_count(), 2);
-    assert_eq!(w.gw.device_state("d1"), None);
-    assert_eq!(w.gw.device_state("d3"), Some(DeviceState::Active));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Hostile peers: a UDP source address proves nothing, so no sender may fill the device table
 //! (per-source limits, the connect rate, eviction of silent sessions), hold it with will prompts,
 //! make the gateway send unbounded traffic to an address that never answers, or grow a device's
-//! subscriptions without bound. Removed devices leave nothing behind in the timer table.
+//! subscriptions without bound. Removed devices leave nothing behind in the timer table. The
+//! `max_devices` bound: a table of connected devices refuses, a disconnected device is evicted.
 
 use super::*;
 use crate::core::settings::SourceLimits;
@@ -416,4 +417,46 @@ fn subscriptions_per_device_are_bounded() {
     );
     w.take_to_device(&a);
     w.subscribe(&a, s, "d/#", QoS::AtMostOnce, mqtt::QoS::AtMostOnce, 12);
+}
+
+// ---------------------------------------------------------------- limits
+
+#[test]
+fn max_devices_all_connected_refuses_with_congestion() {
+    let mut w = World::with(Settings {
+        max_devices: 2,
+        ..settings()
+    });
+    w.connect(&addr(1), "d1", true, None);
+    w.connect(&addr(2), "d2", true, None);
+    // Both talk after their CONNACK: neither may be evicted for a newcomer.
+    for a in [addr(1), addr(2)] {
+        w.device_send(&a, Message::PingReq { client_id: None });
+        assert_eq!(w.take_to_device(&a), vec![Message::PingResp]);
+    }
+    w.device_send(&addr(3), connect_msg("d3", true, false, 60));
+    assert_eq!(
+        w.take_to_device(&addr(3)),
+        vec![connack(ReturnCode::Congestion)]
+    );
+    assert!(w.opened().is_empty());
+    assert_eq!(w.gw.device_count(), 2);
+}
+
+#[test]
+fn max_devices_evicts_a_disconnected_device() {
+    let mut w = World::with(Settings {
+        max_devices: 2,
+        ..settings()
+    });
+    let s1 = w.connect(&addr(1), "d1", true, None);
+    w.connect(&addr(2), "d2", true, None);
+    w.device_send(&addr(1), Message::Disconnect { duration: None });
+    w.take_upstream(s1);
+    w.closed();
+    w.take_to_device(&addr(1));
+    w.connect(&addr(3), "d3", true, None);
+    assert_eq!(w.gw.device_count(), 2);
+    assert_eq!(w.gw.device_state("d1"), None);
+    assert_eq!(w.gw.device_state("d3"), Some(DeviceState::Active));
 }

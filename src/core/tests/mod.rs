@@ -16,9 +16,12 @@ mod discovery;
 mod downlink;
 mod lifecycle;
 mod limits;
+mod outage;
 mod record;
 mod session_switch;
 mod sleep;
+mod subscriptions;
+mod timers;
 mod topics;
 mod uplink;
 
