@@ -131,6 +131,28 @@ impl Ctx {
         }
     }
 
+    /// Encodes and queues `message` to `to`; when `durable`, only once everything persisted so
+    /// far is on disk (an acknowledgement that promises durability). Counted in `tx_bytes`
+    /// either way.
+    pub(super) fn transmit_after_persist(
+        &mut self,
+        durable: bool,
+        to: &DeviceAddr,
+        message: Message,
+    ) {
+        if !durable {
+            self.transmit(to, message);
+            return;
+        }
+        if let Some(frame) = self.encode(to, message) {
+            self.tx_bytes += frame.len() as u64;
+            self.after_persist(Output::Transmit {
+                to: to.clone(),
+                frame,
+            });
+        }
+    }
+
     pub(super) fn transmit_frame(&mut self, to: &DeviceAddr, frame: Bytes) {
         self.tx_bytes += frame.len() as u64;
         self.out.push_back(Output::Transmit {

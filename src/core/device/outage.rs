@@ -188,12 +188,7 @@ impl Outage {
         }
         ctx.stats.uplink_publishes += 1;
         // The device's acknowledgement promises durability: it waits for the store.
-        if let Some(frame) = ctx.encode(link.addr, reply) {
-            ctx.after_persist(Output::Transmit {
-                to: link.addr.clone(),
-                frame,
-            });
-        }
+        ctx.transmit_after_persist(true, link.addr, reply);
     }
 
     /// PUBACK or PUBCOMP: true when it was for a parked message (it is the broker's now).

@@ -326,12 +326,7 @@ impl Uplink {
             if durable {
                 // PUBREC promises the device it will not be delivered twice: durable first.
                 self.save_qos2(ctx, link, pkid);
-                if let Some(frame) = ctx.encode(link.addr, Message::Pubrec { msg_id }) {
-                    ctx.after_persist(Output::Transmit {
-                        to: link.addr.clone(),
-                        frame,
-                    });
-                }
+                ctx.transmit_after_persist(true, link.addr, Message::Pubrec { msg_id });
                 return;
             }
         }
@@ -372,15 +367,8 @@ impl Uplink {
         if durable {
             // PUBREC promises the device one copy, across a restart too: durable first.
             self.save_qos2(ctx, link, pkid);
-            if let Some(frame) = ctx.encode(link.addr, pubrec) {
-                ctx.after_persist(Output::Transmit {
-                    to: link.addr.clone(),
-                    frame,
-                });
-            }
-        } else {
-            ctx.transmit(link.addr, pubrec);
         }
+        ctx.transmit_after_persist(durable, link.addr, pubrec);
         Some(Acked::Downgraded)
     }
 
@@ -399,17 +387,8 @@ impl Uplink {
             return true;
         };
         let pubcomp = Message::Pubcomp { msg_id: f.msg_id };
-        if durable {
-            // Only once the flow is gone from the store may the device reuse its MsgId.
-            if let Some(frame) = ctx.encode(link.addr, pubcomp) {
-                ctx.after_persist(Output::Transmit {
-                    to: link.addr.clone(),
-                    frame,
-                });
-            }
-        } else {
-            ctx.transmit(link.addr, pubcomp);
-        }
+        // Only once the flow is gone from the store may the device reuse its MsgId.
+        ctx.transmit_after_persist(durable, link.addr, pubcomp);
         true
     }
 }
