@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -192,44 +192,6 @@ async fn without_the_feature_embedded_mode_says_how_to_build_it() {
 // ---- the binary: kill -9 and SIGTERM ----
 
 /// The gateway binary on `config_file`; stderr kept in `dir/stderr.log`.
-fn spawn_gateway(config_file: &Path, dir: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("stderr.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"))
-        .args(["run", "-c"])
-        .arg(config_file)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn wait_listening(port: u16, child: &mut Child, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-            panic!("gateway exited with {status}: {log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("embedded broker did not listen on {port}");
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A config file for the binary: embedded broker on `port`, UDP on `udp`, data under `dir`.
 fn write_config(dir: &Path, port: u16, udp: u16) -> std::path::PathBuf {
     let file = dir.join("gateway.yaml");
@@ -257,8 +219,8 @@ async fn retained_and_queued_messages_survive_kill_9() {
     let config = write_config(&dir, port, free_udp_port());
     let broker = SocketAddr::from(([127, 0, 0, 1], port));
 
-    let mut gw = spawn_gateway(&config, &dir);
-    wait_listening(port, &mut gw, &dir);
+    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &config, &dir);
+    gw.wait_listening(port, &dir);
     // A persistent session subscribes, then goes away.
     let mut keeper = MqttClient::connect_with(broker, "keeper", false, None).await;
     keeper.subscribe("q/#", mqtt::QoS::AtLeastOnce).await;
@@ -277,8 +239,8 @@ async fn retained_and_queued_messages_survive_kill_9() {
     gw.kill().unwrap(); // SIGKILL
     gw.wait().unwrap();
 
-    let mut gw = spawn_gateway(&config, &dir);
-    wait_listening(port, &mut gw, &dir);
+    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &config, &dir);
+    gw.wait_listening(port, &dir);
     let mut keeper = MqttClient::connect_with(broker, "keeper", false, None).await;
     let p = keeper
         .next_publish(WAIT)
@@ -310,8 +272,8 @@ async fn sigterm_exits_0_quickly_without_firing_device_wills() {
     let config = write_config(&dir, port, udp);
     let broker = SocketAddr::from(([127, 0, 0, 1], port));
 
-    let mut gw = spawn_gateway(&config, &dir);
-    wait_listening(port, &mut gw, &dir);
+    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &config, &dir);
+    gw.wait_listening(port, &dir);
     // A persistent session that would receive (and keep, across the restart) any will.
     let mut watcher = MqttClient::connect_with(broker, "watcher", false, None).await;
     watcher.subscribe("wills/#", mqtt::QoS::AtLeastOnce).await;
@@ -347,8 +309,8 @@ async fn sigterm_exits_0_quickly_without_firing_device_wills() {
     };
     assert!(exit.success(), "exit status {exit}");
 
-    let mut gw = spawn_gateway(&config, &dir);
-    wait_listening(port, &mut gw, &dir);
+    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &config, &dir);
+    gw.wait_listening(port, &dir);
     let mut watcher = MqttClient::connect_with(broker, "watcher", false, None).await;
     let got = watcher.next_publish(Duration::from_secs(1)).await;
     assert!(got.is_none(), "a will fired on shutdown: {got:?}");

@@ -9,7 +9,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,59 +47,8 @@ fn write_config(dir: &Path, data_dir: &Path, port: u16, udp: u16) -> PathBuf {
     file
 }
 
-/// A gateway process, SIGKILLed when dropped (so a failing test leaves none behind).
-struct Gw(Child);
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The gateway binary with `config`, its stderr appended to `dir/stderr.log`.
-fn spawn_gateway(config: &Path, dir: &Path) -> Gw {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("stderr.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"))
-        .args(["run", "-c"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(Gw)
-        .unwrap()
-}
-
-fn wait_listening(port: u16, gw: &mut Gw, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Some(status) = gw.0.try_wait().unwrap() {
-            let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-            panic!("gateway exited with {status}: {log}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("embedded broker did not listen on {port}");
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// SIGKILL, at once: no shutdown, no flush.
-fn kill9(gw: &mut Gw) {
+fn kill9(gw: &mut LoggedGateway) {
     gw.0.kill().unwrap();
     gw.0.wait().unwrap();
 }
@@ -155,8 +104,8 @@ async fn acknowledged_messages_survive_kill_9_straight_after_the_puback() {
     let config = write_config(&dir.0, &dir.0.join("broker"), port, udp_port);
     let broker = SocketAddr::from(([127, 0, 0, 1], port));
 
-    let mut gw = spawn_gateway(&config, &dir.0);
-    wait_listening(port, &mut gw, &dir.0);
+    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &config, &dir.0);
+    gw.wait_listening(port, &dir.0);
     // A persistent session subscribes and goes away. (Its subscription is kept by the
     // session store, which writes in the background: give it time; the subscription is not
     // what this test is about.)
@@ -191,8 +140,8 @@ async fn acknowledged_messages_survive_kill_9_straight_after_the_puback() {
     kill9(&mut gw);
     assert!(matches!(ack, Message::Puback(p) if p.return_code == ReturnCode::Accepted));
 
-    let mut gw = spawn_gateway(&config, &dir.0);
-    wait_listening(port, &mut gw, &dir.0);
+    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &config, &dir.0);
+    gw.wait_listening(port, &dir.0);
     let mut late = MqttClient::connect(broker, "late").await;
     late.subscribe("ret/#", mqtt::QoS::AtLeastOnce).await;
     let p = late
@@ -250,8 +199,8 @@ async fn a_full_data_dir_stops_the_gateway_with_exit_1_and_keeps_what_it_acknowl
     let port = free_tcp_port();
     let config = write_config(&dir.0, &data_dir, port, free_udp_port());
     let broker = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut gw = spawn_gateway(&config, &dir.0);
-    wait_listening(port, &mut gw, &dir.0);
+    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &config, &dir.0);
+    gw.wait_listening(port, &dir.0);
 
     // Retained messages of 16 KiB on distinct topics until the broker stops acknowledging
     // (or the connection closes: the helper panics then, which ends the task).
@@ -309,8 +258,8 @@ async fn a_full_data_dir_stops_the_gateway_with_exit_1_and_keeps_what_it_acknowl
         .status()
         .unwrap();
     assert!(remount.success());
-    let mut gw = spawn_gateway(&config, &dir.0);
-    wait_listening(port, &mut gw, &dir.0);
+    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &config, &dir.0);
+    gw.wait_listening(port, &dir.0);
     let mut late = MqttClient::connect(broker, "late").await;
     late.subscribe("r/#", mqtt::QoS::AtLeastOnce).await;
     let mut seen = std::collections::HashSet::new();

@@ -29,7 +29,7 @@ pub use backend::{
 };
 pub use mosquitto::{mosquitto_binary, Mosquitto};
 pub use mqtt_client::MqttClient;
-pub use process::{spawn_with_fd_limit, GatewayProcess, Proc};
+pub use process::{spawn_with_fd_limit, GatewayProcess, LoggedGateway, Proc};
 pub use serial::{serial_config, LineFrame, SerialLine, Socat};
 pub use sn_client::SnClient;
 

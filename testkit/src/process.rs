@@ -135,3 +135,64 @@ pub fn spawn_with_fd_limit(
         .map_err(|e| std::io::Error::new(e.kind(), format!("spawn {}: {e}", bin.display())))?;
     Ok(Proc { name, child, log })
 }
+
+/// The gateway binary `bin` run with the config file `config`, its stderr appended to
+/// `dir/stderr.log` (for tests that read what it logged, or why it exited); SIGKILLed when
+/// dropped, so a failing test leaves no process behind.
+pub struct LoggedGateway(pub Child);
+
+impl LoggedGateway {
+    pub fn spawn(bin: &Path, config: &Path, dir: &Path) -> LoggedGateway {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))
+            .expect("open stderr.log");
+        Command::new(bin)
+            .args(["run", "-c"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(LoggedGateway)
+            .expect("spawn the gateway")
+    }
+
+    /// Waits (up to 20 s) until something accepts TCP on 127.0.0.1:`port` (the embedded
+    /// broker); panics with the log in `dir` if the gateway exits first.
+    pub fn wait_listening(&mut self, port: u16, dir: &Path) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.0.try_wait().expect("wait on the gateway") {
+                let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                panic!("gateway exited with {status}: {log}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("embedded broker did not listen on {port}");
+    }
+}
+
+impl std::ops::Deref for LoggedGateway {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for LoggedGateway {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for LoggedGateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
