@@ -1,5 +1,6 @@
 //! Child processes: the gateway binary for a test (killed on drop, or with SIGKILL on request),
-//! its config written to a file, its UDP address read back from its log; and, for the bench, any
+//! its config written to a file, its UDP address read back from its log; the gateway run from a
+//! config file with its stderr kept in a file (`LoggedGateway`); and, for the bench, any
 //! program started with a high fd limit, its output in a log file, killed on drop.
 //! Owns: spawning the binary the caller names and killing it. Never: finds the gateway binary
 //! itself (a test passes `env!("CARGO_BIN_EXE_mqttsn-gateway")`, the bench its --gateway path).
