@@ -20,6 +20,7 @@ use std::time::Duration;
 mod backend;
 mod mosquitto;
 mod mqtt_client;
+mod pki;
 mod process;
 mod serial;
 mod sn_client;
@@ -29,6 +30,7 @@ pub use backend::{
 };
 pub use mosquitto::{mosquitto_binary, Mosquitto};
 pub use mqtt_client::MqttClient;
+pub use pki::{CertFiles, TestCa, Validity};
 pub use process::{spawn_with_fd_limit, GatewayProcess, LoggedGateway, Proc};
 pub use serial::{serial_config, LineFrame, SerialLine, Socat};
 pub use sn_client::SnClient;

@@ -39,6 +39,21 @@ impl Mosquitto {
         Self::start_with(false)
     }
 
+    /// Like [`Mosquitto::start`], with the listener's own settings given by `listener(dir)`:
+    /// lines that follow `listener <port> 127.0.0.1` in mosquitto.conf (e.g. `cafile`,
+    /// `certfile`, `require_certificate true`, `password_file`, `acl_file`), `dir` being the
+    /// broker's own directory, where the caller may write files the lines name. Without
+    /// `allow_anonymous` among them, anonymous clients are refused (mosquitto 2's default).
+    /// mosquitto's log goes to `dir/mosquitto.log` ([`Mosquitto::log`]).
+    pub fn start_configured(listener: impl Fn(&std::path::Path) -> String) -> Option<Mosquitto> {
+        Self::start_inner(false, Some(&listener))
+    }
+
+    /// What mosquitto logged (only for [`Mosquitto::start_configured`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
     /// Like [`Mosquitto::start`], with mosquitto's own persistence on (sessions and queued
     /// messages survive [`Mosquitto::stop`] + [`Mosquitto::resume`]).
     pub fn start_persistent() -> Option<Mosquitto> {
@@ -46,6 +61,14 @@ impl Mosquitto {
     }
 
     fn start_with(persistent: bool) -> Option<Mosquitto> {
+        Self::start_inner(persistent, None)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_inner(
+        persistent: bool,
+        listener: Option<&dyn Fn(&std::path::Path) -> String>,
+    ) -> Option<Mosquitto> {
         let Some(bin) = mosquitto_binary() else {
             if std::env::var_os("CI").is_some() {
                 panic!("mosquitto is not installed but CI is set: install it (apt-get install -y mosquitto)");
@@ -69,9 +92,17 @@ impl Mosquitto {
             } else {
                 "persistence false\n".to_string()
             };
+            let listener_lines = match listener {
+                Some(f) => format!(
+                    "{}\nlog_dest file {}/mosquitto.log\nlog_type all\nuser root\n",
+                    f(&dir),
+                    dir.display()
+                ),
+                None => "allow_anonymous true\n".to_string(),
+            };
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}"),
+                format!("listener {port} 127.0.0.1\n{listener_lines}{persistence}"),
             )
             .unwrap();
             let mut child = spawn_mosquitto(&bin, &conf);
