@@ -18,6 +18,7 @@
 
 mod broker;
 mod checks;
+mod devices;
 pub mod discovery;
 pub mod duration;
 mod error;
@@ -25,6 +26,9 @@ mod sections;
 
 pub use broker::{Broker, BrokerMode, Embedded, Upstream};
 pub use checks::check_log_level;
+pub use devices::{
+    Admission, DeviceEntry, QosMinusOne, QosMinusOneList, QosMinusOneSwitch, SecretSource,
+};
 pub use discovery::{Advertise, Discovery, MulticastGroup};
 pub use error::ConfigError;
 pub use sections::{
@@ -34,7 +38,7 @@ pub use sections::{
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +79,21 @@ pub struct Config {
     /// `log`: what is logged.
     #[serde(deserialize_with = "null_as_default")]
     pub log: Log,
+    /// `admission`: `open` (any ClientId) or `listed` (only those `devices` names).
+    #[serde(deserialize_with = "null_as_default")]
+    pub admission: Admission,
+    /// `devices`: per-device rules: bindings, credentials, topic permissions.
+    #[serde(deserialize_with = "devices::device_list")]
+    pub devices: Vec<DeviceEntry>,
+    /// `devices_file`: a YAML file holding more `devices` entries (a list), read at load
+    /// (relative to the config file's directory).
+    pub devices_file: Option<PathBuf>,
+    /// The entries read from `devices_file` (after `devices` in matching order).
+    #[serde(skip)]
+    pub devices_from_file: Vec<DeviceEntry>,
+    /// `qos_minus_one`: who may publish without a connection.
+    #[serde(deserialize_with = "null_as_default")]
+    pub qos_minus_one: QosMinusOne,
 }
 
 impl Config {
@@ -84,15 +103,50 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_yaml_str(&text, &path.display().to_string())
+        let mut config = Config::parse_yaml(&text, &path.display().to_string())?;
+        config.read_devices_file(path.parent())?;
+        Ok(config)
     }
 
     /// Parses and validates YAML text; `origin` names it in errors (a file name or `<string>`).
     /// An empty document (or one holding only comments) gives the defaults.
+    /// A relative `devices_file` is read from the working directory.
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::parse_yaml(text, origin)?;
+        config.read_devices_file(None)?;
+        Ok(config)
+    }
+
+    fn parse_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let parsed: Option<Config> =
             serde_norway::from_str(text).map_err(|err| ConfigError::from_yaml(&err, origin))?;
         Ok(parsed.unwrap_or_default())
+    }
+
+    /// Reads `devices_file` (a YAML list of `devices` entries) into `devices_from_file`; its
+    /// errors name that file, its line and the entry (`[3].address: ...`).
+    fn read_devices_file(&mut self, base: Option<&Path>) -> Result<(), ConfigError> {
+        let Some(file) = &self.devices_file else {
+            return Ok(());
+        };
+        let path = match base {
+            Some(dir) if file.is_relative() && !dir.as_os_str().is_empty() => dir.join(file),
+            _ => file.clone(),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        let entries: Option<devices::DevicesFile> =
+            serde_norway::from_str(&text).map_err(|err| ConfigError::from_yaml(&err, &origin))?;
+        self.devices_from_file = entries.map(|f| f.0).unwrap_or_default();
+        Ok(())
+    }
+
+    /// `devices` then the entries of `devices_file`: the order rules are matched in.
+    pub fn all_devices(&self) -> impl Iterator<Item = &DeviceEntry> {
+        self.devices.iter().chain(self.devices_from_file.iter())
     }
 
     /// The effective configuration as YAML, every key present. It loads back to `self`.
@@ -109,6 +163,15 @@ impl Config {
         }
         if copy.broker.embedded.password.is_some() {
             copy.broker.embedded.password = Some("********".to_owned());
+        }
+        for d in copy
+            .devices
+            .iter_mut()
+            .chain(copy.devices_from_file.iter_mut())
+        {
+            if d.secret.password.is_some() {
+                d.secret.password = Some("********".to_owned());
+            }
         }
         copy
     }

@@ -12,7 +12,7 @@ use super::durability::Durability;
 use super::settings::Settings;
 use super::topics::Predefined;
 use super::types::DeviceId;
-use super::types::{DeviceAddr, Output, PersistOp, SessionId, Stats};
+use super::types::{DeviceAddr, OpenFor, Output, PersistOp, SessionId, Stats};
 use crate::codec::{Encapsulation, Frame, Message};
 use crate::mqtt;
 
@@ -171,14 +171,23 @@ impl Ctx {
     }
 
     /// Allocates a session id and queues its opening for `owner` (None: the gateway's own).
-    pub(super) fn open(&mut self, owner: Option<DeviceId>, connect: mqtt::Connect) -> SessionId {
+    pub(super) fn open(
+        &mut self,
+        owner: Option<DeviceId>,
+        connect: mqtt::Connect,
+        device: Option<OpenFor>,
+    ) -> SessionId {
         let session = SessionId(self.next_session);
         self.next_session += 1;
         if let Some(owner) = owner {
             self.session_changes
                 .push(SessionChange::Opened(session, owner));
         }
-        self.out.push_back(Output::Open { session, connect });
+        self.out.push_back(Output::Open {
+            session,
+            connect,
+            device,
+        });
         session
     }
 

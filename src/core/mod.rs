@@ -20,6 +20,7 @@ mod gateway;
 pub mod persist;
 mod qos_minus_one;
 mod registry;
+pub mod rules;
 pub mod settings;
 mod timers;
 mod topics;
@@ -32,6 +33,6 @@ pub use device::{with_tolerance, DeviceState};
 pub use gateway::{Gateway, RestoreReport};
 pub use settings::Settings;
 pub use types::{
-    DeviceAddr, DeviceId, GroupId, Output, PeerAddr, PersistOp, SessionId, Stats, Table,
+    DeviceAddr, DeviceId, GroupId, OpenFor, Output, PeerAddr, PersistOp, SessionId, Stats, Table,
     TransportId,
 };

@@ -82,7 +82,7 @@ impl QosMinusOne {
         self.connect_deadline = Some(now + ctx.settings.upstream_connect_timeout);
         let client_id = format!("mqttsn-gw-{}-qos-1", ctx.settings.gateway_id);
         let connect = ctx.connect_packet(&client_id, true, None);
-        self.session = Some(ctx.open(None, connect));
+        self.session = Some(ctx.open(None, connect, None));
     }
 
     /// A packet on this path's session: only its CONNACK matters.

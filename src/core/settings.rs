@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 pub use super::admission::SourceLimits;
+pub use super::rules::{AdmissionRules, QosMinusOnePolicy};
 
 /// Gateway-wide settings for [`super::Gateway`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,10 @@ pub struct Settings {
     pub max_silent_downlink_bytes: usize,
     /// Subscriptions one device may hold; past it SUBACK says "rejected: congestion".
     pub max_subscriptions_per_device: usize,
+    /// `admission` + `devices`: who may connect, from where, to which topics.
+    pub admission: AdmissionRules,
+    /// `qos_minus_one`: who may publish without a connection.
+    pub qos_minus_one: QosMinusOnePolicy,
 }
 
 /// The one place these defaults are written: `config`'s sections read them (`limits`,
@@ -85,6 +90,8 @@ impl Default for Settings {
             per_source: SourceLimits::default(),
             max_silent_downlink_bytes: 64 * 1024,
             max_subscriptions_per_device: 256,
+            admission: AdmissionRules::default(),
+            qos_minus_one: QosMinusOnePolicy::default(),
         }
     }
 }

@@ -65,6 +65,16 @@ pub struct GroupId(pub u16);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
+/// Whose upstream session an [`Output::Open`] is: the device's ClientId (without
+/// `client_id_prefix`), the transport it came in on, and the index of its rule in
+/// [`super::rules::AdmissionRules::devices`] (`None`: no rule names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenFor {
+    pub client_id: String,
+    pub transport: TransportId,
+    pub rule: Option<usize>,
+}
+
 /// An effect the shell must carry out, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -82,9 +92,14 @@ pub enum Output {
     },
     /// Open a new upstream session: connect to the broker and send this CONNECT first.
     /// Report the outcome with `handle_upstream` (CONNACK) or `handle_upstream_closed`.
+    ///
+    /// `device` says whose session it is (`None`: the gateway's own, e.g. for QoS -1), so the
+    /// shell can apply that device's credentials (user name, password, client certificate),
+    /// which the core never holds.
     Open {
         session: SessionId,
         connect: mqtt::Connect,
+        device: Option<OpenFor>,
     },
     /// Send a packet on an open (or opening) upstream session.
     Send {

@@ -187,7 +187,9 @@ impl Driver {
                     radius,
                     frame,
                 } => self.multicast(usize::from(group.0), radius, &frame).await,
-                Output::Open { session, connect } => {
+                Output::Open {
+                    session, connect, ..
+                } => {
                     let (tx, rx) = mpsc::channel(self.session_depth);
                     self.sessions.insert(session, tx);
                     if self.session_tasks.len() > 2 * self.session_depth.max(self.sessions.len()) {

@@ -49,6 +49,8 @@ pub fn settings_from(config: &Config) -> Settings {
         per_source: per_source(&config.limits.per_source),
         max_silent_downlink_bytes: config.limits.max_silent_downlink_bytes,
         max_subscriptions_per_device: config.limits.max_subscriptions_per_device,
+        admission: Default::default(),
+        qos_minus_one: Default::default(),
     }
 }
 

@@ -102,6 +102,9 @@ pub(crate) struct Device {
     pub proven: bool,
     /// Octets sent to it since it was last heard (reflection bound). Kept by the gateway.
     pub silent_bytes: usize,
+    /// Index of its rule in `Settings::admission.devices` (`None`: no rule names it); set at
+    /// CONNECT by admission, carried in [`OpenFor`] so the shell applies its credentials.
+    pub rule: Option<usize>,
     /// T_RETRY, copied from settings so deadlines need no context.
     retry_interval: Duration,
     /// The Duration of its sleep, while Asleep/Awake.
@@ -144,6 +147,7 @@ impl Device {
             switch: SessionSwitch::default(),
             proven: false,
             silent_bytes: 0,
+            rule: None,
         }
     }
 
@@ -269,7 +273,7 @@ impl Device {
         if let Some((state, sleep)) = record::resumed_state(r.state) {
             d.sleep = Sleep::restored(sleep);
             let connect = ctx.connect_packet(&d.client_id, false, d.last_will());
-            d.session = Some(ctx.open(Some(id), connect));
+            d.session = Some(ctx.open(Some(id), connect, Some(d.open_for())));
             d.outage.set_resuming();
             if state == DeviceState::Asleep {
                 d.go_to_sleep(ctx, now);

@@ -312,7 +312,9 @@ fn takeover_from_new_address_moves_the_session() {
     let s2 = all
         .iter()
         .find_map(|o| match o {
-            Output::Open { session, connect } => {
+            Output::Open {
+                session, connect, ..
+            } => {
                 assert_eq!(connect.client_id, "dev1");
                 Some(*session)
             }
@@ -385,7 +387,9 @@ fn expect_session_switch(w: &mut World, old: SessionId) -> (SessionId, mqtt::Con
     let opened: Vec<_> = all
         .into_iter()
         .filter_map(|o| match o {
-            Output::Open { session, connect } => Some((session, connect)),
+            Output::Open {
+                session, connect, ..
+            } => Some((session, connect)),
             _ => None,
         })
         .collect();

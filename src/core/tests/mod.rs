@@ -176,7 +176,10 @@ impl World {
             match o {
                 Output::Persist { seq, ops } => self.unconfirmed.push((seq, ops)),
                 o => {
-                    if let Output::Open { session, connect } = &o {
+                    if let Output::Open {
+                        session, connect, ..
+                    } = &o
+                    {
                         self.session_clients
                             .insert(*session, (connect.client_id.clone(), connect.clean_session));
                     }
@@ -242,7 +245,9 @@ impl World {
         self.drain();
         let mut taken = Vec::new();
         self.out.retain(|o| match o {
-            Output::Open { session, connect } => {
+            Output::Open {
+                session, connect, ..
+            } => {
                 taken.push((*session, connect.clone()));
                 false
             }

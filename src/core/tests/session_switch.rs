@@ -84,7 +84,9 @@ fn sleeping_device_woken_by_connect_with_a_new_will_keeps_its_buffered_qos0_mess
     let opened: Vec<_> = all
         .iter()
         .filter_map(|o| match o {
-            Output::Open { session, connect } => Some((*session, connect.clone())),
+            Output::Open {
+                session, connect, ..
+            } => Some((*session, connect.clone())),
             _ => None,
         })
         .collect();

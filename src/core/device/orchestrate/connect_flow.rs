@@ -19,7 +19,7 @@ use super::super::Device;
 use crate::codec::{self, Message, ReturnCode, WillTopic};
 use crate::core::bridge;
 use crate::core::ctx::Ctx;
-use crate::core::types::SessionId;
+use crate::core::types::{OpenFor, SessionId};
 use crate::mqtt;
 
 impl Device {
@@ -220,6 +220,15 @@ impl Device {
         true
     }
 
+    /// Whose session an `Output::Open` is, for the shell's credentials.
+    pub(in crate::core::device) fn open_for(&self) -> OpenFor {
+        OpenFor {
+            client_id: self.client_id.clone(),
+            transport: self.addr.transport,
+            rule: self.rule,
+        }
+    }
+
     pub(in crate::core::device) fn last_will(&self) -> Option<mqtt::LastWill> {
         self.conn.last_will()
     }
@@ -227,7 +236,7 @@ impl Device {
     pub(in crate::core::device) fn open_upstream(&mut self, ctx: &mut Ctx, now: Instant) {
         let connect =
             ctx.connect_packet(&self.client_id, self.conn.clean_session, self.last_will());
-        self.session = Some(ctx.open(Some(self.id), connect));
+        self.session = Some(ctx.open(Some(self.id), connect, Some(self.open_for())));
         self.set_state(ctx, DeviceState::AwaitBroker);
         self.timers.arm(
             DeviceTimer::BrokerConnack,

@@ -73,7 +73,8 @@ impl Device {
         }
         let connect =
             ctx.connect_packet(&self.client_id, self.conn.clean_session, self.last_will());
-        self.switch.opened(ctx.open(Some(self.id), connect));
+        let device = Some(self.open_for());
+        self.switch.opened(ctx.open(Some(self.id), connect, device));
         // Bounded like the first CONNECT: without it a silent broker leaves the device
         // Active with no upstream session for as long as it keeps pinging.
         self.timers.arm(

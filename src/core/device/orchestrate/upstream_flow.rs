@@ -112,7 +112,7 @@ impl Device {
             return;
         }
         let connect = ctx.connect_packet(&self.client_id, false, self.last_will());
-        self.session = Some(ctx.open(Some(self.id), connect));
+        self.session = Some(ctx.open(Some(self.id), connect, Some(self.open_for())));
         self.outage.set_resuming();
     }
 
