@@ -268,7 +268,9 @@ impl Sim {
             Output::Broadcast { frame } | Output::Multicast { frame, .. } => {
                 codec::decode(frame).expect("broadcasts decode");
             }
-            Output::Open { session, connect } => {
+            Output::Open {
+                session, connect, ..
+            } => {
                 assert!(self.opened.insert(session), "session id {session:?} reused");
                 let connect = mqtt::Packet::Connect(Box::new(connect));
                 if let Err(e) = connect.to_bytes() {
