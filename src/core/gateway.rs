@@ -23,6 +23,7 @@ use super::discovery;
 use super::persist::{self, DeviceRecord};
 use super::qos_minus_one::QosMinusOne;
 use super::registry::Registry;
+use super::rules::Verdict;
 use super::settings::Settings;
 use super::types::DeviceId;
 use super::types::{DeviceAddr, GroupId, Output, PeerAddr, SessionId, Stats, Table};
@@ -270,6 +271,22 @@ impl Gateway {
             refuse(&mut self.ctx, codec::ReturnCode::NotSupported);
             return;
         }
+        let rule = match self.ctx.settings.admission.verdict(&c.client_id, &from) {
+            Verdict::Admit(rule) => rule,
+            verdict => {
+                self.ctx.stats.connects_refused_admission += 1;
+                if let Some(unlogged) = self.refusal_log.tick(now) {
+                    let why = if verdict == Verdict::Unknown {
+                        "ClientId not in devices (admission: listed)"
+                    } else {
+                        "ClientId bound elsewhere by its devices entry (transport, address or node)"
+                    };
+                    info!(peer = %from, client_id = %c.client_id, unlogged, "CONNECT refused: {why}");
+                }
+                refuse(&mut self.ctx, codec::ReturnCode::NotSupported);
+                return;
+            }
+        };
         let known = self.registry.by_client_id(&c.client_id);
         if let Err(why) = self.registry.admission.admit(now, &from, known) {
             self.ctx.stats.connects_refused_source += 1;
@@ -320,6 +337,7 @@ impl Gateway {
             return;
         }
         dev.silent_bytes = 0;
+        dev.rule = rule;
         if !matches!(dev.state, DeviceState::Asleep | DeviceState::Awake) {
             // A new session must prove itself again; a sleeper waking with CONNECT already did.
             dev.proven = false;

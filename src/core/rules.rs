@@ -193,6 +193,40 @@ pub fn glob_matches(pattern: &str, client_id: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// What admission says of a CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted, under this rule (`None`: no rule names it, and admission is open).
+    Admit(Option<usize>),
+    /// `admission: listed` and no rule names the ClientId.
+    Unknown,
+    /// Rules name the ClientId, but none of them binds it to where it came from (a
+    /// takeover attempt, or a device moved without its rule being updated).
+    WrongPlace,
+}
+
+impl AdmissionRules {
+    /// The first rule that names `client_id` and whose bindings `from` satisfies.
+    pub fn verdict(&self, client_id: &str, from: &DeviceAddr) -> Verdict {
+        let mut named = false;
+        for (i, rule) in self.devices.iter().enumerate() {
+            if rule.names(client_id) {
+                if rule.binds(from) {
+                    return Verdict::Admit(Some(i));
+                }
+                named = true;
+            }
+        }
+        if named {
+            Verdict::WrongPlace
+        } else if self.listed {
+            Verdict::Unknown
+        } else {
+            Verdict::Admit(None)
+        }
+    }
+}
+
 impl DeviceRule {
     /// Whether this rule's ClientId pattern matches.
     pub fn names(&self, client_id: &str) -> bool {

@@ -225,6 +225,8 @@ pub struct Stats {
     pub sleep_buffer_dropped: u64,
     /// CONNECTs refused by a per-source limit or the per-subnet connect rate.
     pub connects_refused_source: u64,
+    /// CONNECTs refused by admission (`admission: listed`, or a binding not met).
+    pub connects_refused_admission: u64,
     /// CONNECTs refused because the table was full and every device in it was talking.
     pub connects_refused_full: u64,
     /// Devices removed to make room for a newcomer (not connected, or silent since CONNECT).

@@ -38,4 +38,8 @@ pub enum ShellError {
     Broker(#[from] BrokerError),
     #[error("discovery.multicast[{index}]: {reason}")]
     Multicast { index: usize, reason: String },
+    /// An entry of `devices` / `devices_file` that cannot be applied (e.g. its `transport`
+    /// names no configured transport); `key` is `devices[3]` or `devices_file[0]`.
+    #[error("{key}: {reason}")]
+    Device { key: String, reason: String },
 }

@@ -301,7 +301,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         transports.push(Transport::Serial(tx));
     }
 
-    let mut settings = settings_from(config);
+    let mut settings = settings_from(config)?;
     settings.max_devices = max_devices;
     let now = std::time::Instant::now();
     let (persistence, records) = match &config.store.path {

@@ -4,13 +4,15 @@
 //! attached) are made by `start` on the result. Must never hold a default of its own: a key's
 //! default is the config's, which reads the core's.
 
+use super::error::ShellError;
 use crate::broker::EmbeddedSettings;
-use crate::config::{BrokerMode, Config};
+use crate::config::{Admission, BrokerMode, Config, QosMinusOne, QosMinusOneSwitch};
+use crate::core::rules::{AddressMatch, AdmissionRules, DeviceRule, QosMinusOnePolicy};
 use crate::core::settings::SourceLimits;
-use crate::core::Settings;
+use crate::core::{Settings, TransportId};
 
 /// The core's settings from the configuration file.
-pub fn settings_from(config: &Config) -> Settings {
+pub fn settings_from(config: &Config) -> Result<Settings, ShellError> {
     // Device sessions log in to the embedded broker with its own credentials.
     let credentials = match config.broker.mode {
         BrokerMode::Upstream => (
@@ -22,7 +24,7 @@ pub fn settings_from(config: &Config) -> Settings {
             &config.broker.embedded.password,
         ),
     };
-    Settings {
+    Ok(Settings {
         gateway_id: config.gateway.id,
         predefined_topics: config
             .predefined_topics
@@ -49,8 +51,101 @@ pub fn settings_from(config: &Config) -> Settings {
         per_source: per_source(&config.limits.per_source),
         max_silent_downlink_bytes: config.limits.max_silent_downlink_bytes,
         max_subscriptions_per_device: config.limits.max_subscriptions_per_device,
-        admission: Default::default(),
-        qos_minus_one: Default::default(),
+        admission: admission_rules(config)?,
+        qos_minus_one: qos_minus_one(&config.qos_minus_one),
+    })
+}
+
+/// Where an entry of [`Config::all_devices`] is written: `devices[i]` or `devices_file[j]`.
+pub fn device_key(config: &Config, index: usize) -> String {
+    if index < config.devices.len() {
+        format!("devices[{index}]")
+    } else {
+        format!("devices_file[{}]", index - config.devices.len())
+    }
+}
+
+/// `admission` + `devices` + `devices_file` as the core's rules; transports named by kind,
+/// bind address or path become the ids the shell gives them (UDP in order, then serial).
+fn admission_rules(config: &Config) -> Result<AdmissionRules, ShellError> {
+    let udp = &config.transports.udp;
+    let serial = &config.transports.serial;
+    let id = |i: usize| TransportId(u16::try_from(i).unwrap_or(u16::MAX));
+    let mut devices = Vec::new();
+    for (index, d) in config.all_devices().enumerate() {
+        let err = |reason: String| ShellError::Device {
+            key: device_key(config, index),
+            reason,
+        };
+        let transports = match d.transport.as_deref() {
+            None => None,
+            Some("udp") => Some((0..udp.len()).map(id).collect()),
+            Some("serial") => Some((udp.len()..udp.len() + serial.len()).map(id).collect()),
+            Some(sel) => {
+                let by_bind = udp
+                    .iter()
+                    .position(|u| u.bind.to_string() == sel || sel.parse().ok() == Some(u.bind));
+                let by_path = serial
+                    .iter()
+                    .position(|s| s.path.as_os_str() == sel)
+                    .map(|j| udp.len() + j);
+                match by_bind.or(by_path) {
+                    Some(i) => Some(vec![id(i)]),
+                    None => {
+                        return Err(err(format!(
+                            "transport: `{sel}` is neither a transports.udp[].bind nor a \
+                             transports.serial[].path of this configuration"
+                        )))
+                    }
+                }
+            }
+        };
+        let parse =
+            |what: &str, text: &Option<String>| -> Result<Option<AddressMatch>, ShellError> {
+                text.as_deref()
+                    .map(AddressMatch::parse)
+                    .transpose()
+                    .map_err(|e| err(format!("{what}: {e}")))
+            };
+        let address = parse("address", &d.address)?;
+        let node = match parse("node", &d.node)? {
+            Some(AddressMatch::Link(b)) => Some(b),
+            Some(_) => return Err(err("node: expected a node id in hex".into())),
+            None => None,
+        };
+        devices.push(DeviceRule {
+            client_id: d.client_id.clone(),
+            transports,
+            address,
+            node,
+            publish: d.publish.clone(),
+            subscribe: d.subscribe.clone(),
+        });
+    }
+    Ok(AdmissionRules {
+        listed: config.admission == Admission::Listed,
+        devices,
+    })
+}
+
+/// `qos_minus_one` as the core's policy (values were checked when read).
+fn qos_minus_one(q: &QosMinusOne) -> QosMinusOnePolicy {
+    match q {
+        QosMinusOne::Switch(QosMinusOneSwitch::All) => QosMinusOnePolicy::All,
+        QosMinusOne::Switch(QosMinusOneSwitch::Off) => QosMinusOnePolicy::Off,
+        QosMinusOne::Listed(l) => QosMinusOnePolicy::Listed {
+            predefined: l.predefined.clone(),
+            short: l
+                .short
+                .iter()
+                .filter_map(|s| <[u8; 2]>::try_from(s.as_bytes()).ok())
+                .collect(),
+            sources: l
+                .sources
+                .iter()
+                .filter_map(|s| AddressMatch::parse(s).ok())
+                .collect(),
+        },
     }
 }
 

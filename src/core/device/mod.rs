@@ -69,6 +69,7 @@ mod orchestrate;
 
 use super::ctx::Ctx;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
+use super::rules::Verdict;
 use super::topics::TopicTable;
 use super::types::DeviceId;
 use super::types::{DeviceAddr, SessionId};
@@ -254,6 +255,10 @@ impl Device {
     ) -> Self {
         let mut d = Device::new(id, r.client_id, addr, now, ctx.settings.retry_interval);
         d.conn = Connection::restored(r.keep_alive, r.will);
+        // Its rule as the current configuration says (for its credentials upstream).
+        if let Verdict::Admit(rule) = ctx.settings.admission.verdict(&d.client_id, &d.addr) {
+            d.rule = rule;
+        }
         d.stored = Record::restored();
         let old_subs = !r.subs.is_empty();
         for (f, q) in r.subs {
