@@ -117,7 +117,7 @@ fn load(
 }
 
 fn run(config: Config, note: Option<String>) -> anyhow::Result<()> {
-    init_logging(&config.log.level)?;
+    init_logging(&config.log)?;
     if let Some(note) = note {
         tracing::info!("{note}");
     }
@@ -129,18 +129,27 @@ fn run(config: Config, note: Option<String>) -> anyhow::Result<()> {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` when it is set, else by `level` (`--log` / `log.level`).
-fn init_logging(level: &str) -> anyhow::Result<()> {
+///
+/// A bare level applies to the gateway; libraries stay at `warn` unless named
+/// ([`config::effective_log_filter`]). `RUST_LOG` is taken as written.
+fn init_logging(log: &config::Log) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.trim().is_empty() => {
             EnvFilter::try_new(&env).with_context(|| format!("invalid RUST_LOG `{env}`"))?
         }
-        _ => EnvFilter::try_new(level).with_context(|| format!("invalid log level `{level}`"))?,
+        _ => {
+            let level = &log.level;
+            EnvFilter::try_new(config::effective_log_filter(level))
+                .with_context(|| format!("invalid log level `{level}`"))?
+        }
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match log.format {
+        config::LogFormat::Json => builder.json().init(),
         // Colour only on a terminal, not in journald or a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     Ok(())
 }

@@ -194,10 +194,37 @@ fn check_redacts_the_password() {
 /// `run` binds the configured UDP sockets (port 0: the OS picks a free port) and says so.
 #[test]
 fn run_binds_udp_and_logs() {
-    // The shipped defaults, but every port free (0) and every file in a temp directory.
-    let dir = std::env::temp_dir().join(format!("mqttsn-cli-run-{}", std::process::id()));
+    let seen = run_until_listening("text", |line| {
+        line.contains("UDP transport listening") && line.contains("127.0.0.1:")
+    });
+    // Libraries (the embedded broker) stay at warn under `--log info`.
+    let chatty: Vec<_> = seen
+        .iter()
+        .filter(|l| l.contains(" INFO ") && !l.contains("mqttsn_gateway"))
+        .collect();
+    assert!(chatty.is_empty(), "library lines at info: {chatty:#?}");
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let seen = run_until_listening("json", |line| line.contains("UDP transport listening"));
+    for line in &seen {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+    }
+}
+
+/// Runs the gateway on the shipped defaults (every port free, every file in a temp directory)
+/// with `log.format: format` until a log line satisfies `ready`, then stops it with SIGTERM
+/// and checks it exits 0. Returns the lines seen.
+fn run_until_listening(format: &str, ready: fn(&str) -> bool) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-run-{}-{format}", std::process::id()));
     let config = TempFile::new(&format!(
-        "broker:\n  embedded:\n    bind: 127.0.0.1:0\n    data_dir: {}\nstore:\n  path: {}\n",
+        "broker:\n  embedded:\n    bind: 127.0.0.1:0\n    data_dir: {}\nstore:\n  path: {}\nlog:\n  format: {format}\n",
         dir.join("broker").display(),
         dir.join("gateway.db").display()
     ));
@@ -229,7 +256,7 @@ fn run_binds_udp_and_logs() {
     let mut bound = false;
     while !bound && Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            bound |= line.contains("UDP transport listening") && line.contains("127.0.0.1:");
+            bound |= ready(&line);
             seen.push(line);
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -253,6 +280,7 @@ fn run_binds_udp_and_logs() {
     };
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "exit status {status}");
+    seen
 }
 
 #[test]

@@ -290,6 +290,40 @@ fn bad_log_level() {
 }
 
 #[test]
+fn a_word_that_is_not_a_level_is_an_error_not_a_silent_filter() {
+    for bad in ["verbose", "info,foo", "info,mqttsn_gateway=loud"] {
+        let (line, _, key, text) = invalid(&format!("log:\n  level: '{bad}'\n"));
+        assert_eq!((line, key.as_str()), (Some(2), "log.level"), "{bad}");
+        assert!(text.contains("is not a level"), "{bad}: {text}");
+    }
+    for good in ["info", "DEBUG", "warn,mqttsn_gateway::core=trace", "off"] {
+        let yaml = format!("log:\n  level: '{good}'\n");
+        Config::from_yaml_str(&yaml, "t").unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
+#[test]
+fn libraries_stay_at_warn_unless_named() {
+    use mqttsn_gateway::config::effective_log_filter;
+    assert_eq!(effective_log_filter("info"), "warn,mqttsn_gateway=info");
+    assert_eq!(effective_log_filter("debug"), "warn,mqttsn_gateway=debug");
+    assert_eq!(effective_log_filter("error"), "error,mqttsn_gateway=error");
+    assert_eq!(
+        effective_log_filter("info,rmqtt=info"),
+        "warn,mqttsn_gateway=info,rmqtt=info"
+    );
+}
+
+#[test]
+fn log_format_text_or_json() {
+    let c = Config::from_yaml_str("log: { format: json }\n", "t").unwrap();
+    assert_eq!(c.log.format, mqttsn_gateway::config::LogFormat::Json);
+    let (_, _, key, text) = invalid("log:\n  format: xml\n");
+    assert_eq!(key, "log.format");
+    assert!(text.contains("text") && text.contains("json"), "{text}");
+}
+
+#[test]
 fn load_names_the_file() {
     let path = std::env::temp_dir().join(format!("mqttsn-config-test-{}.yaml", std::process::id()));
     std::fs::write(&path, "gateway:\n  idd: 1\n").unwrap();

@@ -21,10 +21,51 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
     if level.trim().is_empty() {
         return Err("log level is empty (use e.g. `info` or `info,mqttsn_gateway=debug`)".into());
     }
+    // EnvFilter reads a bare word it does not know (`verbose`) as a target name, which would
+    // silence everything else: only level names may stand alone.
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let lvl = match directive.rsplit_once('=') {
+            Some((_target, lvl)) => lvl,
+            None => directive,
+        };
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "invalid log level `{level}`: `{lvl}` is not a level; use one of {} (for one \
+                 module: `target=level`, e.g. info,mqttsn_gateway::core=debug)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
     tracing_subscriber::EnvFilter::builder()
         .parse(level)
         .map(drop)
         .map_err(|err| format!("invalid log level `{level}`: {err}"))
+}
+
+/// The level names `log.level` accepts.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The filter the gateway runs with for `log.level`: a bare level (`info`) applies to the
+/// gateway, while the libraries (the embedded broker, TLS, HTTP) stay at `warn` unless that is
+/// more verbose than asked (`error`, `off`) or a directive names them.
+pub fn effective_log_filter(level: &str) -> String {
+    let mut directives: Vec<String> = Vec::new();
+    let mut global = None;
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if d.contains('=') {
+            directives.push(d.to_owned());
+        } else {
+            global = Some(d.to_ascii_lowercase());
+        }
+    }
+    let gateway = global.unwrap_or_else(|| "info".to_owned());
+    let libraries = match gateway.as_str() {
+        "off" | "error" => gateway.clone(),
+        _ => "warn".to_owned(),
+    };
+    let mut out = vec![libraries, format!("mqttsn_gateway={gateway}")];
+    out.extend(directives);
+    out.join(",")
 }
 
 pub(super) fn check_host(host: &str) -> Result<(), String> {

@@ -25,15 +25,16 @@ mod error;
 mod sections;
 
 pub use broker::{Broker, BrokerMode, Embedded, Upstream};
-pub use checks::check_log_level;
+pub use checks::{check_log_level, effective_log_filter};
 pub use devices::{
     Admission, DeviceEntry, QosMinusOne, QosMinusOneList, QosMinusOneSwitch, SecretSource,
 };
 pub use discovery::{Advertise, Discovery, MulticastGroup};
 pub use error::ConfigError;
 pub use sections::{
-    GatewaySection, Limits, Log, PerSource, PredefinedTopic, SerialFlowControl, SerialFraming,
-    SerialParity, SerialTransport, Sleep, StoreSection, Timers, Transports, UdpTransport,
+    GatewaySection, Limits, Log, LogFormat, PerSource, PredefinedTopic, SerialFlowControl,
+    SerialFraming, SerialParity, SerialTransport, Sleep, StoreSection, Timers, Transports,
+    UdpTransport,
 };
 
 use std::collections::HashSet;

@@ -415,12 +415,25 @@ pub struct Log {
     /// `level`: a `tracing` EnvFilter directive such as `info` or `info,mqttsn_gateway=debug`.
     #[serde(deserialize_with = "log_level")]
     pub level: String,
+    /// `format`: `text` (one line per event, for people and journald) or `json` (one JSON
+    /// object per line, for a log collector).
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Log {
             level: "info".to_owned(),
+            format: LogFormat::Text,
         }
     }
 }
