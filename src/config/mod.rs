@@ -23,7 +23,7 @@ pub mod duration;
 mod error;
 mod sections;
 
-pub use broker::{Broker, BrokerMode, Embedded, Upstream};
+pub use broker::{Broker, BrokerMode, Embedded, EmbeddedTls, Upstream};
 pub use checks::check_log_level;
 pub use discovery::{Advertise, Discovery, MulticastGroup};
 pub use error::ConfigError;
