@@ -28,17 +28,23 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// What the embedded broker needs from `broker.embedded`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the embedded broker needs from `broker.embedded`. Its Debug hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EmbeddedSettings {
     /// `bind`: the TCP address to listen on; port 0 lets the OS choose.
     pub bind: SocketAddr,
     /// `data_dir`: where retained messages and persistent sessions are stored.
     pub data_dir: PathBuf,
-    /// `username` / `password`: when set, every client must present them.
+    /// `username` / `password`: when set, a client may log in with them.
     pub username: Option<String>,
     /// See `username`.
     pub password: Option<String>,
+    /// `users_file`: more users, from a file `mosquitto_passwd` wrote.
+    pub users_file: Option<PathBuf>,
+    /// `acl_file`: what each client may publish and subscribe to (mosquitto's format).
+    pub acl_file: Option<PathBuf>,
+    /// `tls`: a TLS listener besides the plain one on `bind`.
+    pub tls: Option<TlsSettings>,
     /// `allow_anonymous`: clients without a user name are let in even though credentials are
     /// configured. Config validation keeps a LAN-facing broker from being open by accident.
     pub allow_anonymous: bool,
@@ -46,6 +52,63 @@ pub struct EmbeddedSettings {
     /// away or its in-flight window is full; more are dropped and counted.
     pub max_queued_messages: usize,
 }
+
+impl std::fmt::Debug for EmbeddedSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedSettings")
+            .field("bind", &self.bind)
+            .field("data_dir", &self.data_dir)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("users_file", &self.users_file)
+            .field("acl_file", &self.acl_file)
+            .field("tls", &self.tls)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("max_queued_messages", &self.max_queued_messages)
+            .finish()
+    }
+}
+
+/// `broker.embedded.tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `bind`: the TCP address of the TLS listener; port 0 lets the OS choose.
+    pub bind: SocketAddr,
+    /// `cert_file`: the server's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// `key_file`: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// `ca_file`: CA certificates (PEM) a client certificate must chain to; without it no
+    /// client certificate is asked for.
+    pub ca_file: Option<PathBuf>,
+    /// `require_certificate`: a client without a certificate (signed by `ca_file`) is refused.
+    pub require_certificate: bool,
+    /// `max_connections`: TLS clients at a time; more are closed at once.
+    pub max_connections: usize,
+}
+
+/// How the gateway's own device sessions log in to the embedded broker: a user name no client
+/// can use and a password made at random when the broker starts, known only to this process.
+/// Accepted only on the plain `bind` listener from this host. Its Debug hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GatewayLogin {
+    /// The reserved user name, [`GATEWAY_USER`].
+    pub username: String,
+    /// 64 hex digits from the OS's random source.
+    pub password: Vec<u8>,
+}
+
+impl std::fmt::Debug for GatewayLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayLogin")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The user name of [`GatewayLogin`]; refused in `username` and `users_file`.
+pub const GATEWAY_USER: &str = "mqttsn-gateway$internal";
 
 /// Why the embedded broker did not start. Each message names the configuration key and value.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +138,28 @@ pub enum BrokerError {
         /// The configured directory.
         path: PathBuf,
         /// What the store said.
+        reason: String,
+    },
+    /// A file of `broker.embedded.tls` is unreadable or invalid.
+    #[error("{key}: `{}`: {reason}", .path.display())]
+    Tls {
+        /// The configuration key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never key material).
+        reason: String,
+    },
+    /// `broker.embedded.users_file` or `acl_file` is unreadable or has a bad line.
+    #[error("{key}: `{}`{}: {reason}", .path.display(), .line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    File {
+        /// `broker.embedded.users_file` or `broker.embedded.acl_file`.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line, when one is at fault.
+        line: Option<usize>,
+        /// What is wrong (never a password or hash).
         reason: String,
     },
     /// This binary was built without the `embedded-broker` feature.
@@ -107,9 +192,15 @@ fn check_data_dir(dir: &std::path::Path) -> Result<(), BrokerError> {
 pub use imp::{start, BrokerHandle};
 
 #[cfg(feature = "embedded-broker")]
+mod acl;
+#[cfg(feature = "embedded-broker")]
 mod durable;
 #[cfg(feature = "embedded-broker")]
 mod journal;
+#[cfg(feature = "embedded-broker")]
+mod passwd;
+#[cfg(feature = "embedded-broker")]
+mod tls;
 
 /// Compares two byte strings in time that depends only on their lengths, not on where they
 /// differ, so a password cannot be guessed byte by byte from response times.
@@ -149,21 +240,42 @@ mod imp {
     use std::path::Path;
     use std::time::Duration;
 
+    use rmqtt::codec::v5::SubscribeAckReason;
     use rmqtt::context::ServerContext;
     use rmqtt::hook::Priority;
     use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
     use rmqtt::net::Builder;
     use rmqtt::retain::DefaultRetainStorage;
     use rmqtt::server::MqttServer;
+    use rmqtt::session::Session;
     use rmqtt::shared::DefaultShared;
-    use rmqtt::types::AuthResult;
     use rmqtt::types::Id;
+    use rmqtt::types::{AuthResult, PublishAclResult, SubscribeAclResult};
     use tokio::runtime::Runtime;
-    use tracing::info;
+    use tracing::{debug, info};
 
+    use super::acl::{self, Acl};
     use super::durable::{Drops, Durability, DurableRetain, DurableShared, Owed};
     use super::journal::Journal;
-    use super::{check_data_dir, constant_time_eq, BrokerError, EmbeddedSettings};
+    use super::passwd::Users;
+    use super::{
+        check_data_dir, constant_time_eq, BrokerError, EmbeddedSettings, GatewayLogin, GATEWAY_USER,
+    };
+
+    /// A table read at start that a reload (SIGHUP, later) can replace while clients use it:
+    /// readers clone the inner `Arc` and never hold the lock across `.await`.
+    type Swappable<T> = std::sync::Arc<std::sync::RwLock<std::sync::Arc<T>>>;
+
+    fn current<T>(table: &Swappable<T>) -> std::sync::Arc<T> {
+        match table.read() {
+            Ok(guard) => guard.clone(),
+            // A panicking writer cannot leave a half-built table: it only swaps an `Arc`.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The listener id of the TLS relay listener; the plain one's is its port (never 0).
+    const RELAY_LID: u16 = 0;
 
     /// In-flight window per session (messages sent and not yet acknowledged).
     const MAX_INFLIGHT: u16 = 16;
@@ -182,6 +294,8 @@ mod imp {
     /// A running embedded broker.
     pub struct BrokerHandle {
         local_addr: SocketAddr,
+        tls_addr: Option<SocketAddr>,
+        gateway_login: GatewayLogin,
         /// The broker's own runtime; `None` once shut down.
         runtime: Option<Runtime>,
         journal: Journal,
@@ -202,6 +316,16 @@ mod imp {
         /// The address it listens on (the configured one, with port 0 resolved).
         pub fn local_addr(&self) -> SocketAddr {
             self.local_addr
+        }
+
+        /// The TLS listener's address (`broker.embedded.tls.bind`, port 0 resolved).
+        pub fn tls_addr(&self) -> Option<SocketAddr> {
+            self.tls_addr
+        }
+
+        /// What the gateway's device sessions log in with (see [`GatewayLogin`]).
+        pub fn gateway_login(&self) -> &GatewayLogin {
+            &self.gateway_login
         }
 
         /// Resolves when the broker can no longer store what it acknowledges (its journal
@@ -250,8 +374,115 @@ mod imp {
         )
     }
 
-    /// Starts the broker on `settings.bind` and returns once it is listening.
+    /// What `start` reads before the broker runs: the files, checked, and the gateway's login.
+    struct Loaded {
+        users: Option<Swappable<Users>>,
+        acl: Option<Swappable<Acl>>,
+        tls: Option<(super::TlsSettings, rustls::ServerConfig)>,
+        gateway: GatewayLogin,
+    }
+
+    fn read_file(key: &'static str, path: &Path) -> Result<String, BrokerError> {
+        std::fs::read_to_string(path).map_err(|e| BrokerError::File {
+            key,
+            path: path.to_owned(),
+            line: None,
+            reason: format!("cannot read it: {e}"),
+        })
+    }
+
+    fn load(settings: &EmbeddedSettings) -> Result<Loaded, BrokerError> {
+        const USERS: &str = "broker.embedded.users_file";
+        const ACL: &str = "broker.embedded.acl_file";
+        let users = match &settings.users_file {
+            Some(path) => {
+                let users =
+                    Users::parse(&read_file(USERS, path)?).map_err(|e| BrokerError::File {
+                        key: USERS,
+                        path: path.clone(),
+                        line: Some(e.line),
+                        reason: e.reason,
+                    })?;
+                if users.contains(GATEWAY_USER) {
+                    return Err(BrokerError::File {
+                        key: USERS,
+                        path: path.clone(),
+                        line: None,
+                        reason: format!("the user name `{GATEWAY_USER}` is the gateway's own"),
+                    });
+                }
+                if users.is_empty() {
+                    tracing::warn!(file = %path.display(), "broker.embedded.users_file names no user: nobody can log in with a password");
+                }
+                info!(users = users.len(), file = %path.display(), "embedded broker users read");
+                Some(std::sync::Arc::new(std::sync::RwLock::new(
+                    std::sync::Arc::new(users),
+                )))
+            }
+            None => None,
+        };
+        let acl = match &settings.acl_file {
+            Some(path) => {
+                let acl = Acl::parse(&read_file(ACL, path)?).map_err(|e| BrokerError::File {
+                    key: ACL,
+                    path: path.clone(),
+                    line: Some(e.line),
+                    reason: e.reason,
+                })?;
+                info!(file = %path.display(), "embedded broker ACL read");
+                Some(std::sync::Arc::new(std::sync::RwLock::new(
+                    std::sync::Arc::new(acl),
+                )))
+            }
+            None => None,
+        };
+        let tls = match &settings.tls {
+            Some(t) => Some((t.clone(), super::tls::server_config(t)?)),
+            None => None,
+        };
+        Ok(Loaded {
+            users,
+            acl,
+            tls,
+            gateway: gateway_login(&settings.data_dir)?,
+        })
+    }
+
+    /// A fresh [`GatewayLogin`]: 32 bytes from the OS's random source, as hex.
+    fn gateway_login(data_dir: &Path) -> Result<GatewayLogin, BrokerError> {
+        let mut secret = [0u8; 32];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut secret)
+            .map_err(|_| BrokerError::Store {
+                path: data_dir.to_owned(),
+                reason: "the OS's random source failed".into(),
+            })?;
+        let password = secret
+            .iter()
+            .flat_map(|b| {
+                let hex = b"0123456789abcdef";
+                [hex[usize::from(b >> 4)], hex[usize::from(b & 15)]]
+            })
+            .collect();
+        Ok(GatewayLogin {
+            username: GATEWAY_USER.to_owned(),
+            password,
+        })
+    }
+
+    /// Starts the broker on `settings.bind` (and `tls.bind`) and returns once it is listening.
     pub async fn start(settings: &EmbeddedSettings) -> Result<BrokerHandle, BrokerError> {
+        if settings.username.as_deref() == Some(GATEWAY_USER) {
+            return Err(BrokerError::Store {
+                path: settings.data_dir.clone(),
+                reason: format!(
+                    "broker.embedded.username: `{GATEWAY_USER}` is the gateway's own user name"
+                ),
+            });
+        }
+        let loaded = load(settings)?;
+        let gateway = loaded.gateway.clone();
         check_data_dir(&settings.data_dir)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -263,12 +494,16 @@ mod imp {
                 reason: format!("cannot start the broker's runtime: {e}"),
             })?;
         let owned = settings.clone();
-        let started = runtime.spawn(async move { run(&owned).await }).await;
+        let started = runtime
+            .spawn(async move { run(&owned, loaded).await })
+            .await;
         match started {
-            Ok(Ok((local_addr, journal, drops))) => {
+            Ok(Ok((local_addr, tls_addr, journal, drops))) => {
                 info!(addr = %local_addr, data_dir = %settings.data_dir.display(), "embedded MQTT broker listening");
                 Ok(BrokerHandle {
                     local_addr,
+                    tls_addr,
+                    gateway_login: gateway,
                     runtime: Some(runtime),
                     journal,
                     drops,
@@ -290,9 +525,19 @@ mod imp {
 
     /// Opens the store, binds the listener and spawns the accept loop on the current (the
     /// broker's) runtime. Returns the bound address, the journal and the drop counter.
+    #[allow(clippy::type_complexity)]
     async fn run(
         settings: &EmbeddedSettings,
-    ) -> Result<(SocketAddr, Journal, std::sync::Arc<Drops>), BrokerError> {
+        loaded: Loaded,
+    ) -> Result<
+        (
+            SocketAddr,
+            Option<SocketAddr>,
+            Journal,
+            std::sync::Arc<Drops>,
+        ),
+        BrokerError,
+    > {
         // sled wants absolute paths to be safe from a later change of working directory.
         let data_dir =
             std::path::absolute(&settings.data_dir).map_err(|source| BrokerError::DataDir {
@@ -358,11 +603,12 @@ mod imp {
             });
         }
 
-        let credentials = settings.username.clone().map(|user| Credentials {
-            user,
-            password: settings.password.clone().unwrap_or_default(),
-        });
-        let allow_anonymous = credentials.is_none() || settings.allow_anonymous;
+        let single = settings
+            .username
+            .clone()
+            .map(|user| (user, settings.password.clone().unwrap_or_default()));
+        let configured = single.is_some() || loaded.users.is_some();
+        let allow_anonymous = !configured || settings.allow_anonymous;
         let register = scx.extends.hook_mgr().register();
         register
             .add(
@@ -370,8 +616,34 @@ mod imp {
                 Box::new(AwaitTeardown { scx: scx.clone() }),
             )
             .await;
-        if let Some(c) = credentials {
-            register.add(Type::ClientAuthenticate, Box::new(c)).await;
+        // Always: the gateway's own sessions log in with their random credential.
+        let bind_err_early = |e: rmqtt::Error| BrokerError::Bind {
+            addr: settings.bind,
+            reason: format!("{e:#}"),
+        };
+        let plain = listener_builder(settings, "tcp", settings.bind, allow_anonymous)
+            .bind()
+            .map_err(|e| bind_error(settings.bind, e))?;
+        let local_addr = plain.local_addr().map_err(bind_err_early)?;
+        register
+            .add(
+                Type::ClientAuthenticate,
+                Box::new(Authenticator {
+                    gateway: loaded.gateway,
+                    plain_lid: local_addr.port(),
+                    single,
+                    users: loaded.users,
+                }),
+            )
+            .await;
+        if let Some(acl) = loaded.acl {
+            let check = AclCheck { acl };
+            register
+                .add(Type::ClientSubscribeCheckAcl, Box::new(check.clone()))
+                .await;
+            register
+                .add(Type::MessagePublishCheckAcl, Box::new(check))
+                .await;
         }
         for typ in [
             Type::OfflineMessage,
@@ -391,24 +663,49 @@ mod imp {
         }
         register.start().await;
 
-        let bind_err = |e: rmqtt::Error| {
-            let mut reason = format!("{e:#}");
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
-            {
-                reason.push_str(
-                    " (another MQTT broker, e.g. mosquitto, may be running there: stop it, \
-                     change broker.embedded.bind, or use it with broker.mode: upstream)",
-                );
+        let plain = plain.tcp().map_err(bind_err_early)?;
+        let mut server = MqttServer::new(scx).listener_by_id(plain, local_addr.port());
+        let mut tls_addr = None;
+        if let Some((tls, config)) = loaded.tls {
+            // The relay listener takes only what the TLS front hands over on loopback.
+            let loopback = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0);
+            let relay = listener_builder(settings, "tls", loopback, allow_anonymous)
+                .bind()
+                .map_err(|e| bind_error(tls.bind, e))?;
+            let relay_addr = relay.local_addr().map_err(|e| bind_error(tls.bind, e))?;
+            let relay = relay.tcp().map_err(|e| bind_error(tls.bind, e))?;
+            server = server.listener_by_id(relay, RELAY_LID);
+            let front = super::tls::bind(&tls)?;
+            tls_addr = Some(front.local_addr().map_err(|e| BrokerError::Bind {
+                addr: tls.bind,
+                reason: e.to_string(),
+            })?);
+            tokio::spawn(super::tls::serve(
+                front,
+                config,
+                relay_addr,
+                tls.max_connections,
+            ));
+        }
+        let server = server.build();
+        tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "embedded broker stopped");
             }
-            BrokerError::Bind {
-                addr: settings.bind,
-                reason,
-            }
-        };
-        let listener = Builder::new()
-            .name("tcp")
-            .laddr(settings.bind)
+        });
+        Ok((local_addr, tls_addr, journal, drops))
+    }
+
+    /// A broker listener with the gateway's settings.
+    fn listener_builder(
+        settings: &EmbeddedSettings,
+        name: &str,
+        addr: SocketAddr,
+        allow_anonymous: bool,
+    ) -> Builder {
+        Builder::new()
+            .name(name)
+            .laddr(addr)
             // Rebind at once after a restart despite connections in TIME_WAIT.
             .reuseaddr(Some(true))
             .allow_anonymous(allow_anonymous)
@@ -416,19 +713,19 @@ mod imp {
             .max_mqueue_len(settings.max_queued_messages)
             .session_expiry_interval(OFFLINE_KEEP)
             .message_expiry_interval(OFFLINE_KEEP)
-            .bind()
-            .map_err(bind_err)?;
-        let local_addr = listener.local_addr().map_err(bind_err)?;
-        let listener = listener.tcp().map_err(bind_err)?;
-        let server = MqttServer::new(scx)
-            .listener_by_id(listener, local_addr.port())
-            .build();
-        tokio::spawn(async move {
-            if let Err(e) = server.run().await {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        });
-        Ok((local_addr, journal, drops))
+    }
+
+    fn bind_error(addr: SocketAddr, e: rmqtt::Error) -> BrokerError {
+        let mut reason = format!("{e:#}");
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        {
+            reason.push_str(
+                " (another MQTT broker, e.g. mosquitto, may be running there: stop it, \
+                 change broker.embedded.bind, or use it with broker.mode: upstream)",
+            );
+        }
+        BrokerError::Bind { addr, reason }
     }
 
     /// Longest time a CONNECT waits for the previous session with its ClientId to be gone.
@@ -478,33 +775,139 @@ mod imp {
         }
     }
 
-    /// Checks every CONNECT that carries a user name against `broker.embedded.username` and
-    /// `password`. (CONNECTs without one are let in or refused by `allow_anonymous`.)
-    struct Credentials {
-        user: String,
-        password: String,
+    /// Checks every CONNECT that carries a user name (CONNECTs without one are let in or
+    /// refused by `allow_anonymous`): the gateway's own login first (as superuser, so no ACL
+    /// applies), then `broker.embedded.username`/`password`, then `users_file`.
+    struct Authenticator {
+        gateway: GatewayLogin,
+        /// The plain `bind` listener's id: the only one the gateway's login is good on.
+        plain_lid: u16,
+        single: Option<(String, String)>,
+        users: Option<Swappable<Users>>,
+    }
+
+    impl Authenticator {
+        /// Whether `id` came in on the plain listener from this host.
+        fn local_plain_client(&self, id: &Id) -> bool {
+            let local = match (id.remote_addr, id.local_addr) {
+                (Some(remote), Some(local)) => {
+                    remote.ip().is_loopback() || remote.ip() == local.ip()
+                }
+                _ => false,
+            };
+            id.lid == self.plain_lid && local
+        }
+    }
+
+    fn auth(allow: bool, superuser: bool) -> ReturnType {
+        let result = if allow {
+            AuthResult::Allow(superuser, None)
+        } else {
+            AuthResult::BadUsernameOrPassword
+        };
+        (false, Some(HookResult::AuthResult(result)))
     }
 
     #[async_trait::async_trait]
-    impl Handler for Credentials {
+    impl Handler for Authenticator {
         async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
             let Parameter::ClientAuthenticate(info) = param else {
                 return (true, acc);
             };
-            // Both compared in constant time, and both always, so neither the user name nor
-            // the password can be found by timing the answer.
-            let user_ok = info
-                .username()
-                .is_some_and(|u| constant_time_eq(u.as_bytes(), self.user.as_bytes()));
-            let password_ok = info
-                .password()
-                .is_some_and(|p| constant_time_eq(p.as_ref(), self.password.as_bytes()));
-            let result = if user_ok & password_ok {
-                AuthResult::Allow(false, None)
-            } else {
-                AuthResult::BadUsernameOrPassword
+            let configured = self.single.is_some() || self.users.is_some();
+            let Some(user) = info.username() else {
+                // Only asked when anonymous clients are not allowed.
+                return if configured {
+                    auth(false, false)
+                } else {
+                    (true, acc)
+                };
             };
-            (false, Some(HookResult::AuthResult(result)))
+            let password: &[u8] = info.password().map(|p| p.as_ref()).unwrap_or_default();
+            if constant_time_eq(user.as_bytes(), self.gateway.username.as_bytes()) {
+                let ok = constant_time_eq(password, &self.gateway.password);
+                let here = self.local_plain_client(info.id());
+                if !(ok && here) {
+                    info!(id = ?info.id(), "the gateway's own user name was refused");
+                }
+                return auth(ok && here, true);
+            }
+            if let Some((name, secret)) = &self.single {
+                // Both compared in constant time, and both always, so neither the user name
+                // nor the password can be found by timing the answer.
+                let user_ok = constant_time_eq(user.as_bytes(), name.as_bytes());
+                let password_ok = constant_time_eq(password, secret.as_bytes());
+                if user_ok {
+                    return auth(password_ok, false);
+                }
+            }
+            if let Some(users) = &self.users {
+                let users = current(users);
+                let (user, password) = (user.to_string(), password.to_vec());
+                // PBKDF2 is CPU work: off the broker's async workers.
+                let ok = tokio::task::spawn_blocking(move || users.verify(&user, &password))
+                    .await
+                    .unwrap_or(false);
+                return auth(ok, false);
+            }
+            if configured {
+                auth(false, false)
+            } else {
+                // No credentials configured: an open broker, user names are not checked.
+                (true, acc)
+            }
+        }
+    }
+
+    /// `broker.embedded.acl_file` on every SUBSCRIBE and PUBLISH of a client that is not the
+    /// gateway (rmqtt skips these hooks for superusers). A refused filter gets SUBACK 0x80; a
+    /// refused PUBLISH is dropped, a QoS 1/2 one still acknowledged (as mosquitto does).
+    #[derive(Clone)]
+    struct AclCheck {
+        acl: Swappable<Acl>,
+    }
+
+    fn client_of(session: &Session) -> (String, Option<String>) {
+        (
+            session.id.client_id.to_string(),
+            session.id.username.as_ref().map(|u| u.to_string()),
+        )
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for AclCheck {
+        async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+            let acl = current(&self.acl);
+            match param {
+                Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
+                    let (client_id, username) = client_of(session);
+                    let client = acl::Client {
+                        client_id: &client_id,
+                        username: username.as_deref(),
+                    };
+                    if acl.may_subscribe(client, &subscribe.topic_filter) {
+                        return (true, acc);
+                    }
+                    debug!(client_id, ?username, filter = %subscribe.topic_filter, "ACL refused a subscription");
+                    let refused =
+                        SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized);
+                    (false, Some(HookResult::SubscribeAclResult(refused)))
+                }
+                Parameter::MessagePublishCheckAcl(session, publish) => {
+                    let (client_id, username) = client_of(session);
+                    let client = acl::Client {
+                        client_id: &client_id,
+                        username: username.as_deref(),
+                    };
+                    if acl.may_publish(client, &publish.topic) {
+                        return (true, acc);
+                    }
+                    debug!(client_id, ?username, topic = %publish.topic, "ACL dropped a publish");
+                    let refused = PublishAclResult::rejected(false, None);
+                    (false, Some(HookResult::PublishAclResult(refused)))
+                }
+                _ => (true, acc),
+            }
         }
     }
 }
@@ -513,7 +916,7 @@ mod imp {
 mod imp {
     use std::net::SocketAddr;
 
-    use super::{BrokerError, EmbeddedSettings};
+    use super::{BrokerError, EmbeddedSettings, GatewayLogin};
 
     /// Never constructed in a build without the embedded broker.
     pub struct BrokerHandle {
@@ -522,6 +925,14 @@ mod imp {
 
     impl BrokerHandle {
         pub fn local_addr(&self) -> SocketAddr {
+            match self.never {}
+        }
+
+        pub fn tls_addr(&self) -> Option<SocketAddr> {
+            match self.never {}
+        }
+
+        pub fn gateway_login(&self) -> &GatewayLogin {
             match self.never {}
         }
 

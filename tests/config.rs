@@ -649,3 +649,79 @@ fn discovery_multicast_errors_name_the_entry() {
         assert!(text.contains(says), "{yaml}: {text}");
     }
 }
+
+#[test]
+fn embedded_broker_tls_users_and_acl_keys() {
+    let yaml = "broker:\n  embedded:\n    users_file: /etc/gw/users\n    acl_file: /etc/gw/acl\n    tls:\n      cert_file: /etc/gw/server.pem\n      key_file: /etc/gw/server.key\n";
+    let c = Config::from_yaml_str(yaml, "gateway.yaml").unwrap();
+    let e = &c.broker.embedded;
+    assert_eq!(e.users_file.as_deref(), Some(Path::new("/etc/gw/users")));
+    assert_eq!(e.acl_file.as_deref(), Some(Path::new("/etc/gw/acl")));
+    let tls = e.tls.as_ref().unwrap();
+    assert_eq!(tls.bind, "0.0.0.0:8883".parse::<SocketAddr>().unwrap());
+    assert_eq!(tls.cert_file, Path::new("/etc/gw/server.pem"));
+    assert_eq!(tls.key_file, Path::new("/etc/gw/server.key"));
+    assert_eq!(
+        (tls.ca_file.as_deref(), tls.require_certificate),
+        (None, false)
+    );
+    assert_eq!(tls.max_connections, 100);
+    // Defaults: no TLS listener, no files.
+    let d = Config::default();
+    assert_eq!(
+        (
+            &d.broker.embedded.tls,
+            &d.broker.embedded.users_file,
+            &d.broker.embedded.acl_file
+        ),
+        (&None, &None, &None)
+    );
+    let c = Config::from_yaml_str("broker:\n  embedded:\n    tls: null\n", "gateway.yaml").unwrap();
+    assert_eq!(c.broker.embedded.tls, None);
+    // A users file is credentials enough for a LAN-facing bind.
+    Config::from_yaml_str(
+        "broker:\n  embedded:\n    bind: 0.0.0.0:1883\n    users_file: users\n",
+        "gateway.yaml",
+    )
+    .unwrap();
+}
+
+#[test]
+fn embedded_broker_tls_checks() {
+    // A TLS listener without credentials.
+    let (line, _, key, text) = invalid(
+        "broker:\n  embedded:\n    tls:\n      bind: 127.0.0.1:8883\n      cert_file: c\n      key_file: k\n",
+    );
+    assert_eq!(key, "broker.embedded", "{text}");
+    assert!(line.is_some(), "{text}");
+    assert!(
+        text.contains("tls.bind") && text.contains("allow_anonymous"),
+        "{text}"
+    );
+    // require_certificate needs ca_file.
+    let (_, _, key, text) = invalid(
+        "broker:\n  embedded:\n    users_file: u\n    tls:\n      cert_file: c\n      key_file: k\n      require_certificate: true\n",
+    );
+    assert_eq!(key, "broker.embedded", "{text}");
+    assert!(text.contains("ca_file"), "{text}");
+    // cert_file and key_file are required, unknown keys refused, paths not empty.
+    let (_, _, _, text) =
+        invalid("broker:\n  embedded:\n    users_file: u\n    tls:\n      cert_file: c\n");
+    assert!(text.contains("key_file"), "{text}");
+    let (_, _, key, text) = invalid(
+        "broker:\n  embedded:\n    users_file: u\n    tls:\n      cert_file: c\n      key_file: k\n      certfile: x\n",
+    );
+    assert!(key.starts_with("broker.embedded.tls"), "{key}: {text}");
+    assert!(text.contains("certfile"), "{text}");
+    let (line, _, key, _) = invalid("broker:\n  embedded:\n    users_file: \"\"\n");
+    assert_eq!(
+        (line, key.as_str()),
+        (Some(3), "broker.embedded.users_file")
+    );
+    // allow_anonymous opens a TLS listener on purpose.
+    Config::from_yaml_str(
+        "broker:\n  embedded:\n    allow_anonymous: true\n    tls:\n      cert_file: c\n      key_file: k\n",
+        "gateway.yaml",
+    )
+    .unwrap();
+}

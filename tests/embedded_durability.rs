@@ -282,6 +282,9 @@ fn settings(data_dir: &Path, max_queued_messages: usize) -> EmbeddedSettings {
         data_dir: data_dir.to_owned(),
         username: None,
         password: None,
+        users_file: None,
+        acl_file: None,
+        tls: None,
         allow_anonymous: false,
         max_queued_messages,
     }

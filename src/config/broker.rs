@@ -108,8 +108,16 @@ pub struct Embedded {
     pub username: Option<String>,
     /// `password`: see `username`.
     pub password: Option<String>,
+    /// `users_file`: more users, from a file written by `mosquitto_passwd` (read at start).
+    #[serde(deserialize_with = "optional_file")]
+    pub users_file: Option<PathBuf>,
+    /// `acl_file`: what each client may publish and subscribe to, mosquitto's ACL format.
+    #[serde(deserialize_with = "optional_file")]
+    pub acl_file: Option<PathBuf>,
+    /// `tls`: a TLS listener besides the plain one; `null`/absent = none.
+    pub tls: Option<EmbeddedTls>,
     /// `allow_anonymous`: let clients in without a user name although `bind` is not loopback
-    /// (or although credentials are set).
+    /// or a TLS listener is configured (or although credentials are set).
     pub allow_anonymous: bool,
     /// `max_queued_messages`: QoS 1/2 messages kept per persistent session while its client is
     /// away (or its in-flight window is full); more are dropped, counted and logged.
@@ -123,6 +131,9 @@ impl Default for Embedded {
             data_dir: PathBuf::from("./data/broker"),
             username: None,
             password: None,
+            users_file: None,
+            acl_file: None,
+            tls: None,
             allow_anonymous: false,
             max_queued_messages: 1000,
         }
@@ -140,16 +151,100 @@ impl Embedded {
         if self.max_queued_messages == 0 {
             return Err("max_queued_messages: must be at least 1".into());
         }
-        if !self.bind.ip().is_loopback() && self.username.is_none() && !self.allow_anonymous {
+        let credentials = self.username.is_some() || self.users_file.is_some();
+        if !self.bind.ip().is_loopback() && !credentials && !self.allow_anonymous {
             return Err(format!(
                 "bind: {} is reachable from other machines, and an open broker there would let \
-                 anyone read and command your devices: set username and password, or state \
-                 allow_anonymous: true",
+                 anyone read and command your devices: set username and password (or \
+                 users_file), or state allow_anonymous: true",
                 self.bind
             ));
         }
+        if let Some(tls) = &self.tls {
+            if tls.require_certificate && tls.ca_file.is_none() {
+                return Err(
+                    "tls.require_certificate: true needs tls.ca_file (the CA that signs \
+                            the client certificates)"
+                        .into(),
+                );
+            }
+            if tls.max_connections == 0 {
+                return Err("tls.max_connections: must be at least 1".into());
+            }
+            if !credentials && !self.allow_anonymous {
+                return Err(format!(
+                    "tls.bind: {} is a listener for other machines: set username and password \
+                     (or users_file), or state allow_anonymous: true",
+                    tls.bind
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// `broker.embedded.tls`: a TLS listener of the embedded broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedTls {
+    /// `bind`: where the TLS listener listens; default `0.0.0.0:8883`.
+    #[serde(default = "tls_bind", deserialize_with = "socket_addr")]
+    pub bind: SocketAddr,
+    /// `cert_file`: the server certificate chain, PEM, leaf first (required).
+    #[serde(deserialize_with = "file")]
+    pub cert_file: PathBuf,
+    /// `key_file`: the server's private key, PEM (required).
+    #[serde(deserialize_with = "file")]
+    pub key_file: PathBuf,
+    /// `ca_file`: the CA (PEM) client certificates must be signed by; without it no client
+    /// certificate is asked for.
+    #[serde(default, deserialize_with = "optional_file")]
+    pub ca_file: Option<PathBuf>,
+    /// `require_certificate`: refuse clients without a certificate signed by `ca_file`.
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// `max_connections`: TLS clients at a time; more are closed at once.
+    #[serde(default = "tls_max_connections")]
+    pub max_connections: usize,
+}
+
+fn tls_bind() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883)
+}
+
+fn tls_max_connections() -> usize {
+    100
+}
+
+fn file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    checked_str(deserializer, "a file path", |path| {
+        if path.trim().is_empty() {
+            Err("the file path is empty".to_owned())
+        } else {
+            Ok(path.to_owned())
+        }
+    })
+    .map(PathBuf::from)
+}
+
+fn optional_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
+    struct Visit;
+    impl<'de> de::Visitor<'de> for Visit {
+        type Value = Option<PathBuf>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a file path or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            file(d).map(Some)
+        }
+    }
+    deserializer.deserialize_option(Visit)
 }
 
 fn host<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {

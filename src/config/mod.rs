@@ -24,7 +24,7 @@ pub mod duration;
 mod error;
 mod sections;
 
-pub use broker::{Broker, BrokerMode, Embedded, Upstream};
+pub use broker::{Broker, BrokerMode, Embedded, EmbeddedTls, Upstream};
 pub use checks::{check_log_level, effective_log_filter};
 pub use devices::{
     Admission, DeviceEntry, QosMinusOne, QosMinusOneList, QosMinusOneSwitch, SecretSource,

@@ -303,6 +303,13 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
 
     let mut settings = settings_from(config)?;
     settings.max_devices = max_devices;
+    if let Some(handle) = &embedded {
+        // Device sessions log in with the broker's per-process credential, so users_file and
+        // acl_file never hinder them (docs/security.md).
+        let login = handle.gateway_login();
+        settings.username = Some(login.username.clone());
+        settings.password = Some(login.password.clone());
+    }
     let now = std::time::Instant::now();
     let (persistence, records) = match &config.store.path {
         Some(path) => {

@@ -171,6 +171,16 @@ pub fn embedded_settings(config: &Config) -> EmbeddedSettings {
         data_dir: e.data_dir.clone(),
         username: e.username.clone(),
         password: e.password.clone(),
+        users_file: e.users_file.clone(),
+        acl_file: e.acl_file.clone(),
+        tls: e.tls.as_ref().map(|t| crate::broker::TlsSettings {
+            bind: t.bind,
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            ca_file: t.ca_file.clone(),
+            require_certificate: t.require_certificate,
+            max_connections: t.max_connections,
+        }),
         allow_anonymous: e.allow_anonymous,
         max_queued_messages: e.max_queued_messages,
     }

@@ -74,6 +74,9 @@ pub async fn start_backend(backend: Backend) -> Option<TestBroker> {
                 data_dir: data_dir.clone(),
                 username: None,
                 password: None,
+                users_file: None,
+                acl_file: None,
+                tls: None,
                 allow_anonymous: false,
                 max_queued_messages: 1000,
             };
