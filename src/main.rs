@@ -103,18 +103,19 @@ fn main() -> ExitCode {
 fn admission_report(config: &Config) -> Vec<String> {
     let rules = config.all_devices().count();
     let from_file = config.devices_from_file.len();
-    let entries = match from_file {
-        0 => format!("{rules} devices entries"),
-        n => format!("{rules} devices entries ({n} from devices_file)"),
+    let entries = match (rules, from_file) {
+        (1, 0) => "1 entry".to_owned(),
+        (n, 0) => format!("{n} entries"),
+        (n, f) => format!("{n} entries, {f} of them from devices_file"),
     };
     let admission = match config.admission {
         config::Admission::Open => format!(
-            "admission: open — any device that sends CONNECT gets a session; {entries} \
-             bind or restrict the ClientIds they name"
+            "admission: open — any device that sends CONNECT gets a session; devices: {entries} \
+             (they bind or restrict the ClientIds they name)"
         ),
         config::Admission::Listed => format!(
-            "admission: listed — only a ClientId one of the {entries} matches (from where \
-             it binds it) gets a session; others get CONNACK rejected: not supported"
+            "admission: listed — only a ClientId matched by devices ({entries}), from where its \
+             entry binds it, gets a session; others get CONNACK rejected: not supported"
         ),
     };
     let qos = match &config.qos_minus_one {
