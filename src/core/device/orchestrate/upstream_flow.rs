@@ -45,8 +45,9 @@ impl Device {
     }
 
     /// The topic name of an uplink PUBLISH; answers PUBACK "invalid topic ID" when it has none,
-    /// and PUBACK "rejected: not supported" (at every QoS, spec §5.4.12) when it is outside the
-    /// device's `publish` patterns: nothing goes upstream.
+    /// and PUBACK "rejected: not supported" when it is outside the device's `publish` patterns
+    /// (at every QoS: spec §5.4.13 lets a PUBACK answer any PUBLISH in error); nothing goes
+    /// upstream then.
     pub(in crate::core::device) fn uplink_topic(
         &self,
         ctx: &mut Ctx,
