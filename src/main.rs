@@ -82,6 +82,10 @@ fn main() -> ExitCode {
             if let Some(note) = note {
                 eprintln!("{note}");
             }
+            // As YAML comments: what admission means here, and the output still loads back.
+            for line in admission_report(&config) {
+                println!("# {line}");
+            }
             print!("{}", config.redacted().to_yaml());
             ExitCode::SUCCESS
         }
@@ -93,6 +97,38 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// What `check` says of `admission`, `devices` and `qos_minus_one`, one line each.
+fn admission_report(config: &Config) -> Vec<String> {
+    let rules = config.all_devices().count();
+    let from_file = config.devices_from_file.len();
+    let entries = match (rules, from_file) {
+        (1, 0) => "1 entry".to_owned(),
+        (n, 0) => format!("{n} entries"),
+        (n, f) => format!("{n} entries, {f} of them from devices_file"),
+    };
+    let admission = match config.admission {
+        config::Admission::Open => format!(
+            "admission: open — any device that sends CONNECT gets a session; devices: {entries} \
+             (they bind or restrict the ClientIds they name)"
+        ),
+        config::Admission::Listed => format!(
+            "admission: listed — only a ClientId matched by devices ({entries}), from where its \
+             entry binds it, gets a session; others get CONNACK rejected: not supported"
+        ),
+    };
+    let qos = match &config.qos_minus_one {
+        q if q.is_all() => {
+            "qos_minus_one: all — anyone may publish QoS -1 to any predefined id or short name"
+                .to_owned()
+        }
+        config::QosMinusOne::Listed(_) => {
+            "qos_minus_one: listed — only the listed topics and/or sources".to_owned()
+        }
+        _ => "qos_minus_one: off — every QoS -1 publish is dropped".to_owned(),
+    };
+    vec![admission, qos]
 }
 
 /// Loads the configuration. Without `-c`, a missing `./gateway.yaml` means built-in defaults

@@ -305,3 +305,30 @@ fn corrupt_store_is_a_clear_error_naming_the_file() {
     assert!(stderr.contains(&db.display().to_string()), "{stderr}");
     assert!(stderr.contains("move it aside"), "{stderr}");
 }
+
+/// `check` says whether admission is open and how many rules there are (as YAML comments, so
+/// the output still loads back).
+#[test]
+fn check_says_whether_admission_is_open() {
+    let out = run(gateway().arg("check").arg("-c").arg(shipped_config()));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "# admission: open — any device that sends CONNECT gets a session; devices: 0 entries"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("# qos_minus_one: all"), "{stdout}");
+    let file = TempFile::new(
+        "admission: listed\ndevices:\n  - client_id: a\n  - client_id: b\nqos_minus_one: off\n",
+    );
+    let out = run(gateway().arg("check").arg("-c").arg(&file.0));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("# admission: listed — only a ClientId matched by devices (2 entries)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("# qos_minus_one: off"), "{stdout}");
+    mqttsn_gateway::config::Config::from_yaml_str(&stdout, "stdout").unwrap();
+}

@@ -725,3 +725,157 @@ fn embedded_broker_tls_checks() {
     )
     .unwrap();
 }
+
+// ---------------------------------------------------------------- admission, devices, qos_minus_one
+
+#[test]
+fn admission_devices_and_qos_minus_one_parse() {
+    let c = Config::from_yaml_str(
+        "admission: listed\n\
+         devices:\n  \
+           - client_id: boiler-1\n    \
+             address: 192.168.1.20\n    \
+             publish: [\"home/{client_id}/#\"]\n    \
+             subscribe: [\"cmd/{client_id}/#\"]\n  \
+           - client_id: \"sensor-*\"\n    \
+             address: 192.168.2.0/24\n    \
+             transport: udp\n  \
+           - client_id: node-1\n    \
+             node: 0a1b\n\
+         qos_minus_one:\n  predefined: [1, 2]\n  sources: [10.0.0.0/8]\n",
+        "gateway.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.admission, config::Admission::Listed);
+    assert_eq!(c.devices.len(), 3);
+    assert_eq!(
+        c.devices[0].publish.as_deref(),
+        Some(&["home/{client_id}/#".to_owned()][..])
+    );
+    assert!(!c.qos_minus_one.is_all());
+    let off = Config::from_yaml_str("qos_minus_one: off\n", "gateway.yaml").unwrap();
+    assert_eq!(
+        off.qos_minus_one,
+        config::QosMinusOne::Switch(config::QosMinusOneSwitch::Off)
+    );
+    // The defaults: open, no rules, QoS -1 for all.
+    let d = Config::default();
+    assert_eq!(d.admission, config::Admission::Open);
+    assert!(d.devices.is_empty() && d.devices_file.is_none());
+    assert!(d.qos_minus_one.is_all());
+}
+
+#[test]
+fn device_entry_errors_name_line_and_key() {
+    let cases: [(&str, usize, &str, &str); 8] = [
+        (
+            "admission: closed\n",
+            1,
+            "admission",
+            "unknown variant `closed`",
+        ),
+        (
+            "devices:\n  - address: 10.0.0.1\n",
+            2,
+            "devices[0]",
+            "client_id",
+        ),
+        (
+            "devices:\n  - client_id: a\n  - client_id: b\n    address: 10.0.0.0/40\n",
+            3,
+            "devices[1]",
+            "address: `10.0.0.0/40`: the prefix length must be 0..=32",
+        ),
+        (
+            "devices:\n  - client_id: a\n    publish: [\"a/#/b\"]\n",
+            2,
+            "devices[0]",
+            "publish[0]: `a/#/b` is not an MQTT topic filter",
+        ),
+        (
+            "devices:\n  - client_id: a\n    subscribe: [\"x\", \"{user}/x\"]\n",
+            2,
+            "devices[0]",
+            "subscribe[1]: `{user}/x`: only {client_id} may be substituted",
+        ),
+        (
+            "devices:\n  - client_id: a\n    transport: tcp\n",
+            2,
+            "devices[0]",
+            "transport: `tcp`",
+        ),
+        (
+            "devices:\n  - client_id: a\n    adress: 10.0.0.1\n",
+            3,
+            "devices[0].adress",
+            "unknown field `adress`",
+        ),
+        (
+            "qos_minus_one:\n  short: [abc]\n",
+            2,
+            "qos_minus_one",
+            "short[0]: `abc` is not a short topic name",
+        ),
+    ];
+    for (yaml, line, key, needle) in cases {
+        let (l, _, k, text) = invalid(yaml);
+        assert_eq!((l, k.as_str()), (Some(line), key), "{yaml}: {text}");
+        assert!(text.contains(needle), "{yaml}: {text}");
+    }
+    for yaml in [
+        "qos_minus_one: some\n",
+        "qos_minus_one: {}\n",
+        "qos_minus_one: true\n",
+    ] {
+        let (_, _, k, text) = invalid(yaml);
+        assert_eq!(k, "qos_minus_one", "{yaml}: {text}");
+    }
+}
+
+#[test]
+fn devices_file_entries_follow_devices_and_its_errors_name_that_file() {
+    let dir = std::env::temp_dir().join(format!("mqttsn-devices-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let main = dir.join("gateway.yaml");
+    let file = dir.join("devices.yaml");
+    std::fs::write(
+        &main,
+        "devices:\n  - client_id: inline\ndevices_file: devices.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &file,
+        "- client_id: one\n- client_id: two\n  address: 10.0.0.1\n",
+    )
+    .unwrap();
+    let c = Config::load(&main).unwrap();
+    let ids: Vec<&str> = c.all_devices().map(|d| d.client_id.as_str()).collect();
+    assert_eq!(ids, ["inline", "one", "two"]);
+
+    std::fs::write(
+        &file,
+        "- client_id: one\n- client_id: two\n  address: nowhere\n",
+    )
+    .unwrap();
+    let err = Config::load(&main).unwrap_err();
+    let text = err.to_string();
+    match &err {
+        ConfigError::Invalid {
+            origin, line, key, ..
+        } => {
+            assert_eq!(origin, &file.display().to_string(), "{text}");
+            assert_eq!((*line, key.as_str()), (Some(2), "[1]"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        text.starts_with(&format!("{}:2:", file.display()))
+            && text.contains(": [1]: address: `nowhere`"),
+        "{text}"
+    );
+    std::fs::remove_file(&file).unwrap();
+    let missing = Config::load(&main).unwrap_err();
+    assert!(matches!(missing, ConfigError::Read { .. }), "{missing}");
+    assert!(missing.to_string().contains("devices.yaml"), "{missing}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -140,7 +140,16 @@ impl Config {
         })?;
         let origin = path.display().to_string();
         let entries: Option<devices::DevicesFile> =
-            serde_norway::from_str(&text).map_err(|err| ConfigError::from_yaml(&err, &origin))?;
+            serde_norway::from_str(&text).map_err(|err| {
+                // The file is a list: its paths start at the entry (`[1].address`, not `.[1]...`).
+                let mut e = ConfigError::from_yaml(&err, &origin);
+                if let ConfigError::Invalid { key, .. } = &mut e {
+                    if let Some(k) = key.strip_prefix('.') {
+                        *key = k.to_owned();
+                    }
+                }
+                e
+            })?;
         self.devices_from_file = entries.map(|f| f.0).unwrap_or_default();
         Ok(())
     }

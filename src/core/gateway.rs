@@ -39,6 +39,9 @@ pub struct RestoreReport {
     pub subscriptions: usize,
     /// Records that did not parse or belong to no device.
     pub skipped: usize,
+    /// Devices whose stored session the current `devices` rules no longer admit: not
+    /// restored, their rows deleted (their other rows are not counted as skipped).
+    pub refused: usize,
 }
 
 /// The sans-IO MQTT-SN gateway. See the module docs for the call pattern.
@@ -194,6 +197,18 @@ impl Gateway {
             return;
         };
         if by_client.is_some() && dev.addr != from && dev.state.is_live() {
+            // The session would move: only where the ClientId's rules let it CONNECT from,
+            // or a bound device is taken over by a PINGREQ naming it.
+            if !matches!(
+                self.ctx.settings.admission.verdict(&dev.client_id, &from),
+                Verdict::Admit(_)
+            ) {
+                self.ctx.stats.moves_refused += 1;
+                if let Some(unlogged) = self.refusal_log.tick(now) {
+                    info!(peer = %from, client_id = %dev.client_id, unlogged, "PINGREQ refused: ClientId bound elsewhere by its devices entry; the session stays");
+                }
+                return;
+            }
             let client_id = dev.client_id.clone();
             if let Some(old) = self.registry.move_addr(id, &from) {
                 info!(client_id = %client_id, old = %old, new = %from, "device moved");
@@ -436,6 +451,7 @@ impl Gateway {
     ) -> RestoreReport {
         let mut report = RestoreReport::default();
         let mut rest = Vec::new();
+        let mut refused = std::collections::HashSet::new();
         for (table, key, value) in records {
             if table != Table::Device {
                 rest.push((table, key, value));
@@ -453,6 +469,22 @@ impl Gateway {
                 || self.registry.len() >= self.ctx.settings.max_devices
             {
                 report.skipped += 1;
+                continue;
+            }
+            // The rules changed across the restart: a session they no longer admit (from where
+            // it was) ends as a refused CONNECT would have: not reopened, its rows deleted.
+            if !matches!(
+                self.ctx
+                    .settings
+                    .admission
+                    .verdict(&record.client_id, &addr),
+                Verdict::Admit(_)
+            ) {
+                info!(client_id = %record.client_id, peer = %addr,
+                    "stored session not restored: the devices rules no longer admit it; its stored state is deleted");
+                Device::forget_stored(&mut self.ctx, &record.client_id);
+                report.refused += 1;
+                refused.insert(record.client_id);
                 continue;
             }
             let ctx = &mut self.ctx;
@@ -477,6 +509,7 @@ impl Gateway {
                         dev.restore_subscription(filter, qos);
                         report.subscriptions += 1;
                     }
+                    None if of_refused(&refused, &key) => {}
                     None => report.skipped += 1,
                 }
                 continue;
@@ -484,7 +517,9 @@ impl Gateway {
             let dev = persist::split_numbered_key(&key)
                 .and_then(|(client_id, n)| Some((self.registry.by_client_id(&client_id)?, n)));
             let Some((id, n)) = dev else {
-                report.skipped += 1;
+                if !of_refused(&refused, &key) {
+                    report.skipped += 1;
+                }
                 continue;
             };
             let Some(dev) = self.registry.get_mut(id) else {
@@ -567,4 +602,12 @@ impl Gateway {
         };
         self.registry.refresh(id, class);
     }
+}
+
+/// Whether a stored row's key belongs to one of the `refused` ClientIds.
+fn of_refused(refused: &std::collections::HashSet<String>, key: &[u8]) -> bool {
+    !refused.is_empty()
+        && refused
+            .iter()
+            .any(|c| key.starts_with(&persist::device_prefix(c)))
 }

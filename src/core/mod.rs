@@ -17,6 +17,7 @@ mod device;
 mod discovery;
 mod durability;
 mod gateway;
+mod permissions;
 pub mod persist;
 mod qos_minus_one;
 mod registry;

@@ -1,7 +1,9 @@
 //! QoS -1 (spec §6.8, §7.1): PUBLISHes from any address, connected or not, on a predefined
-//! topic id or a short topic name, carried upstream on one session the gateway owns.
+//! topic id or a short topic name, carried upstream on one session the gateway owns, as
+//! `qos_minus_one` allows ([`QosMinusOnePolicy`]: all, off, or listed topics and sources; a
+//! QoS -1 publish carries no ClientId, so no device rule applies).
 //!
-//! Owns that session's life (open on demand, hold what arrives while it opens, bounded; retry
+//! Owns the policy check and that session's life (open on demand, hold what arrives while it opens, bounded; retry
 //! after T_RETRY when refused or closed). Must never: accept a normal topic id (only the
 //! device that registered it knows what it means), hold more than
 //! `limits.max_queued_per_device` messages, do I/O or read the clock.
@@ -13,9 +15,10 @@ use tracing::{debug, info};
 
 use super::bridge::qos0_publish;
 use super::ctx::Ctx;
+use super::rules::QosMinusOnePolicy;
 use super::topics;
 use super::types::{DeviceAddr, SessionId};
-use crate::codec;
+use crate::codec::{self, TopicRef};
 use crate::mqtt;
 
 /// The gateway's own upstream session for QoS -1 publishes.
@@ -52,6 +55,11 @@ impl QosMinusOne {
         from: &DeviceAddr,
         p: codec::Publish,
     ) {
+        if !allowed(&ctx.settings.qos_minus_one, from, p.topic) {
+            ctx.stats.qos_minus_one_denied += 1;
+            debug!(peer = %from, topic = ?p.topic, "QoS -1 PUBLISH dropped by qos_minus_one");
+            return;
+        }
         // QoS -1 allows only predefined ids and short names: no table.
         let topic = topics::publish_name(&ctx.predefined, None, p.topic);
         let Some(topic) = topic else {
@@ -131,6 +139,29 @@ impl QosMinusOne {
             if !self.waiting.is_empty() {
                 self.open(ctx, now);
             }
+        }
+    }
+}
+
+/// Whether `policy` lets `from` publish at QoS -1 to `topic`. `Listed`: when `predefined` or
+/// `short` lists anything, the topic must be one of them (either list); when `sources` lists
+/// anything, the sender's address must match one.
+pub(crate) fn allowed(policy: &QosMinusOnePolicy, from: &DeviceAddr, topic: TopicRef) -> bool {
+    match policy {
+        QosMinusOnePolicy::All => true,
+        QosMinusOnePolicy::Off => false,
+        QosMinusOnePolicy::Listed {
+            predefined,
+            short,
+            sources,
+        } => {
+            let topic_ok = (predefined.is_empty() && short.is_empty())
+                || match topic {
+                    TopicRef::Predefined(id) => predefined.contains(&id),
+                    TopicRef::Short(s) => short.contains(&s),
+                    TopicRef::Id(_) => false,
+                };
+            topic_ok && (sources.is_empty() || sources.iter().any(|s| s.matches(&from.peer)))
         }
     }
 }

@@ -236,4 +236,15 @@ pub struct Stats {
     pub devices_silent_lost: u64,
     /// SUBSCRIBEs refused because the device had `limits.max_subscriptions_per_device`.
     pub subscriptions_refused: u64,
+    /// PUBLISHes, REGISTERs and will topics refused because the topic is outside the device's
+    /// `publish` patterns (answered "rejected: not supported"; nothing went upstream).
+    pub publishes_denied: u64,
+    /// SUBSCRIBEs refused because the filter reaches outside the device's `subscribe`
+    /// patterns (SUBACK "rejected: not supported"; nothing went upstream).
+    pub subscribes_denied: u64,
+    /// QoS -1 PUBLISHes dropped by `qos_minus_one` (off, or topic or source not listed).
+    pub qos_minus_one_denied: u64,
+    /// PINGREQs with a ClientId from an address that ClientId's rule does not bind (a
+    /// sleeping device's session would have moved there): dropped, the session stays.
+    pub moves_refused: u64,
 }

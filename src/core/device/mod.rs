@@ -68,6 +68,7 @@ macro_rules! id_space {
 mod orchestrate;
 
 use super::ctx::Ctx;
+use super::permissions;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
 use super::rules::Verdict;
 use super::topics::TopicTable;
@@ -210,6 +211,42 @@ impl Device {
 
     fn record_state(&self) -> StoredState {
         record::stored_state(self.state, self.sleep.duration())
+    }
+
+    // ---------------------------------------------------------------- permissions
+
+    /// Whether its rule's `publish` patterns allow `topic` (`what`: a PUBLISH, a REGISTER or
+    /// a will topic); a refusal is counted and logged. Allocates nothing.
+    fn may_publish(&self, ctx: &mut Ctx, topic: &str, what: &'static str) -> bool {
+        let patterns = permissions::publish_patterns(&ctx.settings.admission, self.rule);
+        if permissions::may_publish(patterns, &self.client_id, topic) {
+            return true;
+        }
+        ctx.stats.publishes_denied += 1;
+        debug!(client_id = %self.client_id, topic, what, "denied: topic outside the device's publish patterns");
+        false
+    }
+
+    /// Whether its rule's `subscribe` patterns cover every topic `filter` can match; a refusal
+    /// is counted and logged.
+    fn may_subscribe(&self, ctx: &mut Ctx, filter: &str) -> bool {
+        let patterns = permissions::subscribe_patterns(&ctx.settings.admission, self.rule);
+        if permissions::may_subscribe(patterns, &self.client_id, filter) {
+            return true;
+        }
+        ctx.stats.subscribes_denied += 1;
+        debug!(client_id = %self.client_id, filter, "denied: SUBSCRIBE outside the device's subscribe patterns");
+        false
+    }
+
+    /// Whether rules name this device at all (a restricted subscribe needs the filter's name).
+    fn subscribe_restricted(&self, ctx: &Ctx) -> bool {
+        permissions::subscribe_patterns(&ctx.settings.admission, self.rule).is_some()
+    }
+
+    /// Deletes every stored row of `client_id` (a restored session its rule no longer admits).
+    pub(super) fn forget_stored(ctx: &mut Ctx, client_id: &str) {
+        Record::restored().forget(ctx, client_id);
     }
 
     // ---------------------------------------------------------------- persistence

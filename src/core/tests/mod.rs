@@ -17,6 +17,7 @@ mod downlink;
 mod lifecycle;
 mod limits;
 mod outage;
+mod policy;
 mod record;
 mod session_switch;
 mod sleep;

@@ -135,7 +135,10 @@ impl Device {
             return;
         }
         match w {
-            Some(w) if mqtt::valid_topic_name(&w.topic) => {
+            Some(w)
+                if mqtt::valid_topic_name(&w.topic)
+                    && self.may_publish(ctx, &w.topic, "will topic") =>
+            {
                 self.conn.set_will_topic(Some(w));
                 self.set_state(ctx, DeviceState::AwaitWillMsg);
                 self.timers
@@ -143,7 +146,8 @@ impl Device {
                 ctx.transmit(&self.addr, Message::WillMsgReq);
             }
             Some(w) => {
-                debug!(client_id = %self.client_id, topic = %w.topic, "invalid will topic");
+                // Invalid, or outside its publish patterns (counted and logged by may_publish).
+                debug!(client_id = %self.client_id, topic = %w.topic, "will topic refused");
                 if self.abandon_kept_session(ctx) {
                     ctx.transmit(
                         &self.addr,

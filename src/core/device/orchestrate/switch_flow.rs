@@ -29,7 +29,10 @@ impl Device {
         w: Option<WillTopic>,
     ) {
         match w {
-            Some(w) if !mqtt::valid_topic_name(&w.topic) => {
+            Some(w)
+                if !mqtt::valid_topic_name(&w.topic)
+                    || !self.may_publish(ctx, &w.topic, "will topic") =>
+            {
                 ctx.transmit(
                     &self.addr,
                     Message::WillTopicResp {

@@ -12,16 +12,31 @@ use std::time::Instant;
 use tracing::info;
 
 use super::super::subscriptions::{Gap, Subacked};
+use super::super::types::puback_for;
 use super::super::types::{HoldsPacketIds, IdSpace, Link};
 use super::super::uplink::{self, Acked};
 use super::super::Device;
-use crate::codec::{Message, Publish, Register, ReturnCode, Subscribe, Unsubscribe};
+use crate::codec::{
+    Message, Publish, QoS, Regack, Register, ReturnCode, Suback, Subscribe, TopicFilter,
+    Unsubscribe,
+};
 use crate::core::ctx::Ctx;
+use crate::core::topics;
 use crate::core::types::SessionId;
 use crate::mqtt;
 
 impl Device {
     pub(in crate::core::device) fn on_register(&mut self, ctx: &mut Ctx, r: Register) {
+        // A device registers a topic to publish to it: outside its patterns it gets no id.
+        if !self.may_publish(ctx, &r.topic_name, "REGISTER") {
+            let regack = Regack {
+                topic_id: 0,
+                msg_id: r.msg_id,
+                return_code: ReturnCode::NotSupported,
+            };
+            ctx.transmit(&self.addr, Message::Regack(regack));
+            return;
+        }
         let regack = uplink::register(ctx, &mut self.topics, r);
         if regack.return_code == ReturnCode::Accepted {
             self.save(ctx);
@@ -29,13 +44,21 @@ impl Device {
         ctx.transmit(&self.addr, Message::Regack(regack));
     }
 
-    /// The topic name of an uplink PUBLISH; answers PUBACK "invalid topic ID" when it has none.
+    /// The topic name of an uplink PUBLISH; answers PUBACK "invalid topic ID" when it has none,
+    /// and PUBACK "rejected: not supported" when it is outside the device's `publish` patterns
+    /// (at every QoS: spec §5.4.13 lets a PUBACK answer any PUBLISH in error); nothing goes
+    /// upstream then.
     pub(in crate::core::device) fn uplink_topic(
         &self,
         ctx: &mut Ctx,
         p: &Publish,
     ) -> Option<String> {
-        uplink::topic_name(ctx, &link!(self), &self.topics, p)
+        let topic = uplink::topic_name(ctx, &link!(self), &self.topics, p)?;
+        if !self.may_publish(ctx, &topic, "PUBLISH") {
+            ctx.transmit(&self.addr, puback_for(p, ReturnCode::NotSupported));
+            return None;
+        }
+        Some(topic)
     }
 
     pub(in crate::core::device) fn on_publish(&mut self, ctx: &mut Ctx, p: Publish) {
@@ -184,6 +207,25 @@ impl Device {
     // ---------------------------------------------------------------- subscriptions (subscriptions.rs)
 
     pub(in crate::core::device) fn on_subscribe(&mut self, ctx: &mut Ctx, s: Subscribe) {
+        if self.session.is_some() && self.subscribe_restricted(ctx) {
+            // The filter as the broker would see it; one that names nothing valid is refused
+            // below as before.
+            let filter = topics::unsubscribe_filter(&ctx.predefined, &s.topic);
+            if filter.is_some_and(|f| !self.may_subscribe(ctx, &f)) {
+                let topic_id = match s.topic {
+                    TopicFilter::Predefined(id) => id,
+                    _ => 0,
+                };
+                let suback = Suback {
+                    qos: QoS::AtMostOnce,
+                    topic_id,
+                    msg_id: s.msg_id,
+                    return_code: ReturnCode::NotSupported,
+                };
+                ctx.transmit(&self.addr, Message::Suback(suback));
+                return;
+            }
+        }
         let ids = id_space!(self, ctx, [&self.up, &self.outage]);
         self.subs
             .on_subscribe(ctx, &link!(self), &mut self.topics, s, ids);
