@@ -25,6 +25,7 @@ pub mod settings;
 mod timers;
 mod topics;
 mod types;
+mod view;
 
 #[cfg(test)]
 mod tests;
@@ -36,3 +37,4 @@ pub use types::{
     DeviceAddr, DeviceId, GroupId, OpenFor, Output, PeerAddr, PersistOp, SessionId, Stats, Table,
     TransportId,
 };
+pub use view::{DeviceTotals, DeviceView};
