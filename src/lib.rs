@@ -14,6 +14,7 @@
 //! | [`config`] | edge | `gateway.yaml`: typed, validated, with defaults |
 //! | [`transport`] | sans-IO | link framings: serial raw, SLIP + CRC-16, XBee API frames <-> MQTT-SN frames |
 //! | [`shell`] | tokio | sockets, serial ports, upstream TCP sessions, the driver task that owns the core |
+//! | [`util`] | any | small helpers shared by layers (constant-time comparison) |
 //! | [`broker`] | tokio | the embedded MQTT 3.1.1 broker (feature `embedded-broker`); the only place its crate is named |
 //!
 //! `codec`, `mqtt` and `core` never touch a socket, a file or the clock: time comes in as an
@@ -29,3 +30,4 @@ pub mod mqtt;
 pub mod shell;
 pub mod store;
 pub mod transport;
+pub mod util;

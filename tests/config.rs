@@ -879,3 +879,53 @@ fn devices_file_entries_follow_devices_and_its_errors_name_that_file() {
     assert!(missing.to_string().contains("devices.yaml"), "{missing}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn http_listener_defaults_off_and_credentials() {
+    let c = Config::default();
+    assert_eq!(c.http.bind, Some("127.0.0.1:9184".parse().unwrap()));
+    assert_eq!(c.http.username, None);
+    assert_eq!(c.http.max_connections, 16);
+    // `null` turns it off; the section as `null` is the defaults.
+    let c = Config::from_yaml_str("http:\n  bind: null\n", "gateway.yaml").unwrap();
+    assert_eq!(c.http.bind, None);
+    let c = Config::from_yaml_str("http: null\n", "gateway.yaml").unwrap();
+    assert_eq!(c.http, Config::default().http);
+    let c = Config::from_yaml_str(
+        "http:\n  bind: 0.0.0.0:9184\n  username: admin\n  password_env: GW_HTTP_PASSWORD\n",
+        "gateway.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.http.password_env.as_deref(), Some("GW_HTTP_PASSWORD"));
+    let c = Config::from_yaml_str(
+        "http:\n  username: admin\n  password: s3cret\n",
+        "gateway.yaml",
+    )
+    .unwrap();
+    assert!(!c.redacted().to_yaml().contains("s3cret"));
+    assert!(!format!("{:?}", c.http).contains("s3cret"));
+    // Round trip of the effective configuration.
+    assert_eq!(Config::from_yaml_str(&c.to_yaml(), "t").unwrap(), c);
+}
+
+#[test]
+fn http_listener_on_the_lan_needs_credentials() {
+    let (line, _, key, text) = invalid("http:\n  bind: 0.0.0.0:9184\n");
+    assert_eq!(key, "http", "{text}");
+    assert!(line.is_some(), "{text}");
+    assert!(text.contains("0.0.0.0:9184"), "{text}");
+    assert!(text.contains("username"), "{text}");
+    let (_, _, key, text) = invalid("http:\n  username: u\n");
+    assert_eq!(key, "http", "{text}");
+    assert!(text.contains("password"), "{text}");
+    let (_, _, key, text) = invalid("http:\n  password: p\n");
+    assert_eq!(key, "http", "{text}");
+    assert!(text.contains("username"), "{text}");
+    let (_, _, key, text) = invalid("http:\n  username: u\n  password: p\n  password_env: P\n");
+    assert_eq!(key, "http", "{text}");
+    assert!(text.contains("only one"), "{text}");
+    let (line, _, key, _) = invalid("http:\n  max_connections: 0\n");
+    assert_eq!((line, key.as_str()), (Some(2), "http.max_connections"));
+    let (line, _, key, _) = invalid("http:\n  bind: nowhere\n");
+    assert_eq!((line, key.as_str()), (Some(2), "http.bind"));
+}

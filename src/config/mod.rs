@@ -22,6 +22,7 @@ mod devices;
 pub mod discovery;
 pub mod duration;
 mod error;
+mod http;
 mod sections;
 
 pub use broker::{Broker, BrokerMode, Embedded, EmbeddedTls, Upstream};
@@ -31,6 +32,7 @@ pub use devices::{
 };
 pub use discovery::{Advertise, Discovery, MulticastGroup};
 pub use error::ConfigError;
+pub use http::{Http, DEFAULT_HTTP_BIND};
 pub use sections::{
     GatewaySection, Limits, Log, LogFormat, PerSource, PredefinedTopic, SerialFlowControl,
     SerialFraming, SerialParity, SerialTransport, Sleep, StoreSection, Timers, Transports,
@@ -95,6 +97,9 @@ pub struct Config {
     /// `qos_minus_one`: who may publish without a connection.
     #[serde(deserialize_with = "null_as_default")]
     pub qos_minus_one: QosMinusOne,
+    /// `http`: the status page, `/api/devices` and `/metrics`.
+    #[serde(deserialize_with = "http::http")]
+    pub http: Http,
 }
 
 impl Config {
@@ -173,6 +178,9 @@ impl Config {
         }
         if copy.broker.embedded.password.is_some() {
             copy.broker.embedded.password = Some("********".to_owned());
+        }
+        if copy.http.password.is_some() {
+            copy.http.password = Some("********".to_owned());
         }
         for d in copy
             .devices

@@ -162,6 +162,11 @@ impl Ctx {
     }
 
     pub(super) fn send(&mut self, session: SessionId, packet: mqtt::Packet) {
+        if let mqtt::Packet::Publish(p) = &packet {
+            if !p.dup {
+                self.stats.count_uplink(p.qos, p.payload.len());
+            }
+        }
         if self.durability.holds(session) {
             // An earlier packet on this session waits for the store: keep the order.
             self.after_persist(Output::Send { session, packet });
@@ -179,6 +184,7 @@ impl Ctx {
     ) -> SessionId {
         let session = SessionId(self.next_session);
         self.next_session += 1;
+        self.stats.upstream_opens += 1;
         if let Some(owner) = owner {
             self.session_changes
                 .push(SessionChange::Opened(session, owner));

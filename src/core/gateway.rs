@@ -86,6 +86,11 @@ impl Gateway {
         self.registry.get(id).map(|d| d.state)
     }
 
+    /// The devices, read-only (for `view.rs`).
+    pub(super) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Entries in the timer table and the admission index (tests: nothing stale is left).
     #[cfg(test)]
     pub(crate) fn index_sizes(&self) -> (usize, usize) {

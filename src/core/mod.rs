@@ -26,6 +26,7 @@ pub mod settings;
 mod timers;
 mod topics;
 mod types;
+mod view;
 
 #[cfg(test)]
 mod tests;
@@ -37,3 +38,4 @@ pub use types::{
     DeviceAddr, DeviceId, GroupId, OpenFor, Output, PeerAddr, PersistOp, SessionId, Stats, Table,
     TransportId,
 };
+pub use view::{DeviceTotals, DeviceView};

@@ -48,6 +48,11 @@ impl Registry {
         self.devices.keys().copied().collect()
     }
 
+    /// Every device, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Device> {
+        self.devices.values()
+    }
+
     pub(super) fn get(&self, id: DeviceId) -> Option<&Device> {
         self.devices.get(&id)
     }

@@ -247,4 +247,32 @@ pub struct Stats {
     /// PINGREQs with a ClientId from an address that ClientId's rule does not bind (a
     /// sleeping device's session would have moved there): dropped, the session stays.
     pub moves_refused: u64,
+    /// PUBLISH packets sent to the broker (first transmissions, not DUP re-sends) by MQTT QoS
+    /// (0, 1, 2; a device's QoS -1 goes up as 0), and their payload octets.
+    pub uplink_by_qos: [u64; 3],
+    pub uplink_bytes_by_qos: [u64; 3],
+    /// PUBLISH frames sent to devices (first transmissions) by QoS (0, 1, 2), and their
+    /// payload octets.
+    pub downlink_by_qos: [u64; 3],
+    pub downlink_bytes_by_qos: [u64; 3],
+    /// Upstream sessions the core asked the shell to open (devices' and its own).
+    pub upstream_opens: u64,
+}
+
+impl Stats {
+    pub(crate) fn count_uplink(&mut self, qos: mqtt::QoS, payload: usize) {
+        let q = qos as usize;
+        self.uplink_by_qos[q] += 1;
+        self.uplink_bytes_by_qos[q] += payload as u64;
+    }
+
+    pub(crate) fn count_downlink(&mut self, qos: crate::codec::QoS, payload: usize) {
+        let q = match qos {
+            crate::codec::QoS::AtMostOnce | crate::codec::QoS::MinusOne => 0,
+            crate::codec::QoS::AtLeastOnce => 1,
+            crate::codec::QoS::ExactlyOnce => 2,
+        };
+        self.downlink_by_qos[q] += 1;
+        self.downlink_bytes_by_qos[q] += payload as u64;
+    }
 }

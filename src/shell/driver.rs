@@ -20,6 +20,10 @@ use tracing::{debug, error, warn};
 
 use super::event::Event;
 use super::serial::SerialOut;
+use super::status::{
+    Query, Snapshot, StatusRequest, StoreCounters, TransportCounters, TransportInfo,
+    UpstreamCounters,
+};
 use super::{multicast, persistence, upstream};
 use crate::core::{DeviceAddr, Gateway, Output, PeerAddr, SessionId, Stats};
 use crate::mqtt;
@@ -52,6 +56,15 @@ pub(super) struct Driver {
     /// Say DISCONNECT on every session at shutdown (embedded broker: no wills) and wait for
     /// the sessions to close.
     pub(super) disconnect_on_shutdown: bool,
+    /// For the status endpoint: what each transport is, and its frames (indexed like
+    /// `transports`).
+    pub(super) transport_info: Vec<TransportInfo>,
+    pub(super) transport_counters: Vec<TransportCounters>,
+    pub(super) upstream_counters: UpstreamCounters,
+    /// Sessions whose CONNACK came (true: it accepted them) and whose connection is still up
+    /// (bounded by the open sessions: removed when the connection ends).
+    pub(super) connacked: HashMap<SessionId, bool>,
+    pub(super) store_counters: Option<Arc<StoreCounters>>,
 }
 
 /// The next durable sequence; `None` once the store's writer has stopped; never without store.
@@ -137,18 +150,110 @@ impl Driver {
     fn handle(&mut self, ev: Event) {
         let now = std::time::Instant::now();
         match ev {
-            Event::Frame { from, frame } => self.gateway.handle_frame(now, from, frame),
+            Event::Frame { from, frame } => {
+                self.count_in(&from, frame.len());
+                self.gateway.handle_frame(now, from, frame)
+            }
             Event::GroupFrame { group, from, frame } => {
+                self.count_in(&from, frame.len());
                 self.gateway.handle_group_frame(now, group, from, frame)
             }
             Event::Upstream { session, packet } => {
+                if let mqtt::Packet::ConnAck { code, .. } = &packet {
+                    self.count_connack(session, *code == mqtt::ConnectReturnCode::Accepted);
+                }
                 self.gateway.handle_upstream(now, session, packet)
             }
             Event::UpstreamClosed { session } => {
+                self.count_closed(session);
                 self.sessions.remove(&session);
                 self.gateway.handle_upstream_closed(now, session)
             }
+            Event::Status(request) => self.answer(now, request),
         }
+    }
+
+    // ---------------------------------------------------------------- status endpoint
+
+    fn count_in(&mut self, from: &DeviceAddr, len: usize) {
+        if let Some(c) = self
+            .transport_counters
+            .get_mut(usize::from(from.transport.0))
+        {
+            c.frames_in += 1;
+            c.bytes_in += len as u64;
+        }
+    }
+
+    fn count_out(&mut self, transport: usize, len: usize, sent: bool) {
+        if let Some(c) = self.transport_counters.get_mut(transport) {
+            if sent {
+                c.frames_out += 1;
+                c.bytes_out += len as u64;
+            } else {
+                c.send_failed += 1;
+            }
+        }
+    }
+
+    fn count_connack(&mut self, session: SessionId, accepted: bool) {
+        let c = &mut self.upstream_counters;
+        let was_up = self.connacked.insert(session, accepted) == Some(true);
+        if accepted {
+            c.accepted += 1;
+            c.failing_since_success = 0;
+            if !was_up {
+                c.connected += 1;
+            }
+        } else {
+            c.refused += 1;
+            c.failing_since_success += 1;
+            if was_up {
+                c.connected = c.connected.saturating_sub(1);
+            }
+        }
+    }
+
+    fn count_closed(&mut self, session: SessionId) {
+        let c = &mut self.upstream_counters;
+        match self.connacked.remove(&session) {
+            Some(was_up) => {
+                c.closed += 1;
+                if was_up {
+                    c.connected = c.connected.saturating_sub(1);
+                }
+            }
+            // No CONNACK ever came: the connection failed (refused, timed out, reset).
+            None => {
+                c.failed += 1;
+                c.failing_since_success += 1;
+            }
+        }
+    }
+
+    /// A snapshot for the status endpoint: built only when asked, never per message.
+    fn answer(&self, now: std::time::Instant, request: StatusRequest) {
+        let devices = match &request.query {
+            Query::Summary => Vec::new(),
+            Query::Devices => self.gateway.device_views().collect(),
+            Query::Device(id) => self.gateway.device_view(id).into_iter().collect(),
+        };
+        let snapshot = Snapshot {
+            taken: now,
+            stats: self.gateway.stats(),
+            totals: self.gateway.device_totals(),
+            devices,
+            transports: self
+                .transport_info
+                .iter()
+                .cloned()
+                .zip(self.transport_counters.iter().copied())
+                .collect(),
+            upstream: self.upstream_counters,
+            store: self.store_counters.as_ref().map(|c| c.read()),
+        };
+        // The asker may have given up (timeout, closed connection): nothing to do then.
+        let _ = request.reply.send(snapshot);
     }
 
     async fn flush(&mut self, persistence: Option<&persistence::Persistence>) {
@@ -245,11 +350,17 @@ impl Driver {
         }
     }
 
-    async fn transmit(&self, to: &DeviceAddr, frame: Bytes) {
-        match (self.transports.get(usize::from(to.transport.0)), &to.peer) {
+    async fn transmit(&mut self, to: &DeviceAddr, frame: Bytes) {
+        let index = usize::from(to.transport.0);
+        let len = frame.len();
+        let sent = match (self.transports.get(index), &to.peer) {
             (Some(Transport::Udp(sock)), PeerAddr::Udp(addr)) => {
-                if let Err(e) = sock.send_to(&frame, addr).await {
-                    debug!(peer = %to, error = %e, "send to device failed");
+                match sock.send_to(&frame, addr).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        debug!(peer = %to, error = %e, "send to device failed");
+                        false
+                    }
                 }
             }
             (Some(Transport::Serial(tx)), PeerAddr::Link(link)) => {
@@ -259,12 +370,15 @@ impl Driver {
                 };
                 // A full backlog means the line is slower than the core: drop, the core
                 // retransmits what needs it.
-                if tx.try_send(msg).is_err() {
+                let queued = tx.try_send(msg).is_ok();
+                if !queued {
                     debug!(peer = %to, "serial port backlog full; frame dropped");
                 }
+                queued
             }
-            _ => {}
-        }
+            _ => return,
+        };
+        self.count_out(index, len, sent);
     }
 }
 

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use super::status::StatusRequest;
 use crate::core::{DeviceAddr, GroupId, SessionId};
 use crate::mqtt;
 
@@ -27,4 +28,6 @@ pub enum Event {
     },
     /// An upstream session's connection ended.
     UpstreamClosed { session: SessionId },
+    /// The status endpoint asks for a snapshot.
+    Status(StatusRequest),
 }

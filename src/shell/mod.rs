@@ -15,11 +15,13 @@
 mod driver;
 mod error;
 mod event;
+mod http;
 mod multicast;
 mod persistence;
 mod serial;
 mod settings;
 mod signals;
+mod status;
 mod udp;
 mod upstream;
 
@@ -68,10 +70,60 @@ fn broker_addr(config: &Config) -> Result<SocketAddr, ShellError> {
         .map_err(|reason| ShellError::ResolveBroker { host, port, reason })
 }
 
+/// Binds `http.bind`; `None` (logged) when it cannot.
+async fn http_bind(addr: SocketAddr) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot bind http.bind; running without the status page and /metrics (set http.bind to a free port, or null)");
+            None
+        }
+    }
+}
+
+/// `http.username` and its password, read once from its source.
+fn http_credentials(config: &Config) -> Result<Option<http::Credentials>, ShellError> {
+    let Some(user) = &config.http.username else {
+        return Ok(None);
+    };
+    let password =
+        read_secret(&config.http.secret()).map_err(|(key, reason)| ShellError::HttpSecret {
+            key: format!("http.{key}"),
+            reason,
+        })?;
+    Ok(Some(http::Credentials::new(user, &password)))
+}
+
+/// Reads a secret from its source: inline, a file (one trailing newline dropped) or an
+/// environment variable. The error names the key and says why, never the secret.
+fn read_secret(s: &crate::config::SecretSource) -> Result<String, (&'static str, String)> {
+    if let Some(p) = &s.password {
+        return Ok(p.clone());
+    }
+    if let Some(path) = &s.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            (
+                "password_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        return Ok(text.to_owned());
+    }
+    if let Some(var) = &s.password_env {
+        return std::env::var(var)
+            .map_err(|e| ("password_env", format!("environment variable {var}: {e}")));
+    }
+    Err(("password", "no password is set".into()))
+}
+
 /// A started gateway.
 pub struct Running {
     /// The bound address of each `transports.udp[]` entry, in order (port 0 resolved).
     pub udp_addrs: Vec<SocketAddr>,
+    /// Where the status page and `/metrics` listen (`http.bind`, port 0 resolved).
+    pub http_addr: Option<SocketAddr>,
     stats: watch::Receiver<Stats>,
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<()>,
@@ -198,6 +250,16 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     for (i, entry) in config.discovery.multicast.iter().enumerate() {
         multicast::transport(i, entry, &binds)?;
     }
+    // The HTTP listener's password before anything starts: an unreadable one stops the start.
+    // A port that is taken does not: the devices need the gateway more than a person needs
+    // its status page (logged as an error).
+    let http_listener = match config.http.bind {
+        Some(addr) => {
+            let auth = http_credentials(config)?;
+            http_bind(addr).await.map(|l| (l, auth))
+        }
+        None => None,
+    };
     // Embedded: start the broker first, then treat it like any upstream broker.
     let (broker, embedded) = match config.broker.mode {
         BrokerMode::Embedded => {
@@ -235,6 +297,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     }
 
     let mut transports = Vec::new();
+    let mut transport_info = Vec::new();
     let mut udp_addrs = Vec::new();
     for (i, t) in config.transports.udp.iter().enumerate() {
         let sock = udp::bind(t.bind, config.limits.udp_receive_buffer).map_err(|source| {
@@ -262,6 +325,10 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
             shutdown_rx.clone(),
         ));
         transports.push(Transport::Udp(sock));
+        transport_info.push(status::TransportInfo {
+            kind: "udp",
+            name: local.to_string(),
+        });
         udp_addrs.push(local);
     }
     let mut groups = Vec::new();
@@ -299,6 +366,10 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
             shutdown_rx.clone(),
         ));
         transports.push(Transport::Serial(tx));
+        transport_info.push(status::TransportInfo {
+            kind: "serial",
+            name: t.path.display().to_string(),
+        });
     }
 
     let mut settings = settings_from(config)?;
@@ -324,6 +395,8 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         gateway.restore(now, records);
     }
     let (stats_tx, stats_rx) = watch::channel(Stats::default());
+    // The status endpoint asks the driver over its event channel, like any other task.
+    let http_events = events_tx.clone();
     let driver = Driver {
         gateway,
         transports,
@@ -336,12 +409,41 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         advertise: config.discovery.advertise.as_ref().and_then(|a| a.address),
         groups,
         stats: stats_tx,
+        store_counters: persistence.as_ref().map(persistence::Persistence::counters),
         persistence,
         disconnect_on_shutdown: embedded.is_some(),
+        transport_counters: vec![Default::default(); transport_info.len()],
+        transport_info,
+        upstream_counters: Default::default(),
+        connacked: HashMap::new(),
     };
     let (failed_tx, failed_rx) = watch::channel(None);
-    let handle = tokio::spawn(driver.run(events_rx, shutdown_rx, failed_tx));
+    let handle = tokio::spawn(driver.run(events_rx, shutdown_rx.clone(), failed_tx));
+    let http_addr = match http_listener {
+        Some((listener, auth)) => {
+            let addr = listener.local_addr().ok();
+            tokio::spawn(http::serve(http::HttpParams {
+                listener,
+                auth,
+                max_connections: config.http.max_connections,
+                events: http_events,
+                info: http::GatewayInfo {
+                    version: env!("CARGO_PKG_VERSION"),
+                    broker_mode: match config.broker.mode {
+                        BrokerMode::Embedded => "embedded",
+                        BrokerMode::Upstream => "upstream",
+                    },
+                    broker,
+                },
+                started: http::Clock::now(),
+                shutdown: shutdown_rx,
+            }));
+            addr
+        }
+        None => None,
+    };
     Ok(Running {
+        http_addr,
         udp_addrs,
         stats: stats_rx,
         shutdown: shutdown_tx,

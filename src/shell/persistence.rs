@@ -8,13 +8,44 @@
 //! never decide what is written: the core's batches are committed as they come.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tracing::{error, info};
 
+use super::status::StoreCounters;
 use crate::core::PersistOp;
-use crate::store::{Batch, SqliteStore, Store, StoreError, Writer};
+use crate::store::{Batch, Record, SqliteStore, Store, StoreError, Writer};
+
+/// A store whose commits are counted and timed for `/metrics` (two clock reads and a few
+/// relaxed additions per commit, which costs an fsync anyway).
+struct Counted<S> {
+    store: S,
+    counters: Arc<StoreCounters>,
+}
+
+impl<S: Store> Store for Counted<S> {
+    fn load(&mut self) -> Result<Vec<Record>, StoreError> {
+        self.store.load()
+    }
+
+    fn commit(&mut self, ops: &[PersistOp]) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.store.commit(ops);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let c = &self.counters;
+        c.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if result.is_ok() {
+            c.commits.fetch_add(1, Ordering::Relaxed);
+            c.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        } else {
+            c.failed_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
 
 /// Records as the core's restore wants them.
 pub type Records = Vec<crate::store::Record>;
@@ -24,6 +55,7 @@ pub struct Persistence {
     confirmed: watch::Receiver<u64>,
     thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+    counters: Arc<StoreCounters>,
 }
 
 impl Persistence {
@@ -42,6 +74,11 @@ impl Persistence {
         depth: usize,
     ) -> Result<(Persistence, Records), StoreError> {
         let records: Records = store.load()?;
+        let counters = Arc::new(StoreCounters::default());
+        let store = Counted {
+            store,
+            counters: counters.clone(),
+        };
         info!(path = %path.display(), records = records.len(), "store opened");
         let (tx, rx) = std_mpsc::sync_channel::<Batch>(depth);
         let (confirmed_tx, confirmed) = watch::channel(0u64);
@@ -69,9 +106,15 @@ impl Persistence {
                 confirmed,
                 thread: Some(thread),
                 path: path.to_path_buf(),
+                counters,
             },
             records,
         ))
+    }
+
+    /// The writer's commit counters.
+    pub fn counters(&self) -> Arc<StoreCounters> {
+        self.counters.clone()
     }
 
     /// Queues a batch for the writer; waits (without blocking the runtime) while its queue
@@ -130,6 +173,8 @@ mod tests {
         assert!(records.is_empty());
         p.submit(1, vec![put(1)]).await;
         assert_eq!(p.confirmed().await, Some(1));
+        let c = p.counters().read();
+        assert_eq!((c.commits, c.ops, c.failed_commits), (1, 1, 0));
 
         let mut failing = MemoryStore::new();
         failing.fail_next_commits(u32::MAX);

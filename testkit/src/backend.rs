@@ -99,6 +99,8 @@ pub fn test_config(broker_port: u16) -> Config {
     let mut c = Config::default();
     // Memory only unless a test asks for a store (see `with_store`).
     c.store.path = None;
+    // The status listener on a free port (the default 9184 would be shared by parallel tests).
+    c.http.bind = Some("127.0.0.1:0".parse().unwrap());
     c.transports.udp = vec![UdpTransport {
         bind: "127.0.0.1:0".parse().unwrap(),
     }];

@@ -1,7 +1,8 @@
 //! The test kit of the MQTT-SN gateway: real parts for integration tests and the bench. A broker
 //! on a free port (a real mosquitto, or the gateway's embedded broker — see [`Backend`]), the
 //! gateway in-process or as a separate process, a raw MQTT-SN device over UDP, a small MQTT 3.1.1
-//! client over TCP, socat pseudo-terminal pairs for serial lines, child processes killed on drop,
+//! client over TCP, a plain HTTP GET and headless Chromium for the status page, socat
+//! pseudo-terminal pairs for serial lines, child processes killed on drop,
 //! free ports and temp dirs.
 //!
 //! Owns: starting and stopping those parts, and waiting (bounded by [`WAIT`]) for them.
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod backend;
+mod browser;
 mod mosquitto;
 mod mqtt_client;
 mod pki;
@@ -28,6 +30,7 @@ mod sn_client;
 pub use backend::{
     start_backend, start_gateway, test_config, Backend, EmbeddedTestBroker, TestBroker,
 };
+pub use browser::{chromium_binary, chromium_or_skip, dump_dom, http_get, HttpResponse};
 pub use mosquitto::{mosquitto_binary, Mosquitto};
 pub use mqtt_client::MqttClient;
 pub use pki::{CertFiles, TestCa, Validity};

@@ -85,6 +85,14 @@ impl Connection {
         (!self.keep_alive.is_zero()).then(|| last_heard + with_tolerance(self.keep_alive))
     }
 
+    pub(super) fn keep_alive(&self) -> Duration {
+        self.keep_alive
+    }
+
+    pub(super) fn will_topic(&self) -> Option<&str> {
+        self.will_topic.as_ref().map(|w| w.topic.as_str())
+    }
+
     pub(super) fn keep_alive_secs(&self) -> u16 {
         u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX)
     }

@@ -113,6 +113,21 @@ impl Downlink {
         self.inflight.as_ref().map_or(0, |f| f.retries)
     }
 
+    /// PUBLISHes queued (not counting the one in flight) and the octets of all that is queued.
+    pub(super) fn depth(&self) -> (usize, usize) {
+        let publishes = self
+            .queue
+            .iter()
+            .filter(|d| matches!(d, Down::Publish { .. }))
+            .count();
+        (publishes, self.queued_bytes())
+    }
+
+    /// Something is in flight to the device.
+    pub(super) fn has_inflight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
     /// Nothing queued, nothing in flight.
     pub(super) fn is_idle(&self) -> bool {
         self.inflight.is_none() && self.queue.is_empty()
@@ -441,7 +456,8 @@ impl Downlink {
                     }
                     self.inflight = Inflight::new(item, msg_id, DownStage::Regack, now);
                 }
-                Down::Publish { qos, .. } => {
+                Down::Publish { qos, ref data, .. } => {
+                    let payload = data.len();
                     let msg_id = match qos {
                         codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => self.next_msg_id(),
                         _ => 0,
@@ -453,6 +469,7 @@ impl Downlink {
                     };
                     ctx.transmit_frame(link.addr, frame);
                     ctx.stats.downlink_publishes += 1;
+                    ctx.stats.count_downlink(qos, payload);
                     match qos {
                         codec::QoS::AtLeastOnce | codec::QoS::ExactlyOnce => {
                             let stage = if qos == codec::QoS::AtLeastOnce {

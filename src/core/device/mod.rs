@@ -74,6 +74,7 @@ use super::rules::Verdict;
 use super::topics::TopicTable;
 use super::types::DeviceId;
 use super::types::{DeviceAddr, SessionId};
+use super::view::DeviceView;
 use crate::codec::{Message, Puback, Regack, ReturnCode};
 use crate::mqtt;
 
@@ -85,6 +86,8 @@ pub(crate) struct Device {
     /// CleanSession, Duration and will of its CONNECT.
     conn: Connection,
     pub last_heard: Instant,
+    /// Since when it is connected (live); `None` while it is not.
+    connected_since: Option<Instant>,
     /// The deadlines armed by hand (see timers.rs for every timer).
     timers: Timers,
     pub session: Option<SessionId>,
@@ -139,6 +142,7 @@ impl Device {
             state: DeviceState::Disconnected,
             conn: Connection::default(),
             last_heard: now,
+            connected_since: None,
             timers: Timers::default(),
             session: None,
             topics: TopicTable::default(),
@@ -194,6 +198,12 @@ impl Device {
         } else if !was.is_live() && state.is_live() {
             ctx.stats.devices_active += 1;
         }
+        if !state.is_live() {
+            self.connected_since = None;
+        } else if !was.is_live() {
+            // It became live on what it (or the store) just said.
+            self.connected_since = Some(self.last_heard);
+        }
         if was == DeviceState::Asleep && state != DeviceState::Asleep {
             ctx.stats.devices_asleep = ctx.stats.devices_asleep.saturating_sub(1);
         } else if was != DeviceState::Asleep && state == DeviceState::Asleep {
@@ -247,6 +257,47 @@ impl Device {
     /// Deletes every stored row of `client_id` (a restored session its rule no longer admits).
     pub(super) fn forget_stored(ctx: &mut Ctx, client_id: &str) {
         Record::restored().forget(ctx, client_id);
+    }
+
+    // ---------------------------------------------------------------- status view
+
+    /// What the status page shows of it (`core/view.rs`).
+    pub(crate) fn view(&self) -> DeviceView {
+        let sleeping = matches!(self.state, DeviceState::Asleep | DeviceState::Awake);
+        let (queued, queued_bytes) = self.down.depth();
+        DeviceView {
+            client_id: self.client_id.clone(),
+            addr: self.addr.clone(),
+            state: self.state,
+            connected_since: self.connected_since,
+            last_heard: self.last_heard,
+            keep_alive: self.conn.keep_alive(),
+            keep_alive_deadline: self.deadline(DeviceTimer::KeepAlive),
+            sleep_duration: sleeping.then(|| self.sleep.duration()),
+            sleep_deadline: self.deadline(DeviceTimer::Sleep),
+            queued,
+            queued_bytes,
+            inflight_down: self.down.has_inflight(),
+            inflight_up: self.up.held() + self.outage.held(),
+            clean_session: self.conn.clean_session,
+            topics: self
+                .topics
+                .entries()
+                .into_iter()
+                .map(|(id, name, _)| (id, name))
+                .collect(),
+            subscriptions: self
+                .subs
+                .granted()
+                .map(|(f, q)| (f.to_owned(), q as u8))
+                .collect(),
+            will_topic: self.conn.will_topic().map(str::to_owned),
+        }
+    }
+
+    /// Messages queued for it and their octets, without copying anything.
+    pub(crate) fn queue_depth(&self) -> (usize, usize) {
+        self.down.depth()
     }
 
     // ---------------------------------------------------------------- persistence

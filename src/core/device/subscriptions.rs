@@ -235,6 +235,11 @@ impl Subscriptions {
         }
     }
 
+    /// Granted subscriptions (filter, QoS), for the status view.
+    pub(super) fn granted(&self) -> impl Iterator<Item = (&str, mqtt::QoS)> {
+        self.granted.iter().map(|(f, q)| (f.as_str(), *q))
+    }
+
     pub(super) fn count(&self) -> usize {
         self.granted.len()
     }
