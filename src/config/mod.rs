@@ -24,7 +24,7 @@ pub mod duration;
 mod error;
 mod sections;
 
-pub use broker::{Broker, BrokerMode, Embedded, Upstream};
+pub use broker::{Broker, BrokerMode, Embedded, Upstream, UpstreamTls, PLAIN_PORT, TLS_PORT};
 pub use checks::check_log_level;
 pub use devices::{
     Admission, DeviceEntry, QosMinusOne, QosMinusOneList, QosMinusOneSwitch, SecretSource,

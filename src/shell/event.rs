@@ -25,6 +25,10 @@ pub enum Event {
         session: SessionId,
         packet: mqtt::Packet,
     },
-    /// An upstream session's connection ended.
-    UpstreamClosed { session: SessionId },
+    /// An upstream session's connection ended; `failure` says why when it could not be made
+    /// at all (TCP connect, TLS handshake), for the driver's rate-limited log.
+    UpstreamClosed {
+        session: SessionId,
+        failure: Option<String>,
+    },
 }

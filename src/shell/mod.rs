@@ -12,6 +12,7 @@
 //! `multicast.rs`), the upstream sessions (`upstream.rs`) and the store writer
 //! (`persistence.rs`) are one file each. None of them imports from this file.
 
+mod credentials;
 mod driver;
 mod error;
 mod event;
@@ -20,6 +21,7 @@ mod persistence;
 mod serial;
 mod settings;
 mod signals;
+mod tls;
 mod udp;
 mod upstream;
 
@@ -198,6 +200,12 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     for (i, entry) in config.discovery.multicast.iter().enumerate() {
         multicast::transport(i, entry, &binds)?;
     }
+    // Secrets and certificates are read once, before anything starts.
+    let credentials = credentials::Credentials::load(config)?;
+    let tls = match config.broker.mode {
+        BrokerMode::Upstream => tls::Tls::load(config)?,
+        BrokerMode::Embedded => None,
+    };
     // Embedded: start the broker first, then treat it like any upstream broker.
     let (broker, embedded) = match config.broker.mode {
         BrokerMode::Embedded => {
@@ -323,6 +331,9 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         sessions: HashMap::new(),
         session_tasks: HashMap::new(),
         broker,
+        credentials,
+        tls,
+        failures: upstream::FailureLog::default(),
         connect_timeout: config.broker.upstream.connect_timeout,
         session_depth: depth,
         events_tx,
