@@ -656,6 +656,8 @@ fn upstream_tls_and_secret_mistakes_name_the_key() {
     let (_, _, _, text) =
         invalid("broker:\n  upstream:\n    password: a\n    password_file: /run/pw\n");
     assert!(text.contains("set only one"), "{text}");
+    let (_, _, _, text) = invalid("broker:\n  upstream:\n    password_env: PW\n");
+    assert!(text.contains("username is not"), "{text}");
     let (_, _, _, text) = invalid("broker:\n  upstream:\n    username: '{device}'\n");
     assert!(text.contains("{device}"), "{text}");
     let (_, _, _, text) = invalid("broker:\n  upstream:\n    tls:\n      alpn: ['']\n");

@@ -151,7 +151,15 @@ impl Upstream {
                 PLAIN_PORT
             };
         }
-        self.secret().check()?;
+        let secret = self.secret();
+        secret.check()?;
+        if !secret.is_empty() && self.username.is_none() {
+            return Err(
+                "a password is set but username is not: MQTT sends a password only with a user \
+                 name"
+                    .into(),
+            );
+        }
         if let Some(u) = &self.username {
             check_template("username", u)?;
         }
