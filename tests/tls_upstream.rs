@@ -271,6 +271,9 @@ async fn device_without_certificate_is_refused_and_others_are_not_disturbed() {
         sn_connect(&stranger, "stranger").await,
         ReturnCode::Congestion
     );
+    let log = gw.log();
+    assert_eq!(count(&log, UNREACHABLE), 1, "logged with its reason: {log}");
+    assert!(log.contains("before CONNACK"), "{log}");
     let mut check = checker(&broker, "up/#").await;
     let dev = SnClient::new(gw.udp).await;
     assert_eq!(sn_connect(&dev, "sensor-1").await, ReturnCode::Accepted);

@@ -68,16 +68,22 @@ pub async fn run(
     if let Some(previous) = p.after.take() {
         let _ = timeout(PREVIOUS_SESSION_WAIT, previous).await;
     }
+    // Whether the broker has said anything (its CONNACK comes first).
+    let mut heard = false;
     let ended = match establish(&p).await {
         Err(reason) => {
             failure = Some(reason);
             Ok(())
         }
-        Ok(Stream::Plain(s)) => drive(s, p, &mut commands, &events).await,
-        Ok(Stream::Tls(s)) => drive(*s, p, &mut commands, &events).await,
+        Ok(Stream::Plain(s)) => drive(s, p, &mut commands, &events, &mut heard).await,
+        Ok(Stream::Tls(s)) => drive(*s, p, &mut commands, &events, &mut heard).await,
     };
-    if let Err(reason) = ended {
-        debug!(session = session.0, %reason, "upstream session ended");
+    match ended {
+        // Refused before a CONNACK: with TLS 1.3 a broker that rejects the client
+        // certificate says so (an alert) only after the handshake.
+        Err(reason) if !heard => failure = Some(format!("before CONNACK: {reason}")),
+        Err(reason) => debug!(session = session.0, %reason, "upstream session ended"),
+        Ok(()) => {}
     }
     let _ = events
         .send(Event::UpstreamClosed { session, failure })
@@ -119,6 +125,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     p: SessionParams,
     commands: &mut mpsc::Receiver<mqtt::Packet>,
     events: &mpsc::Sender<Event>,
+    heard: &mut bool,
 ) -> Result<(), String> {
     let keep_alive = Duration::from_secs(u64::from(p.connect.keep_alive));
     let mut out = BytesMut::with_capacity(128);
@@ -165,6 +172,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     return Err("broker closed the connection".into());
                 }
                 last_read = Instant::now();
+                *heard = true;
                 while let Some(packet) = mqtt::decode(&mut inbuf, MAX_BROKER_PACKET).map_err(|e| e.to_string())? {
                     if packet == mqtt::Packet::PingResp {
                         continue; // our own keep-alive; the core never sees it
