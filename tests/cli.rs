@@ -185,7 +185,7 @@ fn bad_flag_values_are_rejected() {
 
 #[test]
 fn check_redacts_the_password() {
-    let file = TempFile::new("broker:\n  upstream:\n    password: hunter2\n");
+    let file = TempFile::new("broker:\n  upstream:\n    username: u\n    password: hunter2\n");
     let out = run(gateway().arg("check").arg("-c").arg(&file.0));
     assert!(out.status.success());
     assert!(!text(&out.stdout).contains("hunter2"));

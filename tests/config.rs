@@ -929,3 +929,62 @@ fn http_listener_on_the_lan_needs_credentials() {
     let (line, _, key, _) = invalid("http:\n  bind: nowhere\n");
     assert_eq!((line, key.as_str()), (Some(2), "http.bind"));
 }
+
+#[test]
+fn upstream_tls_sets_the_default_port_and_round_trips() {
+    let c = Config::from_yaml_str(
+        "broker:\n  mode: upstream\n  upstream:\n    host: broker.example\n    tls: {}\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.broker.upstream.port, 8883);
+    assert_eq!(c.broker.upstream.tls, Some(Default::default()));
+    assert_eq!(Config::from_yaml_str(&c.to_yaml(), "t").unwrap(), c);
+    let plain = Config::from_yaml_str("broker:\n  upstream:\n    tls: null\n", "t").unwrap();
+    assert_eq!(plain.broker.upstream.port, 1883);
+    assert_eq!(plain.broker.upstream.tls, None);
+    let written = Config::from_yaml_str(
+        "broker:\n  upstream:\n    port: 443\n    tls:\n      ca_file: ca.pem\n      \
+         cert_file: c.pem\n      key_file: k.pem\n      server_name: x.example\n      \
+         alpn: [mqtt]\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(written.broker.upstream.port, 443);
+    assert_eq!(
+        Config::from_yaml_str(&written.to_yaml(), "t").unwrap(),
+        written
+    );
+    let mut over = c.clone();
+    over.apply_overrides(&[], Some(("10.0.0.2".into(), 1884)), None);
+    assert_eq!(over.broker.upstream.port, 1884);
+    assert!(over.broker.upstream.tls.is_some());
+}
+
+#[test]
+fn upstream_tls_and_secret_mistakes_name_the_key() {
+    let (_, _, _, text) = invalid("broker:\n  upstream:\n    tls:\n      cert_file: c.pem\n");
+    assert!(text.contains("key_file"), "{text}");
+    let (_, _, _, text) = invalid("broker:\n  upstream:\n    tls:\n      cafile: c.pem\n");
+    assert!(text.contains("cafile"), "{text}");
+    let (_, _, _, text) =
+        invalid("broker:\n  upstream:\n    password: a\n    password_file: /run/pw\n");
+    assert!(text.contains("set only one"), "{text}");
+    let (_, _, _, text) = invalid("broker:\n  upstream:\n    password_env: PW\n");
+    assert!(text.contains("username is not"), "{text}");
+    let (_, _, _, text) = invalid("broker:\n  upstream:\n    username: '{device}'\n");
+    assert!(text.contains("{device}"), "{text}");
+    let (_, _, _, text) = invalid("broker:\n  upstream:\n    tls:\n      alpn: ['']\n");
+    assert!(text.contains("alpn[0]"), "{text}");
+}
+
+#[test]
+fn redacted_and_debug_hide_the_upstream_password() {
+    let c = Config::from_yaml_str(
+        "broker:\n  upstream:\n    username: u\n    password: hunter2\n",
+        "t",
+    )
+    .unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+    assert!(!c.redacted().to_yaml().contains("hunter2"));
+}

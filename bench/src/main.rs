@@ -19,11 +19,13 @@
 //! 9. the embedded broker (`broker.mode: embedded`, no `--broker`): 5, 2 (closed loop), 3 and
 //!    the idle RSS again, the devices' sessions and the bench's MQTT clients on the broker
 //!    inside the gateway process, next to the same numbers against mosquitto upstream.
+//! 10. TLS upstream: uplink QoS 1 over plain TCP and over TLS to the same mosquitto, and the
+//!     ratio.
 //!
 //! See docs/benchmarks.md. Run: `cargo run -p bench --release -- --help`.
 //!
 //! This file owns the flags, the order of the tests and the printed table; each test group has
-//! a file of its own (throughput, downlink, rss, sleep + wake, store, embedded), the processes
+//! a file of its own (throughput, downlink, rss, sleep + wake, store, embedded, tls), the processes
 //! and /proc readings are in `procs`, the load generators in `clients`. The bench never measures
 //! an in-process gateway: it runs the release binary as a child so RSS and disk I/O are its own.
 
@@ -37,6 +39,7 @@ mod sleep;
 mod stamp;
 mod store;
 mod throughput;
+mod tls;
 mod wake;
 
 use std::net::SocketAddr;
@@ -69,6 +72,7 @@ use sleep::*;
 use stamp::*;
 use store::*;
 use throughput::*;
+use tls::*;
 use wake::*;
 
 #[derive(Parser, Debug, Clone)]
@@ -125,7 +129,7 @@ struct Args {
     /// Persistent devices for the store test's throughput part (store on vs off).
     #[arg(long, default_value_t = 100)]
     store_tp_devices: usize,
-    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,embedded,sleep,store.
+    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,embedded,sleep,store,tls.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Gateway binary; default: build and use target/release/mqttsn-gateway next to this one.
@@ -351,6 +355,9 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     }
     if a.wants("store") {
         store_test(a, gw_bin, dir, &mut rows).await?;
+    }
+    if a.wants("tls") {
+        tls_test(a, gw_bin, dir, &mut rows).await?;
     }
     if !mosq.alive() {
         bail!("mosquitto exited (see {})", mosq.log.display());

@@ -81,13 +81,6 @@ fn settings(u: &mut Unstructured<'_>) -> Result<Settings> {
     let secs = |u: &mut Unstructured<'_>, from: &[u64]| -> Result<Duration> {
         Ok(Duration::from_secs(gen::pick(u, from)?))
     };
-    // From the config file: not hostile input (arbitrary strings there are an operator's
-    // typo, e.g. a NUL, which no CONNECT can carry).
-    let username = if u.ratio(1, 4)? {
-        Some(gen::pick(u, gen::CLIENT_IDS)?.to_owned())
-    } else {
-        None
-    };
     Ok(Settings {
         gateway_id: u.arbitrary()?,
         predefined_topics: vec![(7, "pre/seven".to_owned()), (8, "t".to_owned())],
@@ -106,8 +99,6 @@ fn settings(u: &mut Unstructured<'_>) -> Result<Settings> {
         upstream_keep_alive: secs(u, &[0, 60])?,
         upstream_connect_timeout: secs(u, &[1, 10])?,
         client_id_prefix: gen::pick(u, &["", "gw/"])?.to_owned(),
-        password: username.as_ref().map(|_| b"secret".to_vec()),
-        username,
         sleep_buffer_messages: u.int_in_range(2..=5)?,
         sleep_buffer_bytes: gen::pick(u, &[64, 256, 65_536])?,
         sleep_keep_qos0: u.arbitrary()?,

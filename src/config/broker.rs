@@ -15,9 +15,9 @@ use serde::de::{self, Deserializer, MapAccess};
 use serde::{Deserialize, Serialize};
 
 use super::checks::{
-    check_host, checked_str, keep_alive, nonzero_port, null_as_default, positive_duration,
-    socket_addr,
+    check_host, checked_str, keep_alive, nonzero_port, positive_duration, socket_addr,
 };
+use super::devices::{check_template, SecretSource};
 use super::duration;
 use crate::core::Settings;
 
@@ -28,7 +28,7 @@ pub struct Broker {
     /// `broker.mode`: which broker device sessions go to.
     pub mode: BrokerMode,
     /// `broker.upstream`: used when `mode` is `upstream`.
-    #[serde(deserialize_with = "null_as_default")]
+    #[serde(deserialize_with = "upstream")]
     pub upstream: Upstream,
     /// `broker.embedded`: used when `mode` is `embedded`.
     #[serde(deserialize_with = "embedded")]
@@ -46,15 +46,15 @@ pub enum BrokerMode {
     Upstream,
 }
 
-/// `broker.upstream`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `broker.upstream`. Its `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Upstream {
     /// `host`: name or IP address of the broker (IPv6 without brackets, e.g. `::1`).
     #[serde(deserialize_with = "host")]
     pub host: String,
-    /// `port`: TCP port of the broker, 1..=65535.
-    #[serde(deserialize_with = "nonzero_port")]
+    /// `port`: TCP port of the broker, 1..=65535. Not written: 8883 with `tls`, else 1883.
+    #[serde(deserialize_with = "nonzero_port", default = "port_not_written")]
     pub port: u16,
     /// `keep_alive`: the MQTT keep-alive of each upstream session; whole seconds, `0s` = off.
     #[serde(
@@ -68,12 +68,123 @@ pub struct Upstream {
         deserialize_with = "positive_duration"
     )]
     pub connect_timeout: Duration,
-    /// `username`: sent in every upstream CONNECT when set.
+    /// `username`: sent in every upstream CONNECT when set; a template (`{client_id}`,
+    /// `{transport}`) expanded per device. A `devices` entry's own credentials win.
     pub username: Option<String>,
-    /// `password`: sent in every upstream CONNECT when set.
+    /// `password`: sent in every upstream CONNECT when set (template like `username`).
     pub password: Option<String>,
+    /// `password_file`: a file holding the password (one trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// `password_env`: an environment variable holding the password.
+    pub password_env: Option<String>,
     /// `client_id_prefix`: prepended to each device's ClientId upstream.
     pub client_id_prefix: String,
+    /// `tls`: absent or `null` = plain TCP; a mapping (`{}` = the system roots) = TLS.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `broker.upstream.tls`. Files are read (and checked) by the shell at start, never here.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// `ca_file`: PEM certificates trusted for the broker, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// `cert_file`: PEM client certificate (chain) for mutual TLS; with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// `key_file`: PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// `server_name`: the name the broker's certificate must carry; default `host` (an IP
+    /// address is matched against the certificate's IP addresses).
+    pub server_name: Option<String>,
+    /// `alpn`: ALPN protocol names offered, e.g. `[mqtt]` for AWS IoT on port 443.
+    pub alpn: Vec<String>,
+}
+
+impl UpstreamTls {
+    fn check(&self) -> Result<(), String> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return Err("cert_file is set but key_file is not: set both".into()),
+            (None, Some(_)) => return Err("key_file is set but cert_file is not: set both".into()),
+            _ => {}
+        }
+        if let Some(name) = &self.server_name {
+            rustls_pki_types::ServerName::try_from(name.as_str())
+                .map_err(|_| format!("server_name: `{name}` is not a DNS name or IP address"))?;
+        }
+        for (i, p) in self.alpn.iter().enumerate() {
+            if p.is_empty() || p.len() > 255 {
+                return Err(format!(
+                    "alpn[{i}]: a protocol name is 1 to 255 octets (e.g. mqtt)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The default `port` of an upstream section that does not write one.
+pub const PLAIN_PORT: u16 = 1883;
+/// See [`PLAIN_PORT`]: the default with `tls`.
+pub const TLS_PORT: u16 = 8883;
+
+/// Marks `port` as not written (0 is refused when written); `upstream` then fills it in.
+fn port_not_written() -> u16 {
+    0
+}
+
+impl Upstream {
+    /// `password` / `password_file` / `password_env` as one source.
+    pub fn secret(&self) -> SecretSource {
+        SecretSource {
+            password: self.password.clone(),
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+        }
+    }
+
+    /// The checks that span several keys of the section; fills in the default port.
+    fn check(&mut self) -> Result<(), String> {
+        if self.port == 0 {
+            self.port = if self.tls.is_some() {
+                TLS_PORT
+            } else {
+                PLAIN_PORT
+            };
+        }
+        let secret = self.secret();
+        secret.check()?;
+        if !secret.is_empty() && self.username.is_none() {
+            return Err(
+                "a password is set but username is not: MQTT sends a password only with a user \
+                 name"
+                    .into(),
+            );
+        }
+        if let Some(u) = &self.username {
+            check_template("username", u)?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(|e| format!("tls.{e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("keep_alive", &self.keep_alive)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("password_file", &self.password_file)
+            .field("password_env", &self.password_env)
+            .field("client_id_prefix", &self.client_id_prefix)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Default for Upstream {
@@ -81,12 +192,15 @@ impl Default for Upstream {
         let core = Settings::default();
         Upstream {
             host: "127.0.0.1".to_owned(),
-            port: 1883,
+            port: PLAIN_PORT,
             keep_alive: core.upstream_keep_alive,
             connect_timeout: core.upstream_connect_timeout,
             username: None,
             password: None,
+            password_file: None,
+            password_env: None,
             client_id_prefix: core.client_id_prefix,
+            tls: None,
         }
     }
 }
@@ -296,6 +410,40 @@ fn embedded<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Embedded, D::E
 
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Embedded, A::Error> {
             let section = Embedded::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            section.check().map_err(de::Error::custom)?;
+            Ok(section)
+        }
+    }
+
+    deserializer.deserialize_option(Section)
+}
+
+/// `broker.upstream`: `null` means defaults; a mapping is read, its port default filled in
+/// and checked as a whole inside its own `visit_map`, so errors carry the key path and line.
+fn upstream<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Upstream, D::Error> {
+    struct Section;
+
+    impl<'de> de::Visitor<'de> for Section {
+        type Value = Upstream;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping of the upstream broker's keys")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Upstream, E> {
+            Ok(Upstream::default())
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Upstream, E> {
+            Ok(Upstream::default())
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Upstream, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Upstream, A::Error> {
+            let mut section = Upstream::deserialize(de::value::MapAccessDeserializer::new(map))?;
             section.check().map_err(de::Error::custom)?;
             Ok(section)
         }

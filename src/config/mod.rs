@@ -25,7 +25,9 @@ mod error;
 mod http;
 mod sections;
 
-pub use broker::{Broker, BrokerMode, Embedded, EmbeddedTls, Upstream};
+pub use broker::{
+    Broker, BrokerMode, Embedded, EmbeddedTls, Upstream, UpstreamTls, PLAIN_PORT, TLS_PORT,
+};
 pub use checks::{check_log_level, effective_log_filter};
 pub use devices::{
     Admission, DeviceEntry, QosMinusOne, QosMinusOneList, QosMinusOneSwitch, SecretSource,

@@ -211,7 +211,8 @@ impl Ctx {
         }
     }
 
-    /// The MQTT CONNECT for a device's upstream session.
+    /// The MQTT CONNECT for a device's upstream session, without credentials: the shell fills
+    /// in the user name and password of whose session it is (`Output::Open::device`).
     pub(super) fn connect_packet(
         &self,
         client_id: &str,
@@ -224,8 +225,8 @@ impl Ctx {
             keep_alive: u16::try_from(self.settings.upstream_keep_alive.as_secs())
                 .unwrap_or(u16::MAX),
             will,
-            username: self.settings.username.clone(),
-            password: self.settings.password.clone().map(Bytes::from),
+            username: None,
+            password: None,
         }
     }
 }

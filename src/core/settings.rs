@@ -38,8 +38,6 @@ pub struct Settings {
     pub upstream_connect_timeout: Duration,
     /// Prefix put before each device's ClientId upstream.
     pub client_id_prefix: String,
-    pub username: Option<String>,
-    pub password: Option<Vec<u8>>,
     /// Messages buffered for one sleeping device (REGISTERs included).
     pub sleep_buffer_messages: usize,
     /// Octets of payload and topic names buffered for one sleeping device.
@@ -81,8 +79,6 @@ impl Default for Settings {
             upstream_keep_alive: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(10),
             client_id_prefix: String::new(),
-            username: None,
-            password: None,
             sleep_buffer_messages: 100,
             sleep_buffer_bytes: 64 * 1024,
             sleep_keep_qos0: true,

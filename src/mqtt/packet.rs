@@ -47,8 +47,8 @@ pub struct LastWill {
     pub retain: bool,
 }
 
-/// CONNECT (§3.1), protocol name "MQTT", level 4.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// CONNECT (§3.1), protocol name "MQTT", level 4. Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub client_id: String,
     pub clean_session: bool,
@@ -58,6 +58,19 @@ pub struct Connect {
     pub username: Option<String>,
     /// Only allowed together with `username` (§3.1.2.9, [MQTT-3.1.2-22]).
     pub password: Option<Bytes>,
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field("keep_alive", &self.keep_alive)
+            .field("will", &self.will)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .finish()
+    }
 }
 
 /// CONNACK return codes (§3.2.2.3, Table 3.1).

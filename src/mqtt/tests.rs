@@ -370,3 +370,21 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 }
+
+#[test]
+fn connect_debug_redacts_the_password() {
+    let c = Connect {
+        client_id: "dev".into(),
+        clean_session: true,
+        keep_alive: 60,
+        will: None,
+        username: Some("user".into()),
+        password: Some(Bytes::from_static(b"hunter2-secret")),
+    };
+    let shown = format!("{c:?} {:?}", Packet::Connect(Box::new(c.clone())));
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        shown.contains("********") && shown.contains("user"),
+        "{shown}"
+    );
+}

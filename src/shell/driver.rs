@@ -18,12 +18,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
+use super::credentials::Credentials;
 use super::event::Event;
 use super::serial::SerialOut;
 use super::status::{
     Query, Snapshot, StatusRequest, StoreCounters, TransportCounters, TransportInfo,
     UpstreamCounters,
 };
+use super::tls::Tls;
 use super::{multicast, persistence, upstream};
 use crate::core::{DeviceAddr, Gateway, Output, PeerAddr, SessionId, Stats};
 use crate::mqtt;
@@ -44,6 +46,12 @@ pub(super) struct Driver {
     /// The latest session task per upstream ClientId, so a new session waits for the old one.
     pub(super) session_tasks: HashMap<String, JoinHandle<()>>,
     pub(super) broker: SocketAddr,
+    /// Filled into each session's CONNECT (the core sends none).
+    pub(super) credentials: Credentials,
+    /// `None`: plain TCP.
+    pub(super) tls: Option<Tls>,
+    /// Failures to reach the broker, logged once per reason per interval.
+    pub(super) failures: upstream::FailureLog,
     pub(super) connect_timeout: Duration,
     pub(super) session_depth: usize,
     pub(super) events_tx: mpsc::Sender<Event>,
@@ -164,7 +172,10 @@ impl Driver {
                 }
                 self.gateway.handle_upstream(now, session, packet)
             }
-            Event::UpstreamClosed { session } => {
+            Event::UpstreamClosed { session, failure } => {
+                if let Some(reason) = failure {
+                    self.failures.failed(Instant::now(), self.broker, &reason);
+                }
                 self.count_closed(session);
                 self.sessions.remove(&session);
                 self.gateway.handle_upstream_closed(now, session)
@@ -293,8 +304,15 @@ impl Driver {
                     frame,
                 } => self.multicast(usize::from(group.0), radius, &frame).await,
                 Output::Open {
-                    session, connect, ..
+                    session,
+                    mut connect,
+                    device,
                 } => {
+                    self.credentials.fill(&mut connect, device.as_ref());
+                    let tls = self
+                        .tls
+                        .as_ref()
+                        .map(|t| t.target(device.as_ref().and_then(|d| d.rule)));
                     let (tx, rx) = mpsc::channel(self.session_depth);
                     self.sessions.insert(session, tx);
                     if self.session_tasks.len() > 2 * self.session_depth.max(self.sessions.len()) {
@@ -306,6 +324,7 @@ impl Driver {
                         upstream::SessionParams {
                             session,
                             broker: self.broker,
+                            tls,
                             connect,
                             connect_timeout: self.connect_timeout,
                             after,

@@ -45,4 +45,16 @@ pub enum ShellError {
     /// names no configured transport); `key` is `devices[3]` or `devices_file[0]`.
     #[error("{key}: {reason}")]
     Device { key: String, reason: String },
+    /// A TLS file of `broker.upstream.tls` or of a `devices` entry that cannot be used; `key`
+    /// is where it is written (`broker.upstream.tls.ca_file`, `devices[1].cert_file`).
+    #[error("{key}: {}{reason}", .file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Tls {
+        key: String,
+        file: Option<PathBuf>,
+        reason: String,
+    },
+    /// A password that cannot be read (`key` e.g. `devices[2].password_file`; the reason names
+    /// the file or variable, never the secret).
+    #[error("{key}: {reason}")]
+    Credential { key: String, reason: String },
 }

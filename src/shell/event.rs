@@ -26,8 +26,12 @@ pub enum Event {
         session: SessionId,
         packet: mqtt::Packet,
     },
-    /// An upstream session's connection ended.
-    UpstreamClosed { session: SessionId },
+    /// An upstream session's connection ended; `failure` says why when it could not be made
+    /// at all (TCP connect, TLS handshake), for the driver's rate-limited log.
+    UpstreamClosed {
+        session: SessionId,
+        failure: Option<String>,
+    },
     /// The status endpoint asks for a snapshot.
     Status(StatusRequest),
 }

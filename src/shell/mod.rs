@@ -12,6 +12,7 @@
 //! `multicast.rs`), the upstream sessions (`upstream.rs`) and the store writer
 //! (`persistence.rs`) are one file each. None of them imports from this file.
 
+mod credentials;
 mod driver;
 mod error;
 mod event;
@@ -22,6 +23,7 @@ mod serial;
 mod settings;
 mod signals;
 mod status;
+mod tls;
 mod udp;
 mod upstream;
 
@@ -260,6 +262,12 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         }
         None => None,
     };
+    // Secrets and certificates are read once, before anything starts.
+    let mut credentials = credentials::Credentials::load(config)?;
+    let tls = match config.broker.mode {
+        BrokerMode::Upstream => tls::Tls::load(config)?,
+        BrokerMode::Embedded => None,
+    };
     // Embedded: start the broker first, then treat it like any upstream broker.
     let (broker, embedded) = match config.broker.mode {
         BrokerMode::Embedded => {
@@ -378,8 +386,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         // Device sessions log in with the broker's per-process credential, so users_file and
         // acl_file never hinder them (docs/security.md).
         let login = handle.gateway_login();
-        settings.username = Some(login.username.clone());
-        settings.password = Some(login.password.clone());
+        credentials.use_embedded_login(&login.username, &login.password);
     }
     let now = std::time::Instant::now();
     let (persistence, records) = match &config.store.path {
@@ -403,6 +410,9 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         sessions: HashMap::new(),
         session_tasks: HashMap::new(),
         broker,
+        credentials,
+        tls,
+        failures: upstream::FailureLog::default(),
         connect_timeout: config.broker.upstream.connect_timeout,
         session_depth: depth,
         events_tx,

@@ -6,24 +6,13 @@
 
 use super::error::ShellError;
 use crate::broker::EmbeddedSettings;
-use crate::config::{Admission, BrokerMode, Config, QosMinusOne, QosMinusOneSwitch};
+use crate::config::{Admission, Config, QosMinusOne, QosMinusOneSwitch};
 use crate::core::rules::{AddressMatch, AdmissionRules, DeviceRule, QosMinusOnePolicy};
 use crate::core::settings::SourceLimits;
 use crate::core::{Settings, TransportId};
 
 /// The core's settings from the configuration file.
 pub fn settings_from(config: &Config) -> Result<Settings, ShellError> {
-    // Device sessions log in to the embedded broker with its own credentials.
-    let credentials = match config.broker.mode {
-        BrokerMode::Upstream => (
-            &config.broker.upstream.username,
-            &config.broker.upstream.password,
-        ),
-        BrokerMode::Embedded => (
-            &config.broker.embedded.username,
-            &config.broker.embedded.password,
-        ),
-    };
     Ok(Settings {
         gateway_id: config.gateway.id,
         predefined_topics: config
@@ -42,8 +31,6 @@ pub fn settings_from(config: &Config) -> Result<Settings, ShellError> {
         upstream_keep_alive: config.broker.upstream.keep_alive,
         upstream_connect_timeout: config.broker.upstream.connect_timeout,
         client_id_prefix: config.broker.upstream.client_id_prefix.clone(),
-        username: credentials.0.clone(),
-        password: credentials.1.as_ref().map(|p| p.as_bytes().to_vec()),
         sleep_buffer_messages: config.sleep.buffer_messages,
         sleep_buffer_bytes: config.sleep.buffer_bytes,
         sleep_keep_qos0: config.sleep.keep_qos0,

@@ -1,21 +1,26 @@
-//! One task per upstream MQTT session: TCP to the broker, CONNECT first, then packets both
-//! ways. The broker keep-alive (PINGREQ) is this task's business, never the device's.
+//! One task per upstream MQTT session: TCP (and TLS when configured) to the broker, CONNECT
+//! first, then packets both ways. The broker keep-alive (PINGREQ) is this task's business,
+//! never the device's.
 //!
 //! Owns the socket and its read buffer; knows nothing of devices. Reports every packet and
-//! the end of the connection to the driver. Must never act on a packet for a device: that is
-//! the core's decision.
+//! the end of the connection to the driver (with the reason when the connection could not be
+//! made, which the driver logs through [`FailureLog`]). Must never act on a packet for a
+//! device: that is the core's decision.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::ReadHalf;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
-use tracing::debug;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
 
 use super::event::Event;
 use crate::core::SessionId;
@@ -24,9 +29,19 @@ use crate::mqtt;
 /// Largest packet accepted from the broker.
 const MAX_BROKER_PACKET: usize = 1 << 20;
 
+/// TLS toward the broker: the client config (built once at start) and the name its
+/// certificate must carry.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
 pub struct SessionParams {
     pub session: SessionId,
     pub broker: SocketAddr,
+    /// `None`: plain TCP.
+    pub tls: Option<TlsTarget>,
     pub connect: mqtt::Connect,
     pub connect_timeout: Duration,
     /// The previous session task with the same ClientId: it finishes (its DISCONNECT written,
@@ -44,38 +59,80 @@ const BROKER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Runs until the broker closes, an error occurs, or `commands` is closed (then pending
 /// packets are flushed and the socket shut down).
 pub async fn run(
-    p: SessionParams,
+    mut p: SessionParams,
     mut commands: mpsc::Receiver<mqtt::Packet>,
     events: mpsc::Sender<Event>,
 ) {
     let session = p.session;
-    if let Err(reason) = drive(p, &mut commands, &events).await {
-        debug!(session = session.0, %reason, "upstream session ended");
+    let mut failure = None;
+    if let Some(previous) = p.after.take() {
+        let _ = timeout(PREVIOUS_SESSION_WAIT, previous).await;
     }
-    let _ = events.send(Event::UpstreamClosed { session }).await;
+    // Whether the broker has said anything (its CONNACK comes first).
+    let mut heard = false;
+    let ended = match establish(&p).await {
+        Err(reason) => {
+            failure = Some(reason);
+            Ok(())
+        }
+        Ok(Stream::Plain(s)) => drive(s, p, &mut commands, &events, &mut heard).await,
+        Ok(Stream::Tls(s)) => drive(*s, p, &mut commands, &events, &mut heard).await,
+    };
+    match ended {
+        // Refused before a CONNACK: with TLS 1.3 a broker that rejects the client
+        // certificate says so (an alert) only after the handshake.
+        Err(reason) if !heard => failure = Some(format!("before CONNACK: {reason}")),
+        Err(reason) => debug!(session = session.0, %reason, "upstream session ended"),
+        Ok(()) => {}
+    }
+    let _ = events
+        .send(Event::UpstreamClosed { session, failure })
+        .await;
 }
 
-async fn drive(
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// TCP connect (`TCP_NODELAY` on) and, with TLS, the handshake, within the connect timeout.
+/// The error is the reason, the same words for every session that fails the same way (so the
+/// driver can count them as one).
+async fn establish(p: &SessionParams) -> Result<Stream, String> {
+    let connect = async {
+        let stream = TcpStream::connect(p.broker)
+            .await
+            .map_err(|e| format!("TCP connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        match &p.tls {
+            None => Ok(Stream::Plain(stream)),
+            Some(t) => TlsConnector::from(t.config.clone())
+                .connect(t.server_name.clone(), stream)
+                .await
+                .map(|s| Stream::Tls(Box::new(s)))
+                .map_err(|e| format!("TLS handshake: {e}")),
+        }
+    };
+    timeout(p.connect_timeout, connect)
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+}
+
+/// The session over an established stream (plain or TLS: one instance per kind, no boxing
+/// per packet).
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     p: SessionParams,
     commands: &mut mpsc::Receiver<mqtt::Packet>,
     events: &mpsc::Sender<Event>,
+    heard: &mut bool,
 ) -> Result<(), String> {
-    if let Some(previous) = p.after {
-        let _ = timeout(PREVIOUS_SESSION_WAIT, previous).await;
-    }
     let keep_alive = Duration::from_secs(u64::from(p.connect.keep_alive));
-    let mut stream = timeout(p.connect_timeout, TcpStream::connect(p.broker))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.split();
     let mut out = BytesMut::with_capacity(128);
     mqtt::Packet::Connect(Box::new(p.connect))
         .encode(&mut out)
         .map_err(|e| format!("encode CONNECT: {e}"))?;
-    wr.write_all(&out).await.map_err(|e| e.to_string())?;
-    out.clear();
+    write_out(&mut stream, &mut out).await?;
 
     // Small to start: most sessions carry little; the buffer grows for a large packet.
     let mut inbuf = BytesMut::with_capacity(256);
@@ -94,8 +151,8 @@ async fn drive(
                 let Some(packet) = cmd else {
                     // The driver let go of this session: flush and close, then wait for the
                     // broker to close its side too.
-                    let _ = wr.shutdown().await;
-                    await_broker_close(&mut rd, &mut inbuf).await;
+                    let _ = stream.shutdown().await;
+                    await_broker_close(&mut stream, &mut inbuf).await;
                     return Ok(());
                 };
                 encode_into(&packet, &mut out)?;
@@ -106,16 +163,16 @@ async fn drive(
                         Err(_) => break,
                     }
                 }
-                wr.write_all(&out).await.map_err(|e| e.to_string())?;
-                out.clear();
+                write_out(&mut stream, &mut out).await?;
                 last_write = Instant::now();
             }
-            n = rd.read_buf(&mut inbuf) => {
+            n = stream.read_buf(&mut inbuf) => {
                 let n = n.map_err(|e| e.to_string())?;
                 if n == 0 {
                     return Err("broker closed the connection".into());
                 }
                 last_read = Instant::now();
+                *heard = true;
                 while let Some(packet) = mqtt::decode(&mut inbuf, MAX_BROKER_PACKET).map_err(|e| e.to_string())? {
                     if packet == mqtt::Packet::PingResp {
                         continue; // our own keep-alive; the core never sees it
@@ -130,8 +187,7 @@ async fn drive(
                     return Err("broker silent beyond keep-alive".into());
                 }
                 encode_into(&mqtt::Packet::PingReq, &mut out)?;
-                wr.write_all(&out).await.map_err(|e| e.to_string())?;
-                out.clear();
+                write_out(&mut stream, &mut out).await?;
                 last_write = Instant::now();
             }
         }
@@ -148,7 +204,7 @@ async fn drive(
 /// broker may handle the takeover before the DISCONNECT still waiting in the old socket and
 /// publish the old will (rmqtt does: its session loop picks between the kick and the socket
 /// at random). Bounded by [`BROKER_CLOSE_WAIT`] against a broker that never closes.
-async fn await_broker_close(rd: &mut ReadHalf<'_>, inbuf: &mut BytesMut) {
+async fn await_broker_close<S: AsyncRead + Unpin>(rd: &mut S, inbuf: &mut BytesMut) {
     let drain = async {
         loop {
             inbuf.clear();
@@ -163,4 +219,103 @@ async fn await_broker_close(rd: &mut ReadHalf<'_>, inbuf: &mut BytesMut) {
 
 fn encode_into(p: &mqtt::Packet, out: &mut BytesMut) -> Result<(), String> {
     p.encode(out).map_err(|e| format!("encode: {e}"))
+}
+
+/// Writes `out` whole (and flushes: TLS buffers records) and clears it.
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    stream.write_all(out).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    out.clear();
+    Ok(())
+}
+
+/// How often one reason for failing to reach the broker is logged.
+pub(super) const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Distinct reasons remembered; a new one past this forgets the oldest.
+const FAILURE_REASONS: usize = 32;
+
+/// Failures to reach the broker (TCP connect, TLS handshake), logged at warn once per distinct
+/// reason per [`FAILURE_LOG_EVERY`] with the count of the ones not logged since: when the
+/// broker or its certificate is wrong every device fails at once, again at each retry.
+/// Owned by the driver (one owner, no lock).
+#[derive(Default)]
+pub(super) struct FailureLog {
+    /// reason -> (when it was last logged, failures since then not logged)
+    reasons: HashMap<String, (Instant, u64)>,
+}
+
+impl FailureLog {
+    /// Records a failure; logs it unless the same reason was logged less than
+    /// [`FAILURE_LOG_EVERY`] ago. Returns whether it logged.
+    pub(super) fn failed(&mut self, now: Instant, broker: SocketAddr, reason: &str) -> bool {
+        if let Some((logged, suppressed)) = self.reasons.get_mut(reason) {
+            if now.duration_since(*logged) < FAILURE_LOG_EVERY {
+                *suppressed += 1;
+                return false;
+            }
+            let since = *suppressed;
+            *logged = now;
+            *suppressed = 0;
+            warn!(%broker, reason, suppressed = since, "cannot reach the upstream broker ({since} more like it not logged in the last {}s)", FAILURE_LOG_EVERY.as_secs());
+            return true;
+        }
+        if self.reasons.len() >= FAILURE_REASONS {
+            if let Some(oldest) = self
+                .reasons
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(r, _)| r.clone())
+            {
+                self.reasons.remove(&oldest);
+            }
+        }
+        self.reasons.insert(reason.to_owned(), (now, 0));
+        warn!(%broker, reason, "cannot reach the upstream broker");
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_reason_per_interval() {
+        let mut log = FailureLog::default();
+        let broker: SocketAddr = "127.0.0.1:8883".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(log.failed(t0, broker, "TLS handshake: bad"));
+        for i in 1..100 {
+            assert!(!log.failed(
+                t0 + Duration::from_millis(i * 50),
+                broker,
+                "TLS handshake: bad"
+            ));
+        }
+        assert!(
+            log.failed(t0, broker, "TCP connect: refused"),
+            "another reason logs"
+        );
+        assert!(log.failed(t0 + FAILURE_LOG_EVERY, broker, "TLS handshake: bad"));
+        assert_eq!(log.reasons["TLS handshake: bad"].1, 0);
+    }
+
+    #[test]
+    fn remembers_a_bounded_number_of_reasons() {
+        let mut log = FailureLog::default();
+        let broker: SocketAddr = "127.0.0.1:8883".parse().unwrap();
+        let t0 = Instant::now();
+        for i in 0..(FAILURE_REASONS as u64 * 3) {
+            log.failed(
+                t0 + Duration::from_millis(i),
+                broker,
+                &format!("reason {i}"),
+            );
+        }
+        assert!(log.reasons.len() <= FAILURE_REASONS);
+    }
 }

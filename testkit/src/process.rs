@@ -144,6 +144,12 @@ pub struct LoggedGateway(pub Child);
 
 impl LoggedGateway {
     pub fn spawn(bin: &Path, config: &Path, dir: &Path) -> LoggedGateway {
+        Self::spawn_env(bin, config, dir, &[])
+    }
+
+    /// [`LoggedGateway::spawn`] with these environment variables set for the gateway (e.g. a
+    /// `password_env` secret).
+    pub fn spawn_env(bin: &Path, config: &Path, dir: &Path, env: &[(&str, &str)]) -> LoggedGateway {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -153,6 +159,7 @@ impl LoggedGateway {
             .args(["run", "-c"])
             .arg(config)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -175,6 +182,25 @@ impl LoggedGateway {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         panic!("embedded broker did not listen on {port}");
+    }
+
+    /// Waits (up to 20 s) until `dir/stderr.log` contains `needle` (e.g. `UDP transport
+    /// listening`); panics with the log if the gateway exits first or it never appears.
+    pub fn wait_log(&mut self, needle: &str, dir: &Path) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            if log.contains(needle) {
+                return;
+            }
+            if let Some(status) = self.0.try_wait().expect("wait on the gateway") {
+                panic!("gateway exited with {status} before logging `{needle}`: {log}");
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("gateway did not log `{needle}`: {log}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
