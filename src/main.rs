@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mqttsn_gateway::config::{self, Config};
+use mqttsn_gateway::shell::{LoadConfig, Reloader, SetLogFilter};
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_CONFIG: &str = "gateway.yaml";
@@ -75,6 +76,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    // SIGHUP reads the same file again with the same overrides (none without a file).
+    let reload_config: Option<LoadConfig> = if note.is_none() {
+        let path = cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let (udp, broker, log) = (cli.udp.clone(), cli.broker.clone(), cli.log.clone());
+        Some(Box::new(move || {
+            let mut c = Config::load(&path).map_err(|e| e.to_string())?;
+            c.apply_overrides(&udp, broker.clone(), log.clone());
+            Ok(c)
+        }))
+    } else {
+        None
+    };
     config.apply_overrides(&cli.udp, cli.broker, cli.log);
 
     match cli.command.unwrap_or(Command::Run) {
@@ -89,7 +105,7 @@ fn main() -> ExitCode {
             print!("{}", config.redacted().to_yaml());
             ExitCode::SUCCESS
         }
-        Command::Run => match run(config, note) {
+        Command::Run => match run(config, note, reload_config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("error: {err:#}");
@@ -152,23 +168,35 @@ fn load(
     }
 }
 
-fn run(config: Config, note: Option<String>) -> anyhow::Result<()> {
-    init_logging(&config.log)?;
+fn run(
+    config: Config,
+    note: Option<String>,
+    reload_config: Option<LoadConfig>,
+) -> anyhow::Result<()> {
+    let set_log_filter = init_logging(&config.log)?;
     if let Some(note) = note {
         tracing::info!("{note}");
     }
     tracing::debug!(config = %config.redacted().to_yaml(), "effective configuration");
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime
-        .block_on(mqttsn_gateway::shell::run(config))
+        .block_on(mqttsn_gateway::shell::run(
+            config,
+            reload_config.map(|load| Reloader {
+                load,
+                set_log_filter,
+            }),
+        ))
         .context("gateway stopped")
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` when it is set, else by `level` (`--log` / `log.level`).
 ///
 /// A bare level applies to the gateway; libraries stay at `warn` unless named
-/// ([`config::effective_log_filter`]). `RUST_LOG` is taken as written.
-fn init_logging(log: &config::Log) -> anyhow::Result<()> {
+/// ([`config::effective_log_filter`]). `RUST_LOG` is taken as written. Returns how to set a new
+/// `log.level` (SIGHUP): a no-op that says so when `RUST_LOG` wins.
+fn init_logging(log: &config::Log) -> anyhow::Result<SetLogFilter> {
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|e| !e.trim().is_empty());
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.trim().is_empty() => {
             EnvFilter::try_new(&env).with_context(|| format!("invalid RUST_LOG `{env}`"))?
@@ -179,13 +207,28 @@ fn init_logging(log: &config::Log) -> anyhow::Result<()> {
                 .with_context(|| format!("invalid log level `{level}`"))?
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log.format {
-        config::LogFormat::Json => builder.json().init(),
-        // Colour only on a terminal, not in journald or a log file.
-        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // One arm per format: each subscriber type has its own reload handle type.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_env_filter(filter).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            let set: SetLogFilter = if from_env {
+                Box::new(|_| Err("RUST_LOG is set and wins over log.level: unchanged".into()))
+            } else {
+                Box::new(move |level: &str| {
+                    let filter = EnvFilter::try_new(config::effective_log_filter(level))
+                        .map_err(|e| e.to_string())?;
+                    handle.reload(filter).map_err(|e| e.to_string())
+                })
+            };
+            set
+        }};
     }
-    Ok(())
+    Ok(match log.format {
+        config::LogFormat::Json => install!(builder.json()),
+        // Colour only on a terminal, not in journald or a log file.
+        config::LogFormat::Text => install!(builder.with_ansi(std::io::stderr().is_terminal())),
+    })
 }

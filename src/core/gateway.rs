@@ -385,6 +385,50 @@ impl Gateway {
         true
     }
 
+    /// Takes new settings while devices stay connected (SIGHUP): the shell passes the running
+    /// settings with only what may change live replaced — predefined topics, admission rules,
+    /// the QoS -1 policy, bounds that grew. Predefined topic ids resolve anew from now on. With
+    /// new admission rules every device is judged again as a CONNECT from where it is would
+    /// be: its rule (and so its topic permissions and credentials) is updated, and a device the
+    /// rules no longer admit is told DISCONNECT, its session ended with DISCONNECT upstream
+    /// (no will) and forgotten, stored rows included. Returns how many devices that ended.
+    pub fn reconfigure(&mut self, _now: Instant, settings: Settings) -> usize {
+        let admission_changed = settings.admission != self.ctx.settings.admission;
+        if settings.predefined_topics != self.ctx.settings.predefined_topics {
+            self.ctx.predefined = super::topics::Predefined::new(&settings.predefined_topics);
+        }
+        self.ctx.settings = settings;
+        let mut ended = 0;
+        if admission_changed {
+            for id in self.registry.ids() {
+                let Some(dev) = self.registry.get_mut(id) else {
+                    continue;
+                };
+                match self
+                    .ctx
+                    .settings
+                    .admission
+                    .verdict(&dev.client_id, &dev.addr)
+                {
+                    Verdict::Admit(rule) => dev.rule = rule,
+                    _ => {
+                        info!(client_id = %dev.client_id, peer = %dev.addr, "reload: the new admission rules no longer admit this device; disconnected and forgotten");
+                        if dev.is_connected() {
+                            dev.on_disconnect(&mut self.ctx);
+                        } else {
+                            dev.end_quietly(&mut self.ctx);
+                        }
+                        self.registry.remove(id, &mut self.ctx);
+                        self.ctx.stats.devices_refused_on_reload += 1;
+                        ended += 1;
+                    }
+                }
+            }
+        }
+        self.finish_input();
+        ended
+    }
+
     /// Every input ends here: the registry learns the sessions devices opened and closed, and
     /// the input's durable batch goes out.
     fn finish_input(&mut self) {

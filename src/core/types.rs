@@ -227,6 +227,8 @@ pub struct Stats {
     pub connects_refused_source: u64,
     /// CONNECTs refused by admission (`admission: listed`, or a binding not met).
     pub connects_refused_admission: u64,
+    /// Devices ended by a reload whose admission rules no longer admit them.
+    pub devices_refused_on_reload: u64,
     /// CONNECTs refused because the table was full and every device in it was talking.
     pub connects_refused_full: u64,
     /// Devices removed to make room for a newcomer (not connected, or silent since CONNECT).

@@ -26,7 +26,7 @@ use super::status::{
     UpstreamCounters,
 };
 use super::tls::Tls;
-use super::{multicast, persistence, upstream};
+use super::{multicast, persistence, reload, upstream};
 use crate::core::{DeviceAddr, Gateway, Output, PeerAddr, SessionId, Stats};
 use crate::mqtt;
 
@@ -181,6 +181,19 @@ impl Driver {
                 self.gateway.handle_upstream_closed(now, session)
             }
             Event::Status(request) => self.answer(now, request),
+            Event::Reload(request) => {
+                let request = *request;
+                // Only the live parts: what start-up adjusted stays as it runs.
+                let settings = reload::live_settings(self.gateway.settings(), request.settings);
+                let ended = self.gateway.reconfigure(now, settings);
+                if let Some(credentials) = request.credentials {
+                    self.credentials = credentials;
+                }
+                if let Some(tls) = request.tls {
+                    self.tls = tls;
+                }
+                let _ = request.reply.send(ended);
+            }
         }
     }
 

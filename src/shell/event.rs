@@ -6,8 +6,10 @@
 
 use bytes::Bytes;
 
+use super::credentials::Credentials;
 use super::status::StatusRequest;
-use crate::core::{DeviceAddr, GroupId, SessionId};
+use super::tls::Tls;
+use crate::core::{DeviceAddr, GroupId, SessionId, Settings};
 use crate::mqtt;
 
 /// What the driver task is told.
@@ -34,4 +36,22 @@ pub enum Event {
     },
     /// The status endpoint asks for a snapshot.
     Status(StatusRequest),
+    /// SIGHUP: new live settings (and, when `devices` changed in upstream mode, the
+    /// credentials and TLS configurations read again); the reply says how many devices the
+    /// new admission rules ended.
+    Reload(Box<ReloadRequest>),
+}
+
+/// What a reload hands the driver (built by `run` in `mod.rs` from `reload::plan`).
+pub struct ReloadRequest {
+    pub(super) settings: Settings,
+    pub(super) credentials: Option<Credentials>,
+    pub(super) tls: Option<Option<Tls>>,
+    pub(super) reply: tokio::sync::oneshot::Sender<usize>,
+}
+
+impl std::fmt::Debug for ReloadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadRequest").finish_non_exhaustive()
+    }
 }

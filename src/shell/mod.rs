@@ -19,6 +19,7 @@ mod event;
 mod http;
 mod multicast;
 mod persistence;
+mod reload;
 mod serial;
 mod settings;
 mod signals;
@@ -29,6 +30,7 @@ mod upstream;
 
 pub use error::ShellError;
 pub use event::Event;
+pub use reload::{LoadConfig, Reloader, SetLogFilter};
 pub use serial::SerialOut;
 pub use settings::{embedded_settings, settings_from};
 
@@ -128,6 +130,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     stats: watch::Receiver<Stats>,
     shutdown: watch::Sender<bool>,
+    /// The driver's event channel (SIGHUP's reload goes through it).
+    events: mpsc::Sender<Event>,
     driver: JoinHandle<()>,
     broker: Option<BrokerHandle>,
     /// Set when the driver stopped by itself (the store can no longer write).
@@ -161,6 +165,83 @@ impl Running {
 }
 
 impl Running {
+    /// SIGHUP: reads the configuration again and applies what can change with every device
+    /// connected (see `reload.rs`), logging what changed and what waits for a restart.
+    /// Returns the configuration now in effect, or `None` (the error logged with its file,
+    /// line and key, or naming the secret or certificate that could not be read) when
+    /// nothing was applied.
+    pub async fn reload(&mut self, running: &Config, reloader: &Reloader) -> Option<Config> {
+        let new = match (reloader.load)() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload: {e}; the running configuration stays");
+                return None;
+            }
+        };
+        let plan = reload::plan(running, &new);
+        if plan.applied.is_empty() && plan.restart.is_empty() {
+            info!("reload: gateway.yaml unchanged");
+            return Some(plan.live);
+        }
+        let settings = match settings_from(&plan.live) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("reload: {e}; the running configuration stays");
+                return None;
+            }
+        };
+        // New device credentials and certificates are read before anything is applied.
+        let (credentials, tls) =
+            if plan.devices_changed() && plan.live.broker.mode == BrokerMode::Upstream {
+                let loaded = credentials::Credentials::load(&plan.live)
+                    .and_then(|c| tls::Tls::load(&plan.live).map(|t| (c, t)));
+                match loaded {
+                    Ok((c, t)) => (Some(c), Some(t)),
+                    Err(e) => {
+                        tracing::error!("reload: {e}; the running configuration stays");
+                        return None;
+                    }
+                }
+            } else {
+                (None, None)
+            };
+        if plan.applied.iter().any(|k| k == "log.level") {
+            if let Err(e) = (reloader.set_log_filter)(&plan.live.log.level) {
+                warn!("reload: log.level: {e}");
+            }
+        }
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        let request = event::ReloadRequest {
+            settings,
+            credentials,
+            tls,
+            reply: reply_tx,
+        };
+        if self
+            .events
+            .send(Event::Reload(Box::new(request)))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        let ended = reply_rx.await.unwrap_or(0);
+        if !plan.applied.is_empty() {
+            info!(
+                applied = %plan.applied.join(", "),
+                devices_ended = ended,
+                "reload: applied with every device still connected"
+            );
+        }
+        if !plan.restart.is_empty() {
+            warn!(
+                needs_restart = %plan.restart.join(", "),
+                "reload: these changes take effect at the next start"
+            );
+        }
+        Some(plan.live)
+    }
+
     /// Resolves if the gateway stops by itself, with the reason: the store (or the embedded
     /// broker's journal) failed, so no more durable acknowledgement can be given (a supervisor
     /// should restart it).
@@ -404,6 +485,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     let (stats_tx, stats_rx) = watch::channel(Stats::default());
     // The status endpoint asks the driver over its event channel, like any other task.
     let http_events = events_tx.clone();
+    let reload_events = events_tx.clone();
     let driver = Driver {
         gateway,
         transports,
@@ -457,20 +539,34 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         udp_addrs,
         stats: stats_rx,
         shutdown: shutdown_tx,
+        events: reload_events,
         driver: handle,
         broker: embedded,
         failed: failed_rx,
     })
 }
 
-/// Runs the gateway until ctrl-c (SIGINT) or SIGTERM.
-pub async fn run(config: Config) -> Result<(), ShellError> {
+/// Runs the gateway until ctrl-c (SIGINT) or SIGTERM; SIGHUP re-reads the configuration
+/// with `reloader` (without one, SIGHUP is logged and ignored).
+pub async fn run(config: Config, reloader: Option<Reloader>) -> Result<(), ShellError> {
     // Handlers first: a signal that arrives while the gateway starts still stops it cleanly.
-    let signals = Signals::install();
+    let mut signals = Signals::install();
+    let mut hangup = signals.take_hangup();
     let mut running = start(&config).await?;
-    let failure = tokio::select! {
-        _ = signals.wait() => None,
-        reason = running.failure() => Some(reason),
+    let mut current = config;
+    let failure = loop {
+        tokio::select! {
+            _ = signals.stop() => break None,
+            reason = running.failure() => break Some(reason),
+            _ = hangup.recv() => match &reloader {
+                Some(r) => {
+                    if let Some(next) = running.reload(&current, r).await {
+                        current = next;
+                    }
+                }
+                None => warn!("SIGHUP: no configuration file to read again (running on built-in defaults)"),
+            },
+        }
     };
     info!("shutting down");
     running.shutdown().await;

@@ -1,4 +1,5 @@
-//! SIGINT (ctrl-c) and SIGTERM, the signals that stop `run` (in `mod.rs`).
+//! SIGINT (ctrl-c) and SIGTERM, the signals that stop `run` (in `mod.rs`), and SIGHUP, which
+//! asks it to re-read the configuration.
 //!
 //! Owns the handlers only; must never stop anything itself: `run` decides what a signal does.
 
@@ -6,6 +7,8 @@
 pub(super) struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
     ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>,
 }
 
@@ -21,19 +24,49 @@ impl Signals {
         Signals {
             #[cfg(unix)]
             term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+            // Installed from the start: SIGHUP's default action would end the process.
+            #[cfg(unix)]
+            hup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
             ctrl_c,
         }
     }
 
-    pub(super) async fn wait(self) {
+    /// Until SIGINT or SIGTERM.
+    pub(super) async fn stop(&mut self) {
         #[cfg(unix)]
-        if let Some(mut term) = self.term {
+        if let Some(term) = &mut self.term {
             tokio::select! {
-                _ = self.ctrl_c => {}
+                _ = &mut self.ctrl_c => {}
                 _ = term.recv() => {}
             }
             return;
         }
-        let _ = self.ctrl_c.await;
+        let _ = (&mut self.ctrl_c).await;
+    }
+
+    /// The SIGHUP stream, to wait on beside [`Signals::stop`].
+    pub(super) fn take_hangup(&mut self) -> Hangup {
+        Hangup {
+            #[cfg(unix)]
+            hup: self.hup.take(),
+        }
+    }
+}
+
+/// SIGHUP, taken out of [`Signals`].
+pub(super) struct Hangup {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Until the next SIGHUP (never, where there is none).
+    pub(super) async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(hup) = &mut self.hup {
+            hup.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
     }
 }

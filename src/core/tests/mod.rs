@@ -19,6 +19,7 @@ mod limits;
 mod outage;
 mod policy;
 mod record;
+mod reload;
 mod session_switch;
 mod sleep;
 mod subscriptions;

@@ -319,6 +319,13 @@ impl Device {
         ctx.transmit(&self.addr, Message::Disconnect { duration: None });
     }
 
+    /// Ends whatever upstream session a device that is not connected still holds (a sleeper's,
+    /// one being resumed), with DISCONNECT so the broker discards its will; nothing is sent to
+    /// the device.
+    pub(in crate::core) fn end_quietly(&mut self, ctx: &mut Ctx) {
+        self.end_sessions(ctx, true, DeviceState::Disconnected);
+    }
+
     /// The broker closed the device's session (or could not be reached).
     pub(in crate::core) fn on_upstream_closed(
         &mut self,
