@@ -54,7 +54,13 @@ enum Command {
     /// Run the gateway (the default)
     Run,
     /// Validate the configuration, print the effective configuration as YAML and exit
-    Check,
+    Check {
+        /// Also try what a start would do: bind the ports, open the serial ports, write in the
+        /// data directories, read every secret and certificate, and connect to the upstream
+        /// broker (TLS handshake and MQTT CONNECT); prints one line per step
+        #[arg(long)]
+        deep: bool,
+    },
 }
 
 fn parse_log_level(text: &str) -> Result<String, String> {
@@ -68,7 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (mut config, note) = match load(
         cli.config.as_deref(),
-        matches!(cli.command, Some(Command::Check)),
+        matches!(cli.command, Some(Command::Check { .. })),
     ) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -94,7 +100,7 @@ fn main() -> ExitCode {
     config.apply_overrides(&cli.udp, cli.broker, cli.log);
 
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
+        Command::Check { deep } => {
             if let Some(note) = note {
                 eprintln!("{note}");
             }
@@ -102,8 +108,25 @@ fn main() -> ExitCode {
             for line in admission_report(&config) {
                 println!("# {line}");
             }
-            print!("{}", config.redacted().to_yaml());
-            ExitCode::SUCCESS
+            if !deep {
+                print!("{}", config.redacted().to_yaml());
+                return ExitCode::SUCCESS;
+            }
+            let report = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(mqttsn_gateway::shell::check::deep(&config)),
+                Err(e) => {
+                    eprintln!("error: starting the tokio runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print!("{}", report.text());
+            if report.ok() {
+                println!("all checks passed");
+                ExitCode::SUCCESS
+            } else {
+                println!("some checks failed: see FAIL above");
+                ExitCode::FAILURE
+            }
         }
         Command::Run => match run(config, note, reload_config) {
             Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@
 //! `multicast.rs`), the upstream sessions (`upstream.rs`) and the store writer
 //! (`persistence.rs`) are one file each. None of them imports from this file.
 
+pub mod check;
 mod credentials;
 mod driver;
 mod error;

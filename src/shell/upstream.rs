@@ -118,6 +118,65 @@ async fn establish(p: &SessionParams) -> Result<Stream, String> {
         .map_err(|_| "connect timed out".to_string())?
 }
 
+/// `check --deep`: TCP (and TLS) to the broker, `connect`, and the broker's CONNACK code;
+/// then DISCONNECT. The error is the reason, as a session would log it.
+pub(super) async fn probe(
+    broker: SocketAddr,
+    tls: Option<TlsTarget>,
+    connect: mqtt::Connect,
+    connect_timeout: Duration,
+) -> Result<mqtt::ConnectReturnCode, String> {
+    let p = SessionParams {
+        session: SessionId(0),
+        broker,
+        tls,
+        connect,
+        connect_timeout,
+        after: None,
+    };
+    let connack = async {
+        match establish(&p).await? {
+            Stream::Plain(s) => connack(s, p.connect).await,
+            Stream::Tls(s) => connack(*s, p.connect).await,
+        }
+    };
+    timeout(connect_timeout, connack)
+        .await
+        .map_err(|_| "no CONNACK within broker.upstream.connect_timeout".to_string())?
+}
+
+async fn connack<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    connect: mqtt::Connect,
+) -> Result<mqtt::ConnectReturnCode, String> {
+    let mut out = BytesMut::with_capacity(128);
+    encode_into(&mqtt::Packet::Connect(Box::new(connect)), &mut out)?;
+    write_out(&mut stream, &mut out).await?;
+    let mut inbuf = BytesMut::with_capacity(64);
+    loop {
+        let n = stream
+            .read_buf(&mut inbuf)
+            .await
+            .map_err(|e| format!("before CONNACK: {e}"))?;
+        if n == 0 {
+            return Err("the broker closed the connection before its CONNACK".into());
+        }
+        if let Some(packet) =
+            mqtt::decode(&mut inbuf, MAX_BROKER_PACKET).map_err(|e| e.to_string())?
+        {
+            let mqtt::Packet::ConnAck { code, .. } = packet else {
+                return Err(format!("the broker answered CONNECT with {packet:?}"));
+            };
+            if code == mqtt::ConnectReturnCode::Accepted {
+                encode_into(&mqtt::Packet::Disconnect, &mut out)?;
+                let _ = write_out(&mut stream, &mut out).await;
+                let _ = stream.shutdown().await;
+            }
+            return Ok(code);
+        }
+    }
+}
+
 /// The session over an established stream (plain or TLS: one instance per kind, no boxing
 /// per packet).
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
