@@ -131,11 +131,29 @@ fn main() -> ExitCode {
         Command::Run => match run(config, note, reload_config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {}", error_chain(&err));
                 ExitCode::FAILURE
             }
         },
     }
+}
+
+/// The error and its causes, each said once: many of the gateway's errors already name their
+/// cause in their own message (`cannot bind UDP …: Address already in use`), so a cause whose
+/// text is already there is not repeated.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// What `check` says of `admission`, `devices` and `qos_minus_one`, one line each.

@@ -332,3 +332,21 @@ fn check_says_whether_admission_is_open() {
     assert!(stdout.contains("# qos_minus_one: off"), "{stdout}");
     mqttsn_gateway::config::Config::from_yaml_str(&stdout, "stdout").unwrap();
 }
+
+#[test]
+fn a_start_error_says_its_cause_once() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-once-{}", std::process::id()));
+    let config = TempFile::new(&format!(
+        "transports:\n  udp:\n    - bind: 127.0.0.1:{port}\nbroker:\n  mode: upstream\n  upstream:\n    port: 9\nstore:\n  path: {}\nhttp:\n  bind: null\n",
+        dir.join("gateway.db").display()
+    ));
+    let out = run(gateway().args(["run", "-c"]).arg(&config.0));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{stderr}");
+    assert_eq!(last.matches("Address already in use").count(), 1, "{last}");
+}

@@ -12,7 +12,7 @@ use super::durability::Durability;
 use super::settings::Settings;
 use super::topics::Predefined;
 use super::types::DeviceId;
-use super::types::{DeviceAddr, OpenFor, Output, PersistOp, SessionId, Stats};
+use super::types::{DeviceAddr, OpenFor, Output, PeerName, PersistOp, SessionId, Stats};
 use crate::codec::{Encapsulation, Frame, Message};
 use crate::mqtt;
 
@@ -110,11 +110,11 @@ impl Ctx {
         };
         self.scratch.clear();
         if let Err(e) = frame.encode(&mut self.scratch) {
-            debug!(peer = %to, error = %e, "cannot encode frame for device");
+            debug!(peer = %self.peer(to), error = %e, "cannot encode frame for device");
             return None;
         }
         if self.scratch.len() > self.settings.max_frame_size {
-            debug!(peer = %to, len = self.scratch.len(), "frame for device exceeds max_frame_size");
+            debug!(peer = %self.peer(to), len = self.scratch.len(), "frame for device exceeds max_frame_size");
             return None;
         }
         Some(self.scratch.split().freeze())
@@ -208,6 +208,14 @@ impl Ctx {
             self.after_persist(Output::Close { session });
         } else {
             self.out.push_back(Output::Close { session });
+        }
+    }
+
+    /// `addr` as a log line names it (the serial port's path, the radio's node address).
+    pub(super) fn peer<'a>(&'a self, addr: &'a DeviceAddr) -> PeerName<'a> {
+        PeerName {
+            names: &self.settings.transport_names,
+            addr,
         }
     }
 

@@ -63,7 +63,7 @@ pub(crate) fn heard_on_group(ctx: &mut Ctx, group: GroupId, from: &DeviceAddr, m
         Message::Advertise { .. } | Message::GwInfo { .. } => {}
         other => {
             ctx.stats.wrong_state += 1;
-            debug!(peer = %from, group = group.0, msg = ?other.msg_type(), "only SEARCHGW is served on a multicast group; dropped");
+            debug!(peer = %ctx.peer(from), group = group.0, msg = ?other.msg_type(), "only SEARCHGW is served on a multicast group; dropped");
         }
     }
 }

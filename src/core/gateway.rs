@@ -138,14 +138,14 @@ impl Gateway {
         self.ctx.stats.frames_in += 1;
         if frame.len() > self.ctx.settings.max_frame_size {
             self.ctx.stats.oversized += 1;
-            debug!(peer = %from, len = frame.len(), "frame exceeds max_frame_size; dropped");
+            debug!(peer = %self.ctx.peer(&from), len = frame.len(), "frame exceeds max_frame_size; dropped");
             return None;
         }
         match codec::decode(frame) {
             Ok(f) => Some(f),
             Err(e) => {
                 self.ctx.stats.malformed += 1;
-                debug!(peer = %from, error = %e, "malformed frame dropped");
+                debug!(peer = %self.ctx.peer(&from), error = %e, "malformed frame dropped");
                 None
             }
         }
@@ -164,7 +164,7 @@ impl Gateway {
             if decoded.encapsulation.is_some() {
                 // A forwarder talks to the gateway's address, never to a group.
                 self.ctx.stats.wrong_state += 1;
-                debug!(peer = %from, group = group.0, "encapsulated frame on a multicast group dropped");
+                debug!(peer = %self.ctx.peer(&from), group = group.0, "encapsulated frame on a multicast group dropped");
             } else {
                 discovery::heard_on_group(&mut self.ctx, group, &from, decoded.message);
             }
@@ -210,7 +210,7 @@ impl Gateway {
             ) {
                 self.ctx.stats.moves_refused += 1;
                 if let Some(unlogged) = self.refusal_log.tick(now) {
-                    info!(peer = %from, client_id = %dev.client_id, unlogged, "PINGREQ refused: ClientId bound elsewhere by its devices entry; the session stays");
+                    info!(peer = %self.ctx.peer(&from), client_id = %dev.client_id, unlogged, "PINGREQ refused: ClientId bound elsewhere by its devices entry; the session stays");
                 }
                 return;
             }
@@ -269,7 +269,7 @@ impl Gateway {
     /// A device with no session spoke: tell it to CONNECT again (spec §6.12).
     fn no_session(&mut self, from: &DeviceAddr, msg: &Message) {
         self.ctx.stats.unknown_peer += 1;
-        debug!(peer = %from, msg = ?msg.msg_type(), "message from a peer with no session");
+        debug!(peer = %self.ctx.peer(&from), msg = ?msg.msg_type(), "message from a peer with no session");
         // Answering a DISCONNECT with a DISCONNECT could ping-pong between two gateways.
         if !matches!(msg, Message::Disconnect { .. }) {
             self.ctx
@@ -287,7 +287,7 @@ impl Gateway {
             // An MQTT string cannot carry U+0000 ([MQTT-1.5.3-2]): no CONNECT upstream could.
             || c.client_id.contains('\0')
         {
-            debug!(peer = %from, client_id = %c.client_id, protocol_id = c.protocol_id, "CONNECT refused");
+            debug!(peer = %self.ctx.peer(&from), client_id = %c.client_id, protocol_id = c.protocol_id, "CONNECT refused");
             refuse(&mut self.ctx, codec::ReturnCode::NotSupported);
             return;
         }
@@ -301,7 +301,7 @@ impl Gateway {
                     } else {
                         "ClientId bound elsewhere by its devices entry (transport, address or node)"
                     };
-                    info!(peer = %from, client_id = %c.client_id, unlogged, "CONNECT refused: {why}");
+                    info!(peer = %self.ctx.peer(&from), client_id = %c.client_id, unlogged, "CONNECT refused: {why}");
                 }
                 refuse(&mut self.ctx, codec::ReturnCode::NotSupported);
                 return;
@@ -311,7 +311,7 @@ impl Gateway {
         if let Err(why) = self.registry.admission.admit(now, &from, known) {
             self.ctx.stats.connects_refused_source += 1;
             if let Some(unlogged) = self.refusal_log.tick(now) {
-                info!(peer = %from, client_id = %c.client_id, limit = why.as_str(), unlogged, "CONNECT refused: per-source limit");
+                info!(peer = %self.ctx.peer(&from), client_id = %c.client_id, limit = why.as_str(), unlogged, "CONNECT refused: per-source limit");
             }
             refuse(&mut self.ctx, codec::ReturnCode::Congestion);
             return;
@@ -322,7 +322,7 @@ impl Gateway {
             if let Some(o) = self.registry.get_mut(other) {
                 if o.client_id != c.client_id {
                     if o.is_connected() {
-                        o.lose(&mut self.ctx);
+                        o.lose(&mut self.ctx, "another ClientId connected from its address");
                     }
                     self.registry.unbind_addr(&from);
                 }
@@ -334,7 +334,7 @@ impl Gateway {
                 if self.registry.len() >= self.ctx.settings.max_devices && !self.evict_one() {
                     self.ctx.stats.connects_refused_full += 1;
                     if let Some(unlogged) = self.refusal_log.tick(now) {
-                        info!(peer = %from, client_id = %c.client_id, unlogged, "CONNECT refused: limits.max_devices reached and every device is talking");
+                        info!(peer = %self.ctx.peer(&from), client_id = %c.client_id, unlogged, "CONNECT refused: limits.max_devices reached and every device is talking");
                     }
                     refuse(&mut self.ctx, codec::ReturnCode::Congestion);
                     return;
@@ -376,7 +376,7 @@ impl Gateway {
         };
         if class == Class::Pending {
             if let Some(d) = self.registry.get_mut(id) {
-                debug!(client_id = %d.client_id, peer = %d.addr, "table full: pending device evicted");
+                debug!(client_id = %d.client_id, peer = %self.ctx.peer(&d.addr), "table full: pending device evicted");
                 d.on_disconnect(&mut self.ctx);
             }
         }
@@ -412,7 +412,7 @@ impl Gateway {
                 {
                     Verdict::Admit(rule) => dev.rule = rule,
                     _ => {
-                        info!(client_id = %dev.client_id, peer = %dev.addr, "reload: the new admission rules no longer admit this device; disconnected and forgotten");
+                        info!(client_id = %dev.client_id, peer = %self.ctx.peer(&dev.addr), "reload: the new admission rules no longer admit this device; disconnected and forgotten");
                         if dev.is_connected() {
                             dev.on_disconnect(&mut self.ctx);
                         } else {
@@ -529,7 +529,7 @@ impl Gateway {
                     .verdict(&record.client_id, &addr),
                 Verdict::Admit(_)
             ) {
-                info!(client_id = %record.client_id, peer = %addr,
+                info!(client_id = %record.client_id, peer = %self.ctx.peer(&addr),
                     "stored session not restored: the devices rules no longer admit it; its stored state is deleted");
                 Device::forget_stored(&mut self.ctx, &record.client_id);
                 report.refused += 1;
@@ -636,11 +636,14 @@ impl Gateway {
             && dev.is_connected()
             && matches!(dev.addr.peer, PeerAddr::Udp(_))
         {
-            info!(client_id = %dev.client_id, peer = %dev.addr, sent = dev.silent_bytes,
+            info!(client_id = %dev.client_id, peer = %self.ctx.peer(&dev.addr), sent = dev.silent_bytes,
                 "device lost: it sent nothing back while limits.max_silent_downlink_bytes were sent to it");
             dev.silent_bytes = 0;
             self.ctx.stats.devices_silent_lost += 1;
-            dev.lose(&mut self.ctx);
+            dev.lose(
+                &mut self.ctx,
+                "limits.max_silent_downlink_bytes sent with nothing heard back",
+            );
         }
         let class = if !dev.is_connected() {
             Class::Idle

@@ -57,14 +57,14 @@ impl QosMinusOne {
     ) {
         if !allowed(&ctx.settings.qos_minus_one, from, p.topic) {
             ctx.stats.qos_minus_one_denied += 1;
-            debug!(peer = %from, topic = ?p.topic, "QoS -1 PUBLISH dropped by qos_minus_one");
+            debug!(peer = %ctx.peer(from), topic = ?p.topic, "QoS -1 PUBLISH dropped by qos_minus_one");
             return;
         }
         // QoS -1 allows only predefined ids and short names: no table.
         let topic = topics::publish_name(&ctx.predefined, None, p.topic);
         let Some(topic) = topic else {
             ctx.stats.wrong_state += 1;
-            debug!(peer = %from, topic = ?p.topic, "QoS -1 PUBLISH on an unusable topic dropped");
+            debug!(peer = %ctx.peer(from), topic = ?p.topic, "QoS -1 PUBLISH on an unusable topic dropped");
             return;
         };
         ctx.stats.uplink_publishes += 1;

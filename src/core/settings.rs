@@ -58,6 +58,9 @@ pub struct Settings {
     pub admission: AdmissionRules,
     /// `qos_minus_one`: who may publish without a connection.
     pub qos_minus_one: QosMinusOnePolicy,
+    /// What each transport is, by `TransportId` (a UDP bind address, a serial port's path),
+    /// for log lines only. Empty: addresses are logged in their raw form.
+    pub transport_names: Vec<String>,
 }
 
 /// The one place these defaults are written: `config`'s sections read them (`limits`,
@@ -88,6 +91,7 @@ impl Default for Settings {
             max_subscriptions_per_device: 256,
             admission: AdmissionRules::default(),
             qos_minus_one: QosMinusOnePolicy::default(),
+            transport_names: Vec::new(),
         }
     }
 }

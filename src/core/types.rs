@@ -56,6 +56,40 @@ impl std::fmt::Display for DeviceAddr {
     }
 }
 
+/// A device's address as a person reads it in a log line: the UDP source, or the serial port's
+/// path with the radio's node address, and the forwarder node when there is one
+/// (`serial /dev/ttyUSB0 radio 0013a20041a7b3c2 via node 0a1b`). Built by the context from
+/// `Settings::transport_names`; falls back to [`DeviceAddr`]'s own form.
+pub(crate) struct PeerName<'a> {
+    pub(super) names: &'a [String],
+    pub(super) addr: &'a DeviceAddr,
+}
+
+impl std::fmt::Display for PeerName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(name) = self.names.get(usize::from(self.addr.transport.0)) else {
+            return self.addr.fmt(f);
+        };
+        match &self.addr.peer {
+            PeerAddr::Udp(a) => write!(f, "udp {a}")?,
+            PeerAddr::Link(l) if l.is_empty() => write!(f, "serial {name}")?,
+            PeerAddr::Link(l) => {
+                write!(f, "serial {name} radio ")?;
+                for b in l.iter() {
+                    write!(f, "{b:02x}")?;
+                }
+            }
+        }
+        if let Some(n) = &self.addr.wireless_node_id {
+            f.write_str(" via node ")?;
+            for b in n.iter() {
+                write!(f, "{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A multicast group the shell listens on for discovery (`discovery.multicast[]`, in config
 /// order); assigned by the shell, which alone knows the group's address, port and transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -276,5 +310,45 @@ impl Stats {
         };
         self.downlink_by_qos[q] += 1;
         self.downlink_bytes_by_qos[q] += payload as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_named_by_their_port_path_radio_and_node() {
+        let names = ["0.0.0.0:1884".to_owned(), "/dev/ttyUSB0".to_owned()];
+        let udp = DeviceAddr::udp(TransportId(0), "192.168.1.7:5000".parse().unwrap());
+        let radio = DeviceAddr {
+            transport: TransportId(1),
+            peer: PeerAddr::Link(Bytes::from_static(&[0x00, 0x13, 0xa2, 0x00])),
+            wireless_node_id: Some(Bytes::from_static(&[0x0a, 0x1b])),
+        };
+        let uart = DeviceAddr {
+            transport: TransportId(1),
+            peer: PeerAddr::Link(Bytes::new()),
+            wireless_node_id: None,
+        };
+        let name = |addr| {
+            PeerName {
+                names: &names,
+                addr,
+            }
+            .to_string()
+        };
+        assert_eq!(name(&udp), "udp 192.168.1.7:5000");
+        assert_eq!(
+            name(&radio),
+            "serial /dev/ttyUSB0 radio 0013a200 via node 0a1b"
+        );
+        assert_eq!(name(&uart), "serial /dev/ttyUSB0");
+        // Without names: the raw form.
+        let raw = PeerName {
+            names: &[],
+            addr: &udp,
+        };
+        assert_eq!(raw.to_string(), udp.to_string());
     }
 }

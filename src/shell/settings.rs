@@ -40,6 +40,19 @@ pub fn settings_from(config: &Config) -> Result<Settings, ShellError> {
         max_subscriptions_per_device: config.limits.max_subscriptions_per_device,
         admission: admission_rules(config)?,
         qos_minus_one: qos_minus_one(&config.qos_minus_one),
+        transport_names: config
+            .transports
+            .udp
+            .iter()
+            .map(|u| u.bind.to_string())
+            .chain(
+                config
+                    .transports
+                    .serial
+                    .iter()
+                    .map(|s| s.path.display().to_string()),
+            )
+            .collect(),
     })
 }
 

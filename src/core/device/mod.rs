@@ -439,13 +439,11 @@ impl Device {
                 }
             }
             DeviceTimer::KeepAlive => {
-                info!(client_id = %self.client_id, "keep-alive expired; device lost");
-                self.lose(ctx);
+                self.lose(ctx, "keep-alive expired");
                 return AfterFire::Stop;
             }
             DeviceTimer::Sleep => {
-                info!(client_id = %self.client_id, "sleep duration expired; device lost");
-                self.lose(ctx);
+                self.lose(ctx, "sleep duration expired");
                 return AfterFire::Stop;
             }
             DeviceTimer::Retransmit => {
@@ -458,8 +456,7 @@ impl Device {
                     self.go_to_sleep(ctx, now);
                     return AfterFire::Stop;
                 } else {
-                    info!(client_id = %self.client_id, "no answer after N_RETRY; device lost");
-                    self.lose(ctx);
+                    self.lose(ctx, "no answer after timers.max_retries re-sends");
                     return AfterFire::Stop;
                 }
             }

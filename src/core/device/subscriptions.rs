@@ -84,6 +84,19 @@ pub(super) struct DeviceSuback {
 }
 
 impl DeviceSuback {
+    /// The filter the device asked for.
+    pub(super) fn filter(&self) -> &str {
+        &self.filter
+    }
+
+    /// The QoS the broker granted (`None`: refused).
+    pub(super) fn granted(&self) -> Option<mqtt::QoS> {
+        match self.code {
+            Some(mqtt::SubackCode::Granted(q)) => Some(q),
+            _ => None,
+        }
+    }
+
     /// (asked, got) when the broker granted less than the device asked for.
     pub(super) fn downgraded(&self) -> Option<(mqtt::QoS, mqtt::QoS)> {
         match self.code {

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 use super::super::connect::{will_prompt_time, Begin};
 use super::super::subscriptions::Gap;
 use super::super::timers::DeviceTimer;
-use super::super::types::{DeviceState, Link};
+use super::super::types::{DeviceState, HoldsPacketIds, Link};
 use super::super::Device;
 use crate::codec::{self, Message, ReturnCode, WillTopic};
 use crate::core::bridge;
@@ -44,6 +44,7 @@ impl Device {
         if self.state == DeviceState::Awake {
             return; // a re-sent PINGREQ: the flush goes on, PINGRESP comes last
         }
+        info!(client_id = %self.client_id, buffered = self.down.depth().0, "device awake");
         self.set_state(ctx, DeviceState::Awake);
         self.resume_inflight(ctx, now);
         self.pump(ctx, now);
@@ -272,7 +273,7 @@ impl Device {
         self.set_state(ctx, DeviceState::Active);
         self.timers.clear_upstream_wait();
         self.last_heard = now;
-        info!(client_id = %self.client_id, peer = %self.addr, "device connected");
+        info!(client_id = %self.client_id, peer = %ctx.peer(&self.addr), clean_session = self.conn.clean_session, will = self.conn.will_topic().is_some(), keep_alive = self.conn.keep_alive_secs(), "device connected");
         ctx.transmit(
             &self.addr,
             Message::Connack {
@@ -287,7 +288,20 @@ impl Device {
 
     /// The device is gone without DISCONNECT: drop the upstream session ungracefully so the
     /// broker publishes the will.
-    pub(in crate::core) fn lose(&mut self, ctx: &mut Ctx) {
+    /// The device is gone without DISCONNECT: its will fires. One info line with `why` and
+    /// what was still pending toward it and from it.
+    pub(in crate::core) fn lose(&mut self, ctx: &mut Ctx, why: &'static str) {
+        let (queued, queued_bytes) = self.down.depth();
+        info!(
+            client_id = %self.client_id,
+            peer = %ctx.peer(&self.addr),
+            why,
+            queued,
+            queued_bytes,
+            inflight_down = self.down.has_inflight(),
+            inflight_up = self.up.held() + self.outage.held(),
+            "device lost"
+        );
         self.end_sessions(ctx, false, DeviceState::Lost);
         ctx.stats.devices_lost += 1;
     }
@@ -311,6 +325,7 @@ impl Device {
 
     /// DISCONNECT from the device: a clean MQTT DISCONNECT upstream (no will).
     pub(in crate::core) fn on_disconnect(&mut self, ctx: &mut Ctx) {
+        info!(client_id = %self.client_id, "device disconnected");
         self.end_sessions(ctx, true, DeviceState::Disconnected);
         if self.conn.clean_session {
             self.topics.clear();

@@ -250,6 +250,14 @@ impl Device {
         }
         self.release_will_responses(ctx);
         if let Subacked::Device(reply) = acked {
+            match reply.granted() {
+                Some(qos) => {
+                    info!(client_id = %self.client_id, filter = reply.filter(), qos = qos as u8, "device subscribed")
+                }
+                None => {
+                    info!(client_id = %self.client_id, filter = reply.filter(), "broker refused the device's subscription")
+                }
+            }
             if let Some((asked, got)) = reply.downgraded() {
                 self.note_downgrade(asked, got, "subscription granted a lower QoS");
             }
