@@ -138,14 +138,14 @@ impl Gateway {
         self.ctx.stats.frames_in += 1;
         if frame.len() > self.ctx.settings.max_frame_size {
             self.ctx.stats.oversized += 1;
-            debug!(peer = %self.ctx.peer(&from), len = frame.len(), "frame exceeds max_frame_size; dropped");
+            debug!(peer = %self.ctx.peer(from), len = frame.len(), "frame exceeds max_frame_size; dropped");
             return None;
         }
         match codec::decode(frame) {
             Ok(f) => Some(f),
             Err(e) => {
                 self.ctx.stats.malformed += 1;
-                debug!(peer = %self.ctx.peer(&from), error = %e, "malformed frame dropped");
+                debug!(peer = %self.ctx.peer(from), error = %e, "malformed frame dropped");
                 None
             }
         }
@@ -269,7 +269,7 @@ impl Gateway {
     /// A device with no session spoke: tell it to CONNECT again (spec §6.12).
     fn no_session(&mut self, from: &DeviceAddr, msg: &Message) {
         self.ctx.stats.unknown_peer += 1;
-        debug!(peer = %self.ctx.peer(&from), msg = ?msg.msg_type(), "message from a peer with no session");
+        debug!(peer = %self.ctx.peer(from), msg = ?msg.msg_type(), "message from a peer with no session");
         // Answering a DISCONNECT with a DISCONNECT could ping-pong between two gateways.
         if !matches!(msg, Message::Disconnect { .. }) {
             self.ctx
