@@ -23,6 +23,7 @@ pub mod discovery;
 pub mod duration;
 mod error;
 mod sections;
+mod status;
 
 pub use broker::{Broker, BrokerMode, Embedded, EmbeddedTls, Upstream};
 pub use checks::{check_log_level, effective_log_filter};
@@ -36,6 +37,7 @@ pub use sections::{
     SerialFraming, SerialParity, SerialTransport, Sleep, StoreSection, Timers, Transports,
     UdpTransport,
 };
+pub use status::Status;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -95,6 +97,9 @@ pub struct Config {
     /// `qos_minus_one`: who may publish without a connection.
     #[serde(deserialize_with = "null_as_default")]
     pub qos_minus_one: QosMinusOne,
+    /// `status`: availability of the gateway and its devices on the broker.
+    #[serde(deserialize_with = "null_as_default")]
+    pub status: Status,
 }
 
 impl Config {

@@ -25,6 +25,7 @@ use super::qos_minus_one::QosMinusOne;
 use super::registry::Registry;
 use super::rules::Verdict;
 use super::settings::Settings;
+use super::status::Status;
 use super::types::DeviceId;
 use super::types::{DeviceAddr, GroupId, Output, PeerAddr, SessionId, Stats, Table};
 use crate::codec::{self, Message};
@@ -50,6 +51,8 @@ pub struct Gateway {
     /// Devices by handle, address, ClientId and session; their timers and admission entries.
     registry: Registry,
     qos_m1: QosMinusOne,
+    /// `status`: the availability session and the states it owes the broker.
+    status: Status,
     next_advertise: Option<Instant>,
     /// Refused CONNECTs are logged at most this often.
     refusal_log: LogLimiter,
@@ -58,13 +61,31 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(settings: Settings, now: Instant) -> Self {
         let next_advertise = settings.advertise_interval.map(|_| now);
-        Gateway {
+        let mut gw = Gateway {
             registry: Registry::new(settings.per_source.clone()),
             refusal_log: LogLimiter::default(),
             ctx: Ctx::new(settings),
             qos_m1: QosMinusOne::default(),
+            status: Status::default(),
             next_advertise,
-        }
+        };
+        // The status session opens first (its Open is the first output), when `status` is on.
+        gw.status.open(&mut gw.ctx, now);
+        gw
+    }
+
+    /// A clean shutdown is starting: the status session publishes `offline` and says
+    /// DISCONNECT (its will would say the same, but a DISCONNECT discards the will). Call it
+    /// once, after the last input, and carry the outputs out before closing the sessions.
+    pub fn shutdown(&mut self, _now: Instant) {
+        self.status.shutdown(&mut self.ctx);
+        self.finish_input();
+    }
+
+    /// Device states waiting for the status session (tests: the bound holds).
+    #[cfg(test)]
+    pub(crate) fn status_pending(&self) -> usize {
+        self.status.pending_len()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -103,6 +124,7 @@ impl Gateway {
             self.registry.timers.next_deadline(),
             self.next_advertise,
             self.qos_m1.next_deadline(),
+            self.status.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -372,7 +394,7 @@ impl Gateway {
         if class == Class::Pending {
             if let Some(d) = self.registry.get_mut(id) {
                 debug!(client_id = %d.client_id, peer = %d.addr, "table full: pending device evicted");
-                d.on_disconnect(&mut self.ctx);
+                d.on_evicted(&mut self.ctx);
             }
         }
         self.ctx.stats.devices_evicted += 1;
@@ -384,6 +406,9 @@ impl Gateway {
     /// the input's durable batch goes out.
     fn finish_input(&mut self) {
         self.registry.sync_sessions(&mut self.ctx);
+        for (client_id, state) in self.ctx.take_availability() {
+            self.status.report(&mut self.ctx, client_id, state);
+        }
         self.ctx.flush_persist();
     }
 
@@ -396,6 +421,10 @@ impl Gateway {
     fn upstream_in(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
         if self.qos_m1.owns(session) {
             self.qos_m1.on_upstream(&mut self.ctx, now, packet);
+            return;
+        }
+        if self.status.owns(session) {
+            self.status.on_upstream(&mut self.ctx, now, packet);
             return;
         }
         let Some(id) = self.registry.by_session(session) else {
@@ -417,6 +446,10 @@ impl Gateway {
     fn upstream_closed(&mut self, now: Instant, session: SessionId) {
         if self.qos_m1.owns(session) {
             self.qos_m1.on_closed(&self.ctx, now);
+            return;
+        }
+        if self.status.owns(session) {
+            self.status.on_closed(now);
             return;
         }
         let Some(id) = self.registry.unbind_session(session) else {
@@ -571,6 +604,7 @@ impl Gateway {
             }
         }
         self.qos_m1.on_timeout(&mut self.ctx, now);
+        self.status.on_timeout(&mut self.ctx, now);
     }
 
     /// After `id` handled an input: charge what was sent to it since `tx_mark` to its silence

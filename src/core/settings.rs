@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub use super::admission::SourceLimits;
 pub use super::rules::{AdmissionRules, QosMinusOnePolicy};
+pub use super::status::StatusSettings;
 
 /// Gateway-wide settings for [`super::Gateway`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,10 @@ pub struct Settings {
     pub admission: AdmissionRules,
     /// `qos_minus_one`: who may publish without a connection.
     pub qos_minus_one: QosMinusOnePolicy,
+    /// `status`: availability topics on the broker and their own session; `None`: none.
+    /// (The configuration's default is on; a core built from `Settings::default()` publishes
+    /// nothing, so a test that does not ask for it sees no extra session.)
+    pub status: Option<StatusSettings>,
 }
 
 /// The one place these defaults are written: `config`'s sections read them (`limits`,
@@ -92,6 +97,7 @@ impl Default for Settings {
             max_subscriptions_per_device: 256,
             admission: AdmissionRules::default(),
             qos_minus_one: QosMinusOnePolicy::default(),
+            status: None,
         }
     }
 }

@@ -21,6 +21,7 @@ mod policy;
 mod record;
 mod session_switch;
 mod sleep;
+mod status;
 mod subscriptions;
 mod timers;
 mod topics;
