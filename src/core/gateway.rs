@@ -1,5 +1,6 @@
 //! The `Gateway`: routes frames from devices and packets from upstream sessions to the right
-//! device state machine; holds the device registry (`registry.rs`), discovery and the QoS -1 path.
+//! device state machine; holds the device registry (`registry.rs`), discovery, the QoS -1 path and
+//! the status session (`status.rs`).
 //!
 //! Call pattern (the shell's driver loop):
 //! 1. feed an input: [`Gateway::handle_frame`], [`Gateway::handle_group_frame`],
@@ -7,6 +8,7 @@
 //!    [`Gateway::handle_timeout`], each with `now`;
 //! 2. drain [`Gateway::poll_output`] until `None` and carry each [`Output`] out in order;
 //! 3. sleep until [`Gateway::poll_timeout`] (or the next input) and call `handle_timeout`.
+//! 4. at a clean stop, call [`Gateway::shutdown`] once and carry its outputs out too.
 //!
 //! Owns: routing and the registry. Must never: do I/O or read the clock (time is `now`), or act
 //! for a device itself: the device's state machine does.
