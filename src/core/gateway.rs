@@ -79,9 +79,11 @@ impl Gateway {
     /// A clean shutdown is starting: the status session publishes `offline` and says
     /// DISCONNECT (its will would say the same, but a DISCONNECT discards the will). Call it
     /// once, after the last input, and carry the outputs out before closing the sessions.
-    pub fn shutdown(&mut self, _now: Instant) {
-        self.status.shutdown(&mut self.ctx);
+    /// Returns the session whose last words must reach the broker: wait for it to close.
+    pub fn shutdown(&mut self, _now: Instant) -> Option<SessionId> {
+        let said = self.status.shutdown(&mut self.ctx);
         self.finish_input();
+        said
     }
 
     /// Device states waiting for the status session (tests: the bound holds).

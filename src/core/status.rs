@@ -218,18 +218,20 @@ impl Status {
     /// A clean shutdown: `offline` is published before the DISCONNECT (which discards the
     /// will). A session not yet accepted is just dropped: its will, if it was accepted after
     /// all, says the same.
-    pub(super) fn shutdown(&mut self, ctx: &mut Ctx) {
+    /// Returns the session that said `offline`, if one did.
+    pub(super) fn shutdown(&mut self, ctx: &mut Ctx) -> Option<SessionId> {
         self.stopped = true;
         self.retry_at = None;
         self.connect_deadline = None;
-        if self.connected {
+        let said = self.connected;
+        if said {
             let topic = self.gateway_state_topic(ctx);
             self.publish(ctx, Flight::Gateway, topic, "offline");
         }
-        if let Some(session) = self.session.take() {
-            ctx.close(session, self.connected);
-        }
         self.connected = false;
+        let session = self.session.take()?;
+        ctx.close(session, said);
+        said.then_some(session)
     }
 
     fn failed(&mut self, now: Instant) {

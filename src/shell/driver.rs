@@ -112,13 +112,12 @@ impl Driver {
         }
         // The core's last words (the status session's `offline`, then its DISCONNECT); the
         // sessions it closes are waited for below in either broker mode.
-        let before: HashSet<SessionId> = self.sessions.keys().copied().collect();
-        self.gateway.shutdown(std::time::Instant::now());
-        self.flush(persistence.as_ref()).await;
-        let mut closing: HashSet<SessionId> = before
+        let mut closing: HashSet<SessionId> = self
+            .gateway
+            .shutdown(std::time::Instant::now())
             .into_iter()
-            .filter(|s| !self.sessions.contains_key(s))
             .collect();
+        self.flush(persistence.as_ref()).await;
         // Dropping the session senders lets every upstream task flush and close.
         let mut open = self.sessions.len();
         if self.disconnect_on_shutdown {

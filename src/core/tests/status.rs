@@ -254,7 +254,7 @@ fn an_unanswered_connect_is_given_up_and_retried() {
 #[test]
 fn shutdown_publishes_offline_before_disconnect() {
     let (mut w, st) = up(with_status(false, |_| {}));
-    w.gw.shutdown(w.now);
+    assert_eq!(w.gw.shutdown(w.now), Some(st), "wait for it to close");
     let out = w.take_all();
     let [Output::Send {
         session: s1,
@@ -288,7 +288,7 @@ fn shutdown_publishes_offline_before_disconnect() {
 fn shutdown_while_the_session_is_down_says_nothing() {
     let (mut w, st) = up(with_status(false, |_| {}));
     w.broker_closed(st);
-    w.gw.shutdown(w.now);
+    assert_eq!(w.gw.shutdown(w.now), None);
     w.assert_quiet();
     w.advance(Duration::from_secs(120));
     assert!(w.opened().is_empty());
@@ -443,4 +443,12 @@ fn restored_devices_are_reported_once_the_session_is_up() {
             state("kept", "asleep")
         ]
     );
+}
+
+#[test]
+fn shutdown_before_the_connack_drops_the_session_without_disconnect() {
+    let mut w = World::with(with_status(false, |_| {}));
+    let st = w.opened()[0].0;
+    assert_eq!(w.gw.shutdown(w.now), None);
+    assert_eq!(w.take_all(), vec![Output::Close { session: st }]);
 }
