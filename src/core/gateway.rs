@@ -27,7 +27,7 @@ use super::qos_minus_one::QosMinusOne;
 use super::registry::Registry;
 use super::rules::Verdict;
 use super::settings::Settings;
-use super::status::Status;
+use super::status::{self, Status};
 use super::types::DeviceId;
 use super::types::{DeviceAddr, GroupId, Output, PeerAddr, SessionId, Stats, Table};
 use crate::codec::{self, Message};
@@ -307,6 +307,9 @@ impl Gateway {
             || c.client_id.len() > self.ctx.settings.max_client_id_len
             // An MQTT string cannot carry U+0000 ([MQTT-1.5.3-2]): no CONNECT upstream could.
             || c.client_id.contains('\0')
+            // The status session's ClientId: a device under it would take that session over.
+            || (self.ctx.settings.status.is_some()
+                && c.client_id == status::client_id(self.ctx.settings.gateway_id))
         {
             debug!(peer = %from, client_id = %c.client_id, protocol_id = c.protocol_id, "CONNECT refused");
             refuse(&mut self.ctx, codec::ReturnCode::NotSupported);

@@ -128,8 +128,8 @@ impl Status {
             qos: mqtt::QoS::AtLeastOnce,
             retain: true,
         };
-        let client_id = format!("mqttsn-gateway-{}", ctx.settings.gateway_id);
-        let connect = ctx.connect_packet(&client_id, true, Some(will));
+        let connect_id = client_id(ctx.settings.gateway_id);
+        let connect = ctx.connect_packet(&connect_id, true, Some(will));
         self.retry_at = None;
         self.connect_deadline = Some(now + ctx.settings.upstream_connect_timeout);
         self.session = Some(ctx.open(None, connect, None));
@@ -360,6 +360,11 @@ impl Status {
             }
         }
     }
+}
+
+/// The status session's ClientId (before `client_id_prefix`); a device may not use it.
+pub(crate) fn client_id(gateway_id: u8) -> String {
+    format!("mqttsn-gateway-{gateway_id}")
 }
 
 /// `<prefix>/state`: the gateway's own `online` / `offline`.

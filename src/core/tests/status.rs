@@ -452,3 +452,15 @@ fn shutdown_before_the_connack_drops_the_session_without_disconnect() {
     assert_eq!(w.gw.shutdown(w.now), None);
     assert_eq!(w.take_all(), vec![Output::Close { session: st }]);
 }
+
+#[test]
+fn a_device_may_not_take_the_status_sessions_client_id() {
+    let (mut w, _) = up(with_status(false, |_| {}));
+    let a = addr(1);
+    w.device_send(&a, connect_msg("mqttsn-gateway-1", true, false, 60));
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![connack(ReturnCode::NotSupported)]
+    );
+    assert!(w.opened().is_empty());
+}
