@@ -25,6 +25,8 @@ on_both_backends!(
 
 /// Nothing more arrives within this (what was refused would have arrived by then).
 const QUIET: Duration = Duration::from_millis(500);
+/// The gateway's availability topics (`status`, on by default): the `#` watchers skip them.
+const STATUS: &str = "mqttsn/";
 
 /// `test_config` with the `admission` and `devices` of `yaml`.
 fn with_devices(broker_port: u16, yaml: &str) -> Config {
@@ -80,7 +82,7 @@ async fn a_device_not_on_the_allow_list_is_refused_and_never_reaches_the_broker(
         "it has no session"
     );
     assert!(
-        watch.next_publish(QUIET).await.is_none(),
+        watch.next_publish_outside(STATUS, QUIET).await.is_none(),
         "nothing reached the broker"
     );
     // The canary's connection is still the one holding the ClientId: its PUBACK comes back
@@ -89,7 +91,7 @@ async fn a_device_not_on_the_allow_list_is_refused_and_never_reaches_the_broker(
         .publish("canary", b"alive", mqtt::QoS::AtLeastOnce, false)
         .await;
     let p = watch
-        .next_publish(WAIT)
+        .next_publish_outside(STATUS, WAIT)
         .await
         .expect("the canary is still connected");
     assert_eq!(
@@ -155,7 +157,10 @@ async fn a_takeover_from_another_address_is_refused_while_the_real_device_carrie
             return_code: ReturnCode::Accepted
         })
     );
-    let p = watch.next_publish(WAIT).await.expect("delivered");
+    let p = watch
+        .next_publish_outside(STATUS, WAIT)
+        .await
+        .expect("delivered");
     assert_eq!(
         (p.topic.as_str(), &p.payload[..]),
         ("real/t", &b"still here"[..])
@@ -168,11 +173,14 @@ async fn a_takeover_from_another_address_is_refused_while_the_real_device_carrie
         other => panic!("expected the PUBLISH, got {other:?}"),
     }
     let p = watch
-        .next_publish(WAIT)
+        .next_publish_outside(STATUS, WAIT)
         .await
         .expect("the feeder's message");
     assert_eq!(p.topic, "dn");
-    assert!(watch.next_publish(QUIET).await.is_none(), "no will");
+    assert!(
+        watch.next_publish_outside(STATUS, QUIET).await.is_none(),
+        "no will"
+    );
     assert!(
         thief.try_recv(QUIET).await.is_none(),
         "nothing went to the thief"
@@ -227,13 +235,16 @@ async fn publishes_and_subscriptions_outside_the_patterns_are_refused(backend: B
     assert!(
         matches!(dev.recv().await, Message::Puback(p) if p.return_code == ReturnCode::Accepted)
     );
-    let p = watch.next_publish(WAIT).await.expect("the allowed one");
+    let p = watch
+        .next_publish_outside(STATUS, WAIT)
+        .await
+        .expect("the allowed one");
     assert_eq!(
         (p.topic.as_str(), &p.payload[..]),
         ("s/dev-1/t", &b"allowed"[..])
     );
     assert!(
-        watch.next_publish(QUIET).await.is_none(),
+        watch.next_publish_outside(STATUS, QUIET).await.is_none(),
         "the denied ones never arrive"
     );
 
@@ -322,13 +333,16 @@ async fn qos_minus_one_outside_the_policy_is_dropped(backend: Backend) {
     inside
         .publish(TopicRef::Predefined(7), QoS::MinusOne, false, 0, b"allowed")
         .await;
-    let p = watch.next_publish(WAIT).await.expect("the allowed one");
+    let p = watch
+        .next_publish_outside(STATUS, WAIT)
+        .await
+        .expect("the allowed one");
     assert_eq!(
         (p.topic.as_str(), &p.payload[..]),
         ("sensors/predefined", &b"allowed"[..])
     );
     assert!(
-        watch.next_publish(QUIET).await.is_none(),
+        watch.next_publish_outside(STATUS, QUIET).await.is_none(),
         "the others are dropped"
     );
     assert_eq!(gw.stats().qos_minus_one_denied, 2);

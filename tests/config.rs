@@ -988,3 +988,53 @@ fn redacted_and_debug_hide_the_upstream_password() {
     assert!(!format!("{c:?}").contains("hunter2"));
     assert!(!c.redacted().to_yaml().contains("hunter2"));
 }
+
+#[test]
+fn status_defaults_keys_and_checks() {
+    let d = Config::default();
+    assert!(d.status.enabled);
+    assert_eq!(d.status.topic_prefix, None);
+    assert_eq!(d.status.effective_prefix(d.gateway.id), "mqttsn/1");
+    assert!(!d.status.homeassistant);
+    assert_eq!(d.status.homeassistant_prefix, "homeassistant");
+
+    let c = Config::from_yaml_str(
+        "gateway:\n  id: 7\nstatus:\n  topic_prefix: site/a\n  homeassistant: true\n  homeassistant_prefix: ha\n",
+        "gateway.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.status.effective_prefix(c.gateway.id), "site/a");
+    assert!(c.status.homeassistant);
+    assert_eq!(c.status.homeassistant_prefix, "ha");
+    let c = Config::from_yaml_str("gateway:\n  id: 7\nstatus:\n  enabled: false\n", "x").unwrap();
+    assert!(!c.status.enabled);
+    assert_eq!(c.status.effective_prefix(7), "mqttsn/7");
+    let c = Config::from_yaml_str("status:\n  topic_prefix: null\n", "x").unwrap();
+    assert_eq!(c.status, Config::default().status);
+
+    for (bad, why) in [
+        ("a/+", "valid MQTT topic name"),
+        ("'a/#'", "valid MQTT topic name"),
+        ("a/", "starts or ends"),
+        ("/a", "starts or ends"),
+        ("'$SYS/x'", "`$`"),
+        ("''", "empty"),
+    ] {
+        let (line, _, key, text) = invalid(&format!(
+            "status:\n  enabled: true\n  topic_prefix: {bad}\n"
+        ));
+        assert_eq!(
+            (line, key.as_str()),
+            (Some(3), "status.topic_prefix"),
+            "{bad}"
+        );
+        assert!(text.contains(why), "{bad}: {text}");
+    }
+    let (line, _, key, _) = invalid("status:\n  homeassistant_prefix: 'ha/#'\n");
+    assert_eq!(
+        (line, key.as_str()),
+        (Some(2), "status.homeassistant_prefix")
+    );
+    let (_, _, key, _) = invalid("status:\n  enable: true\n");
+    assert_eq!(key, "status.enable");
+}

@@ -155,6 +155,9 @@ struct Args {
     /// Keep the temp directory with configs and logs.
     #[arg(long)]
     keep: bool,
+    /// Run every gateway with `status.enabled: false` (no availability topics), to compare.
+    #[arg(long)]
+    no_status: bool,
 }
 
 impl Args {
@@ -230,6 +233,7 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
+    procs::NO_STATUS.store(a.no_status, std::sync::atomic::Ordering::Relaxed);
     if a.payload < STAMP {
         bail!("--payload must be at least {STAMP}");
     }

@@ -41,12 +41,23 @@ pub(crate) fn start_mosquitto(
     )
 }
 
+/// `--no-status`: every bench gateway runs with `status.enabled: false` (to measure what the
+/// availability topics cost; they are on by default).
+pub(crate) static NO_STATUS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The `limits` section of every bench gateway: room for `max_devices`, and the hostile-peer
 /// bounds opened up, since every bench device speaks from 127.0.0.1, connects at once and may
-/// take a QoS 0 stream without answering (the bench is a trusted network).
+/// take a QoS 0 stream without answering (the bench is a trusted network). With `--no-status`
+/// also `status.enabled: false`.
 pub(crate) fn trusted_limits(max_devices: usize) -> String {
+    let status = if NO_STATUS.load(std::sync::atomic::Ordering::Relaxed) {
+        "status:\n  enabled: false\n"
+    } else {
+        ""
+    };
     format!(
-        "limits:\n  max_devices: {max_devices}\n  max_silent_downlink_bytes: 4294967295\n  per_source:\n    devices_per_address: {max_devices}\n    devices_per_subnet: {max_devices}\n    pending_per_address: {max_devices}\n    pending_per_subnet: {max_devices}\n    connects_per_second: 4294967295\n    connect_burst: {max_devices}\n"
+        "{status}limits:\n  max_devices: {max_devices}\n  max_silent_downlink_bytes: 4294967295\n  per_source:\n    devices_per_address: {max_devices}\n    devices_per_subnet: {max_devices}\n    pending_per_address: {max_devices}\n    pending_per_subnet: {max_devices}\n    connects_per_second: 4294967295\n    connect_burst: {max_devices}\n"
     )
 }
 

@@ -24,6 +24,7 @@ pub mod duration;
 mod error;
 mod http;
 mod sections;
+mod status;
 
 pub use broker::{
     Broker, BrokerMode, Embedded, EmbeddedTls, Upstream, UpstreamTls, PLAIN_PORT, TLS_PORT,
@@ -40,6 +41,7 @@ pub use sections::{
     SerialFraming, SerialParity, SerialTransport, Sleep, StoreSection, Timers, Transports,
     UdpTransport,
 };
+pub use status::Status;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -102,6 +104,9 @@ pub struct Config {
     /// `http`: the status page, `/api/devices` and `/metrics`.
     #[serde(deserialize_with = "http::http")]
     pub http: Http,
+    /// `status`: availability of the gateway and its devices on the broker.
+    #[serde(deserialize_with = "null_as_default")]
+    pub status: Status,
 }
 
 impl Config {

@@ -10,6 +10,7 @@ use tracing::debug;
 
 use super::durability::Durability;
 use super::settings::Settings;
+use super::status::Availability;
 use super::topics::Predefined;
 use super::types::DeviceId;
 use super::types::{DeviceAddr, OpenFor, Output, PeerName, PersistOp, SessionId, Stats};
@@ -38,6 +39,8 @@ pub(crate) struct Ctx {
     /// Octets of every frame queued for a device so far (the gateway charges the difference
     /// around a device's input to that device).
     pub tx_bytes: u64,
+    /// Devices' availability changes during this input, for `status` (empty when it is off).
+    availability: Vec<(String, Availability)>,
 }
 
 impl Ctx {
@@ -53,7 +56,20 @@ impl Ctx {
             predefined,
             scratch: BytesMut::with_capacity(256),
             tx_bytes: 0,
+            availability: Vec::new(),
         }
+    }
+
+    /// A device's availability changed (see `status.rs`); nothing when `status` is off.
+    pub(super) fn report_availability(&mut self, client_id: &str, state: Availability) {
+        if self.settings.status.is_some() {
+            self.availability.push((client_id.to_owned(), state));
+        }
+    }
+
+    /// The availability changes since the last call.
+    pub(super) fn take_availability(&mut self) -> Vec<(String, Availability)> {
+        std::mem::take(&mut self.availability)
     }
 
     /// The session changes since the last call.

@@ -1,5 +1,6 @@
 //! The `Gateway`: routes frames from devices and packets from upstream sessions to the right
-//! device state machine; holds the device registry (`registry.rs`), discovery and the QoS -1 path.
+//! device state machine; holds the device registry (`registry.rs`), discovery, the QoS -1 path and
+//! the status session (`status.rs`).
 //!
 //! Call pattern (the shell's driver loop):
 //! 1. feed an input: [`Gateway::handle_frame`], [`Gateway::handle_group_frame`],
@@ -7,6 +8,7 @@
 //!    [`Gateway::handle_timeout`], each with `now`;
 //! 2. drain [`Gateway::poll_output`] until `None` and carry each [`Output`] out in order;
 //! 3. sleep until [`Gateway::poll_timeout`] (or the next input) and call `handle_timeout`.
+//! 4. at a clean stop, call [`Gateway::shutdown`] once and carry its outputs out too.
 //!
 //! Owns: routing and the registry. Must never: do I/O or read the clock (time is `now`), or act
 //! for a device itself: the device's state machine does.
@@ -25,6 +27,7 @@ use super::qos_minus_one::QosMinusOne;
 use super::registry::Registry;
 use super::rules::Verdict;
 use super::settings::Settings;
+use super::status::{self, Status};
 use super::types::DeviceId;
 use super::types::{DeviceAddr, GroupId, Output, PeerAddr, SessionId, Stats, Table};
 use crate::codec::{self, Message};
@@ -50,6 +53,8 @@ pub struct Gateway {
     /// Devices by handle, address, ClientId and session; their timers and admission entries.
     registry: Registry,
     qos_m1: QosMinusOne,
+    /// `status`: the availability session and the states it owes the broker.
+    status: Status,
     next_advertise: Option<Instant>,
     /// Refused CONNECTs are logged at most this often.
     refusal_log: LogLimiter,
@@ -58,13 +63,33 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(settings: Settings, now: Instant) -> Self {
         let next_advertise = settings.advertise_interval.map(|_| now);
-        Gateway {
+        let mut gw = Gateway {
             registry: Registry::new(settings.per_source.clone()),
             refusal_log: LogLimiter::default(),
             ctx: Ctx::new(settings),
             qos_m1: QosMinusOne::default(),
+            status: Status::default(),
             next_advertise,
-        }
+        };
+        // The status session opens first (its Open is the first output), when `status` is on.
+        gw.status.open(&mut gw.ctx, now);
+        gw
+    }
+
+    /// A clean shutdown is starting: the status session publishes `offline` and says
+    /// DISCONNECT (its will would say the same, but a DISCONNECT discards the will). Call it
+    /// once, after the last input, and carry the outputs out before closing the sessions.
+    /// Returns the session whose last words must reach the broker: wait for it to close.
+    pub fn shutdown(&mut self, _now: Instant) -> Option<SessionId> {
+        let said = self.status.shutdown(&mut self.ctx);
+        self.finish_input();
+        said
+    }
+
+    /// Device states waiting for the status session (tests: the bound holds).
+    #[cfg(test)]
+    pub(crate) fn status_pending(&self) -> usize {
+        self.status.pending_len()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -108,6 +133,7 @@ impl Gateway {
             self.registry.timers.next_deadline(),
             self.next_advertise,
             self.qos_m1.next_deadline(),
+            self.status.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -286,6 +312,9 @@ impl Gateway {
             || c.client_id.len() > self.ctx.settings.max_client_id_len
             // An MQTT string cannot carry U+0000 ([MQTT-1.5.3-2]): no CONNECT upstream could.
             || c.client_id.contains('\0')
+            // The status session's ClientId: a device under it would take that session over.
+            || (self.ctx.settings.status.is_some()
+                && c.client_id == status::client_id(self.ctx.settings.gateway_id))
         {
             debug!(peer = %self.ctx.peer(&from), client_id = %c.client_id, protocol_id = c.protocol_id, "CONNECT refused");
             refuse(&mut self.ctx, codec::ReturnCode::NotSupported);
@@ -377,7 +406,7 @@ impl Gateway {
         if class == Class::Pending {
             if let Some(d) = self.registry.get_mut(id) {
                 debug!(client_id = %d.client_id, peer = %self.ctx.peer(&d.addr), "table full: pending device evicted");
-                d.on_disconnect(&mut self.ctx);
+                d.on_evicted(&mut self.ctx);
             }
         }
         self.ctx.stats.devices_evicted += 1;
@@ -433,6 +462,9 @@ impl Gateway {
     /// the input's durable batch goes out.
     fn finish_input(&mut self) {
         self.registry.sync_sessions(&mut self.ctx);
+        for (client_id, state) in self.ctx.take_availability() {
+            self.status.report(&mut self.ctx, client_id, state);
+        }
         self.ctx.flush_persist();
     }
 
@@ -445,6 +477,10 @@ impl Gateway {
     fn upstream_in(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
         if self.qos_m1.owns(session) {
             self.qos_m1.on_upstream(&mut self.ctx, now, packet);
+            return;
+        }
+        if self.status.owns(session) {
+            self.status.on_upstream(&mut self.ctx, now, packet);
             return;
         }
         let Some(id) = self.registry.by_session(session) else {
@@ -466,6 +502,10 @@ impl Gateway {
     fn upstream_closed(&mut self, now: Instant, session: SessionId) {
         if self.qos_m1.owns(session) {
             self.qos_m1.on_closed(&self.ctx, now);
+            return;
+        }
+        if self.status.owns(session) {
+            self.status.on_closed(now);
             return;
         }
         let Some(id) = self.registry.unbind_session(session) else {
@@ -620,6 +660,7 @@ impl Gateway {
             }
         }
         self.qos_m1.on_timeout(&mut self.ctx, now);
+        self.status.on_timeout(&mut self.ctx, now);
     }
 
     /// After `id` handled an input: charge what was sent to it since `tx_mark` to its silence

@@ -23,6 +23,7 @@ mod qos_minus_one;
 mod registry;
 pub mod rules;
 pub mod settings;
+mod status;
 mod timers;
 mod topics;
 mod types;
@@ -34,6 +35,7 @@ mod tests;
 pub use device::{with_tolerance, DeviceState};
 pub use gateway::{Gateway, RestoreReport};
 pub use settings::Settings;
+pub use status::{Availability, StatusSettings};
 pub use types::{
     DeviceAddr, DeviceId, GroupId, OpenFor, Output, PeerAddr, PersistOp, SessionId, Stats, Table,
     TransportId,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub use super::admission::SourceLimits;
 pub use super::rules::{AdmissionRules, QosMinusOnePolicy};
+pub use super::status::StatusSettings;
 
 /// Gateway-wide settings for [`super::Gateway`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,10 @@ pub struct Settings {
     /// What each transport is, by `TransportId` (a UDP bind address, a serial port's path),
     /// for log lines only. Empty: addresses are logged in their raw form.
     pub transport_names: Vec<String>,
+    /// `status`: availability topics on the broker and their own session; `None`: none.
+    /// (The configuration's default is on; a core built from `Settings::default()` publishes
+    /// nothing, so a test that does not ask for it sees no extra session.)
+    pub status: Option<StatusSettings>,
 }
 
 /// The one place these defaults are written: `config`'s sections read them (`limits`,
@@ -92,6 +97,7 @@ impl Default for Settings {
             admission: AdmissionRules::default(),
             qos_minus_one: QosMinusOnePolicy::default(),
             transport_names: Vec::new(),
+            status: None,
         }
     }
 }

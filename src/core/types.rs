@@ -283,6 +283,14 @@ pub struct Stats {
     /// PINGREQs with a ClientId from an address that ClientId's rule does not bind (a
     /// sleeping device's session would have moved there): dropped, the session stays.
     pub moves_refused: u64,
+    /// Retained PUBLISHes on the status session (`status`): the gateway's `online` /
+    /// `offline`, device states, Home Assistant discovery configs.
+    pub status_publishes: u64,
+    /// Times the status session was accepted again after it dropped.
+    pub status_reconnects: u64,
+    /// Device states not published: more than `limits.max_devices` pending while the status
+    /// session was down, or a ClientId too long for a topic.
+    pub status_dropped: u64,
     /// PUBLISH packets sent to the broker (first transmissions, not DUP re-sends) by MQTT QoS
     /// (0, 1, 2; a device's QoS -1 goes up as 0), and their payload octets.
     pub uplink_by_qos: [u64; 3],

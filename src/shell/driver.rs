@@ -6,7 +6,7 @@
 //! device or session (full queues drop, and the core hears of it), and never hold a lock
 //! across `.await`. Built by `start` in `mod.rs`, which it never imports.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,6 +131,14 @@ impl Driver {
             self.flush(persistence.as_ref()).await;
             self.stats.send_replace(self.gateway.stats());
         }
+        // The core's last words (the status session's `offline`, then its DISCONNECT); the
+        // sessions it closes are waited for below in either broker mode.
+        let mut closing: HashSet<SessionId> = self
+            .gateway
+            .shutdown(std::time::Instant::now())
+            .into_iter()
+            .collect();
+        self.flush(persistence.as_ref()).await;
         // Dropping the session senders lets every upstream task flush and close.
         let mut open = self.sessions.len();
         if self.disconnect_on_shutdown {
@@ -138,15 +146,20 @@ impl Driver {
                 let _ = tx.try_send(mqtt::Packet::Disconnect);
             }
         }
+        if !self.disconnect_on_shutdown {
+            open = 0; // upstream mode: the device sessions just close
+        }
         self.sessions.clear();
-        if self.disconnect_on_shutdown {
-            let deadline = Instant::now() + DISCONNECT_WAIT;
-            while open > 0 {
-                match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Ok(Some(Event::UpstreamClosed { .. })) => open -= 1,
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
+        let deadline = Instant::now() + DISCONNECT_WAIT;
+        while open > 0 || !closing.is_empty() {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Event::UpstreamClosed { session, .. })) => {
+                    if !closing.remove(&session) {
+                        open = open.saturating_sub(1);
+                    }
                 }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
             }
         }
         // The writer commits what is queued before the driver ends.

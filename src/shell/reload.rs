@@ -115,6 +115,7 @@ pub(super) fn plan(running: &Config, new: &Config) -> Plan {
     rest!(store, "store");
     rest!(log.format, "log.format");
     rest!(http, "http");
+    rest!(status, "status");
     Plan {
         live,
         applied,

@@ -9,7 +9,7 @@ use crate::broker::EmbeddedSettings;
 use crate::config::{Admission, Config, QosMinusOne, QosMinusOneSwitch};
 use crate::core::rules::{AddressMatch, AdmissionRules, DeviceRule, QosMinusOnePolicy};
 use crate::core::settings::SourceLimits;
-use crate::core::{Settings, TransportId};
+use crate::core::{Settings, StatusSettings, TransportId};
 
 /// The core's settings from the configuration file.
 pub fn settings_from(config: &Config) -> Result<Settings, ShellError> {
@@ -53,6 +53,16 @@ pub fn settings_from(config: &Config) -> Result<Settings, ShellError> {
                     .map(|s| s.path.display().to_string()),
             )
             .collect(),
+        status: status(config),
+    })
+}
+
+/// `status` as the core's settings; `None` when it is off.
+fn status(config: &Config) -> Option<StatusSettings> {
+    let s = &config.status;
+    s.enabled.then(|| StatusSettings {
+        topic_prefix: s.effective_prefix(config.gateway.id),
+        homeassistant: s.homeassistant.then(|| s.homeassistant_prefix.clone()),
     })
 }
 

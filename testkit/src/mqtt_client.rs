@@ -149,6 +149,23 @@ impl MqttClient {
         }
     }
 
+    /// The next PUBLISH whose topic is not under `prefix` (a `#` watcher also sees the
+    /// gateway's own `mqttsn/` status topics); the others are acknowledged and skipped.
+    pub async fn next_publish_outside(
+        &mut self,
+        prefix: &str,
+        wait: Duration,
+    ) -> Option<mqtt::Publish> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let p = self.next_publish(left).await?;
+            if !p.topic.starts_with(prefix) {
+                return Some(p);
+            }
+        }
+    }
+
     /// The next PUBLISH delivered to this client (acknowledged as its QoS requires).
     pub async fn next_publish(&mut self, wait: Duration) -> Option<mqtt::Publish> {
         let deadline = tokio::time::Instant::now() + wait;

@@ -71,6 +71,7 @@ use super::ctx::Ctx;
 use super::permissions;
 use super::persist::{self, DeviceRecord, StoredState, UplinkRecord};
 use super::rules::Verdict;
+use super::status::Availability;
 use super::topics::TopicTable;
 use super::types::DeviceId;
 use super::types::{DeviceAddr, SessionId};
@@ -120,6 +121,8 @@ pub(crate) struct Device {
     stored: Record,
     /// The session on which a QoS downgrade by the broker was logged.
     downgrade_noted: Option<SessionId>,
+    /// The availability last reported for `status` (one report per change).
+    reported: Option<Availability>,
 }
 
 impl Device {
@@ -136,6 +139,7 @@ impl Device {
             outage: outage::Outage::default(),
             stored: Record::default(),
             downgrade_noted: None,
+            reported: None,
             id,
             client_id,
             addr,
@@ -216,6 +220,16 @@ impl Device {
         self.state = state;
         if self.record_state() != stored_before {
             self.save(ctx);
+        }
+        if let Some(a) = availability(state) {
+            // A device that never was active (refused, given up while connecting) is not
+            // announced at all: no retained topic for every ClientId that ever tried.
+            let never_seen = self.reported.is_none()
+                && matches!(a, Availability::Lost | Availability::Disconnected);
+            if self.reported != Some(a) && !never_seen {
+                self.reported = Some(a);
+                ctx.report_availability(&self.client_id, a);
+            }
         }
     }
 
@@ -630,5 +644,18 @@ impl Device {
         if self.down.on_pubcomp(ctx, msg_id) {
             self.pump(ctx, now);
         }
+    }
+}
+
+/// What the broker is told of a device in `state`; `None` while it is connecting (the CONNECT
+/// is not accepted yet: the previous availability stands). Awake is still asleep: a PINGREQ
+/// wake-up fetches the buffer and goes back to sleep, no change a dashboard should flap on.
+fn availability(state: DeviceState) -> Option<Availability> {
+    match state {
+        DeviceState::Active => Some(Availability::Active),
+        DeviceState::Asleep | DeviceState::Awake => Some(Availability::Asleep),
+        DeviceState::Lost => Some(Availability::Lost),
+        DeviceState::Disconnected => Some(Availability::Disconnected),
+        DeviceState::AwaitWillTopic | DeviceState::AwaitWillMsg | DeviceState::AwaitBroker => None,
     }
 }

@@ -22,6 +22,7 @@ mod record;
 mod reload;
 mod session_switch;
 mod sleep;
+mod status;
 mod subscriptions;
 mod timers;
 mod topics;

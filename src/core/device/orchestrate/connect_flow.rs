@@ -341,6 +341,13 @@ impl Device {
         self.end_sessions(ctx, true, DeviceState::Disconnected);
     }
 
+    /// Evicted for a newcomer (not heard since its CONNECT): told to connect again, its
+    /// session ended without its will, and lost to `status` (it did not say DISCONNECT).
+    pub(in crate::core) fn on_evicted(&mut self, ctx: &mut Ctx) {
+        self.end_sessions(ctx, true, DeviceState::Lost);
+        ctx.transmit(&self.addr, Message::Disconnect { duration: None });
+    }
+
     /// The broker closed the device's session (or could not be reached).
     pub(in crate::core) fn on_upstream_closed(
         &mut self,
