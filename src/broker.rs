@@ -202,36 +202,8 @@ mod passwd;
 #[cfg(feature = "embedded-broker")]
 mod tls;
 
-/// Compares two byte strings in time that depends only on their lengths, not on where they
-/// differ, so a password cannot be guessed byte by byte from response times.
-#[cfg_attr(not(feature = "embedded-broker"), allow(dead_code))]
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    let longest = a.len().max(b.len());
-    for i in 0..longest {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    // black_box keeps the optimiser from turning the loop into an early exit.
-    std::hint::black_box(diff) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn constant_time_eq_is_equality() {
-        assert!(constant_time_eq(b"", b""));
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
-        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(!constant_time_eq(b"a\0", b"a"));
-    }
-}
+#[cfg_attr(not(feature = "embedded-broker"), allow(unused_imports))]
+use crate::util::constant_time_eq;
 
 #[cfg(feature = "embedded-broker")]
 mod imp {

@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -36,20 +36,7 @@ macro_rules! embedded_or_skip {
 }
 
 fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} missing in CI (apt-get install -y mosquitto-clients)"
-        );
-        eprintln!("\n!!!!! SKIPPED: {tool} not installed !!!!!\n");
-    }
-    found
+    have_tool(tool, "mosquitto-clients")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

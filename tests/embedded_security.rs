@@ -10,7 +10,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
@@ -34,20 +34,7 @@ topic read public/#
 ";
 
 fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} missing in CI (apt-get install -y mosquitto mosquitto-clients)"
-        );
-        eprintln!("\n!!!!! SKIPPED: {tool} not installed !!!!!\n");
-    }
-    found
+    have_tool(tool, "mosquitto mosquitto-clients")
 }
 
 macro_rules! tools_or_skip {

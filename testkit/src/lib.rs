@@ -41,6 +41,26 @@ pub use sn_client::SnClient;
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// Whether the command-line tool `tool` (from the Debian package `package`) can be run. When
+/// it cannot: under CI (env `CI` set) a panic naming the package, else a loud SKIPPED line and
+/// `false`, so the test returns.
+pub fn have_tool(tool: &str, package: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} missing in CI (apt-get install -y {package})"
+        );
+        eprintln!("\n!!!!! SKIPPED: {tool} not installed (apt-get install -y {package}) !!!!!\n");
+    }
+    found
+}
+
 /// A free TCP port on 127.0.0.1 (bound to port 0 and read back).
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
