@@ -188,9 +188,10 @@ async fn devices_metrics_and_the_page_in_a_browser() {
         Some(4.0)
     );
     assert_eq!(metric(text, "mqttsn_sleep_buffer_messages"), Some(1.0));
+    // The two devices' sessions and the gateway's own availability session.
     assert_eq!(
         metric(text, "mqttsn_upstream_connacks_total{result=\"accepted\"}"),
-        Some(2.0)
+        Some(3.0)
     );
     let frames_in = format!(
         "mqttsn_transport_frames_total{{transport=\"0\",kind=\"udp\",name=\"{}\",direction=\"in\"}}",

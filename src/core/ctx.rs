@@ -183,6 +183,12 @@ impl Ctx {
                 self.stats.count_uplink(p.qos, p.payload.len());
             }
         }
+        self.send_own(session, packet);
+    }
+
+    /// A packet of the gateway's own (availability) session: not a device's message, so the
+    /// message counters leave it out (it has `status_publishes`).
+    pub(super) fn send_own(&mut self, session: SessionId, packet: mqtt::Packet) {
         if self.durability.holds(session) {
             // An earlier packet on this session waits for the store: keep the order.
             self.after_persist(Output::Send { session, packet });

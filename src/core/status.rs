@@ -337,7 +337,7 @@ impl Status {
         let packet_id = self.next_packet_id();
         self.inflight.push_back((packet_id, flight));
         ctx.stats.status_publishes += 1;
-        ctx.send(
+        ctx.send_own(
             session,
             mqtt::Packet::Publish(mqtt::Publish {
                 dup: false,
