@@ -128,6 +128,40 @@ async fn credentials_are_required_and_device_sessions_use_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_password_can_come_from_a_file() {
+    embedded_or_skip!();
+    let dir = temp_dir("embedded-pwfile");
+    let file = dir.join("broker-password");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let mut config = embedded_config("127.0.0.1:0".parse().unwrap(), &dir);
+    config.broker.embedded.username = Some("home".into());
+    config.broker.embedded.password_file = Some(file.clone());
+    let (gw, _) = start_gateway(&config).await;
+    let broker = gw.broker_addr().unwrap();
+    let (_c, code) =
+        MqttClient::try_connect(broker, "good", true, Some(("home", "from-a-file"))).await;
+    assert_eq!(
+        code,
+        mqtt::ConnectReturnCode::Accepted,
+        "one trailing newline is not part of it"
+    );
+    let (_c, code) = MqttClient::try_connect(broker, "bad", true, Some(("home", "x"))).await;
+    assert_eq!(code, mqtt::ConnectReturnCode::BadUserNameOrPassword);
+    gw.shutdown().await;
+    // An unreadable file stops the start, naming the key and the file.
+    std::fs::remove_file(&file).unwrap();
+    let Err(err) = shell::start(&config).await else {
+        panic!("started without its password file")
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("broker.embedded") && text.contains("broker-password"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn port_in_use_is_an_error_naming_the_key_and_value() {
     embedded_or_skip!();

@@ -222,6 +222,10 @@ pub struct Embedded {
     pub username: Option<String>,
     /// `password`: see `username`.
     pub password: Option<String>,
+    /// `password_file`: a file holding that password (one trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// `password_env`: an environment variable holding that password.
+    pub password_env: Option<String>,
     /// `users_file`: more users, from a file written by `mosquitto_passwd` (read at start).
     #[serde(deserialize_with = "optional_file")]
     pub users_file: Option<PathBuf>,
@@ -245,6 +249,8 @@ impl Default for Embedded {
             data_dir: PathBuf::from("./data/broker"),
             username: None,
             password: None,
+            password_file: None,
+            password_env: None,
             users_file: None,
             acl_file: None,
             tls: None,
@@ -255,11 +261,28 @@ impl Default for Embedded {
 }
 
 impl Embedded {
+    /// `password` / `password_file` / `password_env` as one source.
+    pub fn secret(&self) -> SecretSource {
+        SecretSource {
+            password: self.password.clone(),
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+        }
+    }
+
     /// The checks that span several keys of the section.
     fn check(&self) -> Result<(), String> {
-        match (&self.username, &self.password) {
-            (Some(_), None) => return Err("username is set but password is not: set both".into()),
-            (None, Some(_)) => return Err("password is set but username is not: set both".into()),
+        let secret = self.secret();
+        secret.check()?;
+        match (&self.username, secret.is_empty()) {
+            (Some(_), true) => {
+                return Err(
+                    "username is set but no password is (password, password_file or \
+                     password_env): set both"
+                        .into(),
+                )
+            }
+            (None, false) => return Err("a password is set but username is not: set both".into()),
             _ => {}
         }
         if self.max_queued_messages == 0 {

@@ -22,6 +22,13 @@ use crate::mqtt;
 #[derive(Clone, PartialEq, Eq)]
 pub(super) struct Secret(String);
 
+impl Secret {
+    /// The secret itself, for the one place that hands it on (never a log line).
+    pub(super) fn into_inner(self) -> String {
+        self.0
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(********)")
@@ -113,7 +120,7 @@ impl Credentials {
                 let e = &config.broker.embedded;
                 credentials.global = Login {
                     username: e.username.clone(),
-                    password: e.password.clone().map(Secret),
+                    password: read_secret("broker.embedded", &e.secret())?,
                     password_template: false,
                 };
             }

@@ -353,7 +353,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     // Embedded: start the broker first, then treat it like any upstream broker.
     let (broker, embedded) = match config.broker.mode {
         BrokerMode::Embedded => {
-            let handle = broker::start(&embedded_settings(config)).await?;
+            let handle = broker::start(&embedded_settings(config)?).await?;
             (embedded_client_addr(&handle), Some(handle))
         }
         BrokerMode::Upstream => {

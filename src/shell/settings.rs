@@ -174,13 +174,16 @@ fn per_source(p: &crate::config::PerSource) -> SourceLimits {
 }
 
 /// The embedded broker's settings from `broker.embedded`.
-pub fn embedded_settings(config: &Config) -> EmbeddedSettings {
+///
+/// Reads `password_file` / `password_env` (an unreadable one stops the start, naming it).
+pub fn embedded_settings(config: &Config) -> Result<EmbeddedSettings, ShellError> {
     let e = &config.broker.embedded;
-    EmbeddedSettings {
+    let password = super::credentials::read_secret("broker.embedded", &e.secret())?;
+    Ok(EmbeddedSettings {
         bind: e.bind,
         data_dir: e.data_dir.clone(),
         username: e.username.clone(),
-        password: e.password.clone(),
+        password: password.map(super::credentials::Secret::into_inner),
         users_file: e.users_file.clone(),
         acl_file: e.acl_file.clone(),
         tls: e.tls.as_ref().map(|t| crate::broker::TlsSettings {
@@ -193,5 +196,5 @@ pub fn embedded_settings(config: &Config) -> EmbeddedSettings {
         }),
         allow_anonymous: e.allow_anonymous,
         max_queued_messages: e.max_queued_messages,
-    }
+    })
 }
