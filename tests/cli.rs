@@ -224,7 +224,7 @@ fn json_log_format_writes_one_object_per_line() {
 fn run_until_listening(format: &str, ready: fn(&str) -> bool) -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("mqttsn-cli-run-{}-{format}", std::process::id()));
     let config = TempFile::new(&format!(
-        "broker:\n  embedded:\n    bind: 127.0.0.1:0\n    data_dir: {}\nstore:\n  path: {}\nlog:\n  format: {format}\n",
+        "broker:\n  embedded:\n    bind: 127.0.0.1:0\n    data_dir: {}\nstore:\n  path: {}\nlog:\n  format: {format}\nhttp:\n  bind: null\n",
         dir.join("broker").display(),
         dir.join("gateway.db").display()
     ));

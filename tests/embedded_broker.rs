@@ -223,6 +223,7 @@ fn write_config(dir: &Path, port: u16, udp: u16) -> std::path::PathBuf {
              broker:\n  mode: embedded\n  embedded:\n    bind: 127.0.0.1:{port}\n    data_dir: {}\n\
              predefined_topics:\n  - {{ id: 7, topic: sensors/predefined }}\n\
              store:\n  path: {}\n\
+             http:\n  bind: null\n\
              log:\n  level: info\n",
             dir.join("data").display(),
             dir.join("gateway.db").display()

@@ -38,6 +38,7 @@ fn write_config(dir: &Path, data_dir: &Path, port: u16, udp: u16) -> PathBuf {
             "transports:\n  udp:\n    - bind: 127.0.0.1:{udp}\n\
              broker:\n  mode: embedded\n  embedded:\n    bind: 127.0.0.1:{port}\n    data_dir: {}\n\
              store:\n  path: {}\n\
+             http:\n  bind: null\n\
              log:\n  level: info\n",
             data_dir.display(),
             dir.join("gateway.db").display()

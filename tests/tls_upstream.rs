@@ -67,7 +67,7 @@ struct Gw {
 
 fn gateway_yaml(udp: u16, level: &str, rest: &str) -> String {
     format!(
-        "transports:\n  udp:\n    - bind: 127.0.0.1:{udp}\nstore:\n  path: null\nlog:\n  \
+        "transports:\n  udp:\n    - bind: 127.0.0.1:{udp}\nstore:\n  path: null\nhttp:\n  bind: null\nlog:\n  \
          level: {level}\ntimers:\n  retry_interval: 1s\n{rest}"
     )
 }

@@ -310,8 +310,13 @@ pub(super) struct FailureLog {
 impl FailureLog {
     /// Records a failure; logs it unless the same reason was logged less than
     /// [`FAILURE_LOG_EVERY`] ago. Returns whether it logged.
+    ///
+    /// Reasons that differ only in their numbers are one reason: rustls names the verification
+    /// time in seconds ("certificate expired: verification time 1796178113"), which would
+    /// otherwise make a new reason every second.
     pub(super) fn failed(&mut self, now: Instant, broker: SocketAddr, reason: &str) -> bool {
-        if let Some((logged, suppressed)) = self.reasons.get_mut(reason) {
+        let key = reason_key(reason);
+        if let Some((logged, suppressed)) = self.reasons.get_mut(&key) {
             if now.duration_since(*logged) < FAILURE_LOG_EVERY {
                 *suppressed += 1;
                 return false;
@@ -332,10 +337,25 @@ impl FailureLog {
                 self.reasons.remove(&oldest);
             }
         }
-        self.reasons.insert(reason.to_owned(), (now, 0));
+        self.reasons.insert(key, (now, 0));
         warn!(%broker, reason, "cannot reach the upstream broker");
         true
     }
+}
+
+/// `reason` with every run of digits as one `#`.
+fn reason_key(reason: &str) -> String {
+    let mut key = String::with_capacity(reason.len());
+    for c in reason.chars() {
+        if c.is_ascii_digit() {
+            if !key.ends_with('#') {
+                key.push('#');
+            }
+        } else {
+            key.push(c);
+        }
+    }
+    key
 }
 
 #[cfg(test)]
@@ -361,6 +381,24 @@ mod tests {
         );
         assert!(log.failed(t0 + FAILURE_LOG_EVERY, broker, "TLS handshake: bad"));
         assert_eq!(log.reasons["TLS handshake: bad"].1, 0);
+    }
+
+    #[test]
+    fn reasons_that_differ_only_in_numbers_are_one() {
+        let mut log = FailureLog::default();
+        let broker: SocketAddr = "127.0.0.1:8883".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(log.failed(
+            t0,
+            broker,
+            "certificate expired: verification time 1796178113"
+        ));
+        assert!(!log.failed(
+            t0 + Duration::from_secs(1),
+            broker,
+            "certificate expired: verification time 1796178114"
+        ));
+        assert!(log.failed(t0, broker, "TCP connect: refused"));
     }
 
     #[test]
