@@ -11,11 +11,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, MapAccess};
+use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use super::checks::{
-    check_host, checked_str, keep_alive, nonzero_port, positive_duration, socket_addr,
+    check_host, checked_section, checked_str, keep_alive, nonzero_port, positive_duration,
+    socket_addr,
 };
 use super::devices::{check_template, SecretSource};
 use super::duration;
@@ -410,67 +411,19 @@ fn data_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Er
 /// `broker.embedded`: `null` means defaults; a mapping is read and then checked as a whole
 /// inside its own `visit_map`, so the error carries the section's key path and line.
 fn embedded<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Embedded, D::Error> {
-    struct Section;
-
-    impl<'de> de::Visitor<'de> for Section {
-        type Value = Embedded;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a mapping of the embedded broker's keys")
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Embedded, E> {
-            Ok(Embedded::default())
-        }
-
-        fn visit_unit<E: de::Error>(self) -> Result<Embedded, E> {
-            Ok(Embedded::default())
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Embedded, D::Error> {
-            deserializer.deserialize_map(self)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Embedded, A::Error> {
-            let section = Embedded::deserialize(de::value::MapAccessDeserializer::new(map))?;
-            section.check().map_err(de::Error::custom)?;
-            Ok(section)
-        }
-    }
-
-    deserializer.deserialize_option(Section)
+    checked_section(
+        deserializer,
+        "a mapping of the embedded broker's keys",
+        |s: &mut Embedded| s.check(),
+    )
 }
 
 /// `broker.upstream`: `null` means defaults; a mapping is read, its port default filled in
 /// and checked as a whole inside its own `visit_map`, so errors carry the key path and line.
 fn upstream<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Upstream, D::Error> {
-    struct Section;
-
-    impl<'de> de::Visitor<'de> for Section {
-        type Value = Upstream;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a mapping of the upstream broker's keys")
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Upstream, E> {
-            Ok(Upstream::default())
-        }
-
-        fn visit_unit<E: de::Error>(self) -> Result<Upstream, E> {
-            Ok(Upstream::default())
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Upstream, D::Error> {
-            deserializer.deserialize_map(self)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Upstream, A::Error> {
-            let mut section = Upstream::deserialize(de::value::MapAccessDeserializer::new(map))?;
-            section.check().map_err(de::Error::custom)?;
-            Ok(section)
-        }
-    }
-
-    deserializer.deserialize_option(Section)
+    checked_section(
+        deserializer,
+        "a mapping of the upstream broker's keys",
+        Upstream::check,
+    )
 }

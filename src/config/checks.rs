@@ -362,3 +362,49 @@ impl<'de, T: DeserializeOwned> de::Visitor<'de> for CheckedEntry<'_, T> {
         Ok(entry)
     }
 }
+
+/// A section that is `null` (its defaults) or a mapping, read and then checked as a whole
+/// inside its own `visit_map`, so a failed `check` carries the section's key path and line;
+/// `check` may also fill in defaults that depend on other keys (`broker.upstream.port`).
+pub(super) fn checked_section<'de, D, T>(
+    deserializer: D,
+    what: &'static str,
+    check: fn(&mut T) -> Result<(), String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned + Default,
+{
+    struct Section<T> {
+        what: &'static str,
+        check: fn(&mut T) -> Result<(), String>,
+    }
+
+    impl<'de, T: DeserializeOwned + Default> de::Visitor<'de> for Section<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.what)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            let mut section = T::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            (self.check)(&mut section).map_err(de::Error::custom)?;
+            Ok(section)
+        }
+    }
+
+    deserializer.deserialize_option(Section { what, check })
+}

@@ -10,10 +10,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use serde::de::{self, Deserializer, MapAccess};
+use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
 
-use super::checks::{in_range, socket_addr};
+use super::checks::{checked_section, in_range, socket_addr};
 use super::devices::SecretSource;
 
 /// `http`.
@@ -117,33 +117,9 @@ fn optional_bind<'de, D: Deserializer<'de>>(
 /// `http`: `null` means defaults; a mapping is read and then checked as a whole inside its
 /// own `visit_map`, so the error carries the section's key path and line.
 pub(super) fn http<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Http, D::Error> {
-    struct Section;
-
-    impl<'de> de::Visitor<'de> for Section {
-        type Value = Http;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a mapping of the http listener's keys")
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Http, E> {
-            Ok(Http::default())
-        }
-
-        fn visit_unit<E: de::Error>(self) -> Result<Http, E> {
-            Ok(Http::default())
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Http, D::Error> {
-            deserializer.deserialize_map(self)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Http, A::Error> {
-            let section = Http::deserialize(de::value::MapAccessDeserializer::new(map))?;
-            section.check().map_err(de::Error::custom)?;
-            Ok(section)
-        }
-    }
-
-    deserializer.deserialize_option(Section)
+    checked_section(
+        deserializer,
+        "a mapping of the http listener's keys",
+        |s: &mut Http| s.check(),
+    )
 }
