@@ -177,9 +177,34 @@ async fn connack<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The TCP socket under a session's stream, to switch it to quick ACKs after each read.
+///
+/// Why: a broker with Nagle on (mosquitto's default) holds a small packet (the PUBACK of a
+/// device's PUBLISH) while an earlier segment on the same connection (the echo of that PUBLISH
+/// to the device's own subscription) is unacknowledged; Linux delays our ACK up to 40 ms when
+/// nothing goes back. TCP_QUICKACK after a read sends the ACK at once. It is not sticky (the
+/// kernel may fall back to delayed ACKs), so it is set after every read: one setsockopt per
+/// wake-up, not per packet.
+trait QuickAck {
+    fn quick_ack(&self);
+}
+
+impl QuickAck for TcpStream {
+    fn quick_ack(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(self).set_tcp_quickack(true);
+    }
+}
+
+impl QuickAck for tokio_rustls::client::TlsStream<TcpStream> {
+    fn quick_ack(&self) {
+        self.get_ref().0.quick_ack();
+    }
+}
+
 /// The session over an established stream (plain or TLS: one instance per kind, no boxing
 /// per packet).
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
     mut stream: S,
     p: SessionParams,
     commands: &mut mpsc::Receiver<mqtt::Packet>,
@@ -230,6 +255,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 if n == 0 {
                     return Err("broker closed the connection".into());
                 }
+                stream.quick_ack();
                 last_read = Instant::now();
                 *heard = true;
                 while let Some(packet) = mqtt::decode(&mut inbuf, MAX_BROKER_PACKET).map_err(|e| e.to_string())? {
