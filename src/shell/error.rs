@@ -36,9 +36,6 @@ pub enum ShellError {
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// `http.password_file` / `http.password_env` could not be read (`key` names which).
-    #[error("{key}: {reason}")]
-    HttpSecret { key: String, reason: String },
     #[error("discovery.multicast[{index}]: {reason}")]
     Multicast { index: usize, reason: String },
     /// An entry of `devices` / `devices_file` that cannot be applied (e.g. its `transport`

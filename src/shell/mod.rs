@@ -86,41 +86,19 @@ async fn http_bind(addr: SocketAddr) -> Option<tokio::net::TcpListener> {
     }
 }
 
-/// `http.username` and its password, read once from its source.
+/// `http.username` and its password, read once from its source (the same reading as every
+/// other password: `credentials::read_secret`).
 fn http_credentials(config: &Config) -> Result<Option<http::Credentials>, ShellError> {
     let Some(user) = &config.http.username else {
         return Ok(None);
     };
-    let password =
-        read_secret(&config.http.secret()).map_err(|(key, reason)| ShellError::HttpSecret {
-            key: format!("http.{key}"),
-            reason,
-        })?;
-    Ok(Some(http::Credentials::new(user, &password)))
-}
-
-/// Reads a secret from its source: inline, a file (one trailing newline dropped) or an
-/// environment variable. The error names the key and says why, never the secret.
-fn read_secret(s: &crate::config::SecretSource) -> Result<String, (&'static str, String)> {
-    if let Some(p) = &s.password {
-        return Ok(p.clone());
-    }
-    if let Some(path) = &s.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            (
-                "password_file",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        let text = text.strip_suffix('\n').unwrap_or(&text);
-        let text = text.strip_suffix('\r').unwrap_or(text);
-        return Ok(text.to_owned());
-    }
-    if let Some(var) = &s.password_env {
-        return std::env::var(var)
-            .map_err(|e| ("password_env", format!("environment variable {var}: {e}")));
-    }
-    Err(("password", "no password is set".into()))
+    let password = credentials::read_secret("http", &config.http.secret())?.ok_or_else(|| {
+        ShellError::Credential {
+            key: "http.password".into(),
+            reason: "http.username is set but no password is".into(),
+        }
+    })?;
+    Ok(Some(http::Credentials::new(user, &password.into_inner())))
 }
 
 /// A started gateway.
