@@ -219,7 +219,7 @@ fn run(
         tracing::info!("{note}");
     }
     tracing::debug!(config = %config.redacted().to_yaml(), "effective configuration");
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let runtime = build_runtime(&config.runtime).context("starting the tokio runtime")?;
     runtime
         .block_on(mqttsn_gateway::shell::run(
             config,
@@ -229,6 +229,21 @@ fn run(
             }),
         ))
         .context("gateway stopped")
+}
+
+/// `runtime.worker_threads`: 1 is tokio's current-thread scheduler (every task on this
+/// thread, no hand-over between threads per message); more is the multi-thread scheduler.
+fn build_runtime(r: &config::Runtime) -> std::io::Result<tokio::runtime::Runtime> {
+    if r.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(r.worker_threads)
+            .enable_all()
+            .build()
+    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` when it is set, else by `level` (`--log` / `log.level`).

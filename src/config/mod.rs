@@ -37,7 +37,7 @@ pub use discovery::{Advertise, Discovery, MulticastGroup};
 pub use error::ConfigError;
 pub use http::{Http, DEFAULT_HTTP_BIND};
 pub use sections::{
-    GatewaySection, Limits, Log, LogFormat, PerSource, PredefinedTopic, SerialFlowControl,
+    GatewaySection, Limits, Log, LogFormat, PerSource, PredefinedTopic, Runtime, SerialFlowControl,
     SerialFraming, SerialParity, SerialTransport, Sleep, StoreSection, Timers, Transports,
     UdpTransport,
 };
@@ -107,6 +107,9 @@ pub struct Config {
     /// `status`: availability of the gateway and its devices on the broker.
     #[serde(deserialize_with = "null_as_default")]
     pub status: Status,
+    /// `runtime`: the threads that run the I/O.
+    #[serde(deserialize_with = "null_as_default")]
+    pub runtime: Runtime,
 }
 
 impl Config {

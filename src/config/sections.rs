@@ -420,6 +420,25 @@ pub struct Log {
     pub format: LogFormat,
 }
 
+/// `runtime`: how the process runs its I/O.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Runtime {
+    /// `worker_threads`: threads that run the gateway's I/O (devices, upstream sessions, the
+    /// status page). 1 (the default) runs everything on one thread: a datagram, the core's
+    /// answer and the upstream write happen in one wake-up with no hand-over between threads,
+    /// which costs the least CPU per message (docs/benchmarks.md). More threads spread TLS and
+    /// many busy upstream sessions over cores. The embedded broker has threads of its own.
+    #[serde(deserialize_with = "in_range::<_, 1, 256>")]
+    pub worker_threads: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime { worker_threads: 1 }
+    }
+}
+
 /// `log.format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -20,6 +20,7 @@ use tracing::{debug, error, warn};
 
 use super::credentials::Credentials;
 use super::event::Event;
+use super::outbox::Outbox;
 use super::serial::SerialOut;
 use super::status::{
     Query, Snapshot, StatusRequest, StoreCounters, TransportCounters, TransportInfo,
@@ -42,7 +43,10 @@ pub(super) struct Driver {
     pub(super) gateway: Gateway,
     /// UDP sockets first, then serial ports, in config order.
     pub(super) transports: Vec<Transport>,
-    pub(super) sessions: HashMap<SessionId, mpsc::Sender<mqtt::Packet>>,
+    pub(super) sessions: HashMap<SessionId, Arc<Outbox>>,
+    /// Sessions given packets in this turn, written (or handed to their task) at its end, so
+    /// several packets for one session make one write. Emptied every turn.
+    pub(super) dirty: Vec<SessionId>,
     /// The latest session task per upstream ClientId, so a new session waits for the old one.
     pub(super) session_tasks: HashMap<String, JoinHandle<()>>,
     pub(super) broker: SocketAddr,
@@ -141,10 +145,11 @@ impl Driver {
         self.flush(persistence.as_ref()).await;
         // Dropping the session senders lets every upstream task flush and close.
         let mut open = self.sessions.len();
-        if self.disconnect_on_shutdown {
-            for tx in self.sessions.values() {
-                let _ = tx.try_send(mqtt::Packet::Disconnect);
+        for outbox in self.sessions.values() {
+            if self.disconnect_on_shutdown {
+                let _ = outbox.push(&mqtt::Packet::Disconnect, usize::MAX);
             }
+            outbox.close();
         }
         if !self.disconnect_on_shutdown {
             open = 0; // upstream mode: the device sessions just close
@@ -294,6 +299,16 @@ impl Driver {
     }
 
     async fn flush(&mut self, persistence: Option<&persistence::Persistence>) {
+        self.carry_out(persistence).await;
+        // One write per session for everything it was given in this turn.
+        for session in self.dirty.drain(..) {
+            if let Some(outbox) = self.sessions.get(&session) {
+                outbox.kick();
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, persistence: Option<&persistence::Persistence>) {
         while let Some(out) = self.gateway.poll_output() {
             match out {
                 Output::Transmit { to, frame } => self.transmit(&to, frame).await,
@@ -339,8 +354,10 @@ impl Driver {
                         .tls
                         .as_ref()
                         .map(|t| t.target(device.as_ref().and_then(|d| d.rule)));
-                    let (tx, rx) = mpsc::channel(self.session_depth);
-                    self.sessions.insert(session, tx);
+                    let outbox = Arc::new(Outbox::default());
+                    if let Some(old) = self.sessions.insert(session, outbox.clone()) {
+                        old.close();
+                    }
                     if self.session_tasks.len() > 2 * self.session_depth.max(self.sessions.len()) {
                         self.session_tasks.retain(|_, t| !t.is_finished());
                     }
@@ -355,26 +372,33 @@ impl Driver {
                             connect_timeout: self.connect_timeout,
                             after,
                         },
-                        rx,
+                        outbox,
                         self.events_tx.clone(),
                     ));
                     self.session_tasks.insert(client_id, task);
                 }
                 Output::Send { session, packet } => {
-                    if let Some(tx) = self.sessions.get(&session) {
-                        if tx.try_send(packet).is_err() {
-                            // The broker cannot keep up with this session: drop it rather
-                            // than block every other device. The core hears it closed.
-                            warn!(
-                                session = session.0,
-                                "upstream session backlog full; closing it"
-                            );
-                            self.sessions.remove(&session);
+                    if let Some(outbox) = self.sessions.get(&session) {
+                        match outbox.push(&packet, self.session_depth) {
+                            Ok(true) => self.dirty.push(session),
+                            Ok(false) => {}
+                            Err(_) => {
+                                // The broker cannot keep up with this session: drop it rather
+                                // than block every other device. The core hears it closed.
+                                warn!(
+                                    session = session.0,
+                                    "upstream session backlog full; closing it"
+                                );
+                                outbox.close();
+                                self.sessions.remove(&session);
+                            }
                         }
                     }
                 }
                 Output::Close { session } => {
-                    self.sessions.remove(&session);
+                    if let Some(outbox) = self.sessions.remove(&session) {
+                        outbox.close();
+                    }
                 }
                 Output::Persist { seq, ops } => {
                     if let Some(p) = persistence {

@@ -19,6 +19,7 @@ mod error;
 mod event;
 mod http;
 mod multicast;
+mod outbox;
 mod persistence;
 mod reload;
 mod serial;
@@ -469,6 +470,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         gateway,
         transports,
         sessions: HashMap::new(),
+        dirty: Vec::new(),
         session_tasks: HashMap::new(),
         broker,
         credentials,

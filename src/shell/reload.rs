@@ -116,6 +116,7 @@ pub(super) fn plan(running: &Config, new: &Config) -> Plan {
     rest!(log.format, "log.format");
     rest!(http, "http");
     rest!(status, "status");
+    rest!(runtime, "runtime");
     Plan {
         live,
         applied,

@@ -9,12 +9,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,6 +25,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use super::event::Event;
+use super::outbox::Outbox;
 use crate::core::SessionId;
 use crate::mqtt;
 
@@ -56,13 +59,9 @@ const PREVIOUS_SESSION_WAIT: Duration = Duration::from_secs(3);
 /// Longest wait, after our side is closed, for the broker to close its side.
 const BROKER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Runs until the broker closes, an error occurs, or `commands` is closed (then pending
-/// packets are flushed and the socket shut down).
-pub async fn run(
-    mut p: SessionParams,
-    mut commands: mpsc::Receiver<mqtt::Packet>,
-    events: mpsc::Sender<Event>,
-) {
+/// Runs until the broker closes, an error occurs, or the driver closes `outbox` (then what
+/// it holds is written and the socket shut down).
+pub async fn run(mut p: SessionParams, outbox: Arc<Outbox>, events: mpsc::Sender<Event>) {
     let session = p.session;
     let mut failure = None;
     if let Some(previous) = p.after.take() {
@@ -75,9 +74,15 @@ pub async fn run(
             failure = Some(reason);
             Ok(())
         }
-        Ok(Stream::Plain(s)) => drive(s, p, &mut commands, &events, &mut heard).await,
-        Ok(Stream::Tls(s)) => drive(*s, p, &mut commands, &events, &mut heard).await,
+        Ok(Stream::Plain(s)) => {
+            let s = Arc::new(s);
+            let direct = Some(s.clone());
+            drive(SharedTcp(s), p, &outbox, direct, &events, &mut heard).await
+        }
+        Ok(Stream::Tls(s)) => drive(*s, p, &outbox, None, &events, &mut heard).await,
     };
+    // The driver's writes stop (it learns of the end from the event below).
+    outbox.disconnect();
     match ended {
         // Refused before a CONNACK: with TLS 1.3 a broker that rejects the client
         // certificate says so (an alert) only after the handshake.
@@ -183,8 +188,8 @@ async fn connack<S: AsyncRead + AsyncWrite + Unpin>(
 /// device's PUBLISH) while an earlier segment on the same connection (the echo of that PUBLISH
 /// to the device's own subscription) is unacknowledged; Linux delays our ACK up to 40 ms when
 /// nothing goes back. TCP_QUICKACK after a read sends the ACK at once. It is not sticky (the
-/// kernel may fall back to delayed ACKs), so it is set after every read: one setsockopt per
-/// wake-up, not per packet.
+/// kernel may fall back to delayed ACKs), so it is set after every read that brought more than
+/// answers to our own packets ([`answers_us`]): one setsockopt per such wake-up, not per packet.
 trait QuickAck {
     fn quick_ack(&self);
 }
@@ -202,63 +207,136 @@ impl QuickAck for tokio_rustls::client::TlsStream<TcpStream> {
     }
 }
 
+impl QuickAck for SharedTcp {
+    fn quick_ack(&self) {
+        self.0.quick_ack();
+    }
+}
+
+/// Whether `packet` only answers one of ours (so the broker sends nothing more until we
+/// write again, and our next write carries the TCP ACK). After anything else (a PUBLISH, a
+/// SUBACK that retained messages follow) something may wait behind it in the broker's Nagle
+/// buffer, so the ACK goes at once. Skipping the quick ACK after plain acks saves a
+/// `setsockopt` and an ACK segment per QoS 1/2 message.
+fn answers_us(packet: &mqtt::Packet) -> bool {
+    matches!(
+        packet,
+        mqtt::Packet::PubAck { .. }
+            | mqtt::Packet::PubRec { .. }
+            | mqtt::Packet::PubComp { .. }
+            | mqtt::Packet::PingResp
+    )
+}
+
+/// A plain connection shared with the driver, which writes to it through the [`Outbox`]
+/// (`TcpStream`'s `try_*` and readiness methods take `&self`): the task reads and writes it
+/// through this, as a stream.
+struct SharedTcp(Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            // `try_read` clears the readiness it used up on WouldBlock, so the next poll waits.
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
 /// The session over an established stream (plain or TLS: one instance per kind, no boxing
-/// per packet).
+/// per packet). `direct`: the plain socket, handed to the outbox once the CONNECT is written.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
     mut stream: S,
     p: SessionParams,
-    commands: &mut mpsc::Receiver<mqtt::Packet>,
+    outbox: &Outbox,
+    direct: Option<Arc<TcpStream>>,
     events: &mpsc::Sender<Event>,
     heard: &mut bool,
 ) -> Result<(), String> {
     let keep_alive = Duration::from_secs(u64::from(p.connect.keep_alive));
-    let mut out = BytesMut::with_capacity(128);
+    let mut local = BytesMut::with_capacity(128);
     mqtt::Packet::Connect(Box::new(p.connect))
-        .encode(&mut out)
+        .encode(&mut local)
         .map_err(|e| format!("encode CONNECT: {e}"))?;
-    write_out(&mut stream, &mut out).await?;
+    write_out(&mut stream, &mut local).await?;
+    if let Some(sock) = direct {
+        outbox.set_direct(sock);
+    }
 
     // Small to start: most sessions carry little; the buffer grows for a large packet.
     let mut inbuf = BytesMut::with_capacity(256);
-    let mut last_write = Instant::now();
     let mut last_read = Instant::now();
-    // Half the keep-alive leaves room for a PINGRESP before the broker's 1.5x deadline.
+    // Half the keep-alive leaves room for a PINGRESP before the broker's 1.5x deadline. A
+    // fixed period (not "since the last write": the driver's writes are not seen here) costs
+    // one small packet per period and one timer for the session's life, not one per packet.
     let ping_every = if keep_alive.is_zero() {
         Duration::from_secs(3600)
     } else {
         keep_alive / 2
     };
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let ping_at = last_write + ping_every;
+        // What the driver left (the socket was full, TLS, or queued before set-up), checked
+        // every turn so a wake-up can never be missed.
+        while outbox.take(&mut local) {
+            write_out(&mut stream, &mut local).await?;
+        }
+        if outbox.is_closed() {
+            // The driver let go of this session: close, then wait for the broker to close
+            // its side too.
+            outbox.disconnect();
+            let _ = stream.shutdown().await;
+            await_broker_close(&mut stream, &mut inbuf).await;
+            return Ok(());
+        }
         tokio::select! {
-            cmd = commands.recv() => {
-                let Some(packet) = cmd else {
-                    // The driver let go of this session: flush and close, then wait for the
-                    // broker to close its side too.
-                    let _ = stream.shutdown().await;
-                    await_broker_close(&mut stream, &mut inbuf).await;
-                    return Ok(());
-                };
-                encode_into(&packet, &mut out)?;
-                // Batch what is already queued into one write.
-                while out.len() < 64 * 1024 {
-                    match commands.try_recv() {
-                        Ok(p) => encode_into(&p, &mut out)?,
-                        Err(_) => break,
-                    }
-                }
-                write_out(&mut stream, &mut out).await?;
-                last_write = Instant::now();
-            }
+            _ = outbox.wait() => {}
             n = stream.read_buf(&mut inbuf) => {
                 let n = n.map_err(|e| e.to_string())?;
                 if n == 0 {
                     return Err("broker closed the connection".into());
                 }
-                stream.quick_ack();
                 last_read = Instant::now();
                 *heard = true;
+                let mut quick_ack = false;
                 while let Some(packet) = mqtt::decode(&mut inbuf, MAX_BROKER_PACKET).map_err(|e| e.to_string())? {
+                    quick_ack |= !answers_us(&packet);
                     if packet == mqtt::Packet::PingResp {
                         continue; // our own keep-alive; the core never sees it
                     }
@@ -266,14 +344,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
                         return Ok(());
                     }
                 }
+                if quick_ack {
+                    stream.quick_ack();
+                }
             }
-            _ = tokio::time::sleep_until(ping_at) => {
+            _ = ping.tick() => {
                 if !keep_alive.is_zero() && last_read.elapsed() > keep_alive + keep_alive / 2 {
                     return Err("broker silent beyond keep-alive".into());
                 }
-                encode_into(&mqtt::Packet::PingReq, &mut out)?;
-                write_out(&mut stream, &mut out).await?;
-                last_write = Instant::now();
+                // Behind whatever the driver queued; written at the top of the loop.
+                let _ = outbox.push(&mqtt::Packet::PingReq, usize::MAX);
             }
         }
     }
