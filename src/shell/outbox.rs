@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BytesMut};
-use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use crate::mqtt;
@@ -38,7 +38,7 @@ struct State {
     queued: usize,
     /// The plain TCP connection, once the CONNECT is written: the driver may write to it.
     /// `None` with TLS (the task owns the TLS state) and before the session is set up.
-    direct: Option<Arc<TcpStream>>,
+    direct: Option<Arc<OwnedWriteHalf>>,
     /// The task has taken bytes out of `pending` and is writing them: the driver must not
     /// write (it would overtake them), only append.
     task_writing: bool,
@@ -87,7 +87,7 @@ impl Outbox {
         if !st.task_writing {
             if let Some(sock) = st.direct.clone() {
                 loop {
-                    match sock.try_write(&st.pending) {
+                    match sock.as_ref().try_write(&st.pending) {
                         Ok(n) => {
                             st.pending.advance(n);
                             if st.pending.is_empty() {
@@ -134,7 +134,7 @@ impl Outbox {
     }
 
     /// Task: the CONNECT is written; from now on the driver may write to `sock` itself.
-    pub fn set_direct(&self, sock: Arc<TcpStream>) {
+    pub fn set_direct(&self, sock: Arc<OwnedWriteHalf>) {
         self.lock().direct = Some(sock);
     }
 

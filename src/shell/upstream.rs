@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -75,9 +76,18 @@ pub async fn run(mut p: SessionParams, outbox: Arc<Outbox>, events: mpsc::Sender
             Ok(())
         }
         Ok(Stream::Plain(s)) => {
-            let s = Arc::new(s);
-            let direct = Some(s.clone());
-            drive(SharedTcp(s), p, &outbox, direct, &events, &mut heard).await
+            let (rd, wr) = s.into_split();
+            let wr = Arc::new(wr);
+            let direct = Some(wr.clone());
+            drive(
+                PlainConn { rd, wr },
+                p,
+                &outbox,
+                direct,
+                &events,
+                &mut heard,
+            )
+            .await
         }
         Ok(Stream::Tls(s)) => drive(*s, p, &outbox, None, &events, &mut heard).await,
     };
@@ -207,9 +217,10 @@ impl QuickAck for tokio_rustls::client::TlsStream<TcpStream> {
     }
 }
 
-impl QuickAck for SharedTcp {
+impl QuickAck for PlainConn {
     fn quick_ack(&self) {
-        self.0.quick_ack();
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(self.rd.as_ref()).set_tcp_quickack(true);
     }
 }
 
@@ -228,41 +239,35 @@ fn answers_us(packet: &mqtt::Packet) -> bool {
     )
 }
 
-/// A plain connection shared with the driver, which writes to it through the [`Outbox`]
-/// (`TcpStream`'s `try_*` and readiness methods take `&self`): the task reads and writes it
-/// through this, as a stream.
-struct SharedTcp(Arc<TcpStream>);
+/// A plain connection whose writing side is shared with the driver, which writes to it
+/// through the [`Outbox`] (`TcpStream::try_write` takes `&self`). Reads go through tokio's
+/// own read half (which knows a short read drained the socket: no extra `recv` that finds
+/// nothing); the task's writes await the shared socket's write readiness.
+struct PlainConn {
+    rd: OwnedReadHalf,
+    wr: Arc<OwnedWriteHalf>,
+}
 
-impl AsyncRead for SharedTcp {
+impl AsyncRead for PlainConn {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            // `try_read` clears the readiness it used up on WouldBlock, so the next poll waits.
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        Pin::new(&mut self.rd).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for SharedTcp {
+impl AsyncWrite for PlainConn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        let sock: &TcpStream = (*self.wr).as_ref();
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
+            ready!(sock.poll_write_ready(cx))?;
+            match sock.try_write(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
@@ -274,7 +279,8 @@ impl AsyncWrite for SharedTcp {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+        let sock: &TcpStream = (*self.wr).as_ref();
+        Poll::Ready(socket2::SockRef::from(sock).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -284,7 +290,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
     mut stream: S,
     p: SessionParams,
     outbox: &Outbox,
-    direct: Option<Arc<TcpStream>>,
+    direct: Option<Arc<OwnedWriteHalf>>,
     events: &mpsc::Sender<Event>,
     heard: &mut bool,
 ) -> Result<(), String> {
