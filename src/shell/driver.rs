@@ -27,7 +27,7 @@ use super::status::{
     UpstreamCounters,
 };
 use super::tls::Tls;
-use super::{multicast, persistence, reload, upstream};
+use super::{multicast, persistence, reload, udp, upstream};
 use crate::core::{DeviceAddr, Gateway, Output, PeerAddr, SessionId, Stats};
 use crate::mqtt;
 
@@ -43,6 +43,9 @@ pub(super) struct Driver {
     pub(super) gateway: Gateway,
     /// UDP sockets first, then serial ports, in config order.
     pub(super) transports: Vec<Transport>,
+    /// The UDP sockets (transports, then multicast groups), read by this task itself; taken
+    /// by `run`.
+    pub(super) receivers: Vec<udp::Receiver>,
     pub(super) sessions: HashMap<SessionId, Arc<Outbox>>,
     /// Sessions given packets in this turn, written (or handed to their task) at its end, so
     /// several packets for one session make one write. Emptied every turn.
@@ -87,6 +90,40 @@ async fn next_confirmed(p: &mut Option<persistence::Persistence>) -> Option<u64>
     }
 }
 
+/// What woke the driver.
+enum Step {
+    Shutdown,
+    /// The store's writer confirmed a sequence; `None`: it stopped.
+    Persisted(Option<u64>),
+    /// `None`: every sender is gone.
+    Event(Option<Event>),
+    /// Datagrams wait on `receivers[i]`.
+    Datagrams(usize),
+    Timer,
+}
+
+/// The next event or ready UDP socket, looked at in an order that rotates with `turn`.
+fn next_input<'a>(
+    events: &'a mut mpsc::Receiver<Event>,
+    receivers: &'a [udp::Receiver],
+    turn: usize,
+) -> impl std::future::Future<Output = Step> + 'a {
+    std::future::poll_fn(move |cx| {
+        let n = receivers.len() + 1;
+        for k in 0..n {
+            let i = (turn + k) % n;
+            if i == receivers.len() {
+                if let std::task::Poll::Ready(ev) = events.poll_recv(cx) {
+                    return std::task::Poll::Ready(Step::Event(ev));
+                }
+            } else if receivers[i].poll_ready(cx).is_ready() {
+                return std::task::Poll::Ready(Step::Datagrams(i));
+            }
+        }
+        std::task::Poll::Pending
+    })
+}
+
 /// How long shutdown waits for the upstream sessions to say DISCONNECT and close.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 
@@ -98,27 +135,39 @@ impl Driver {
         failed: watch::Sender<Option<String>>,
     ) {
         let mut persistence = self.persistence.take();
+        let mut receivers = std::mem::take(&mut self.receivers);
         // Sessions reopened by the restore go out first.
         self.flush(persistence.as_ref()).await;
+        // Which input is looked at first this turn: rotates, so neither the event channel nor
+        // any one socket can starve the others.
+        let mut turn = 0usize;
         // The core's clock is std's; tokio's Instant converts for sleeping.
         loop {
             let wake = self.gateway.poll_timeout();
-            tokio::select! {
+            turn = turn.wrapping_add(1);
+            let step = tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
-                seq = next_confirmed(&mut persistence) => match seq {
-                    Some(seq) => self.gateway.handle_persisted(std::time::Instant::now(), seq),
-                    None => {
-                        // Acknowledgements that need the store would wait (and pile up) for
-                        // ever: stop, so a supervisor restarts the gateway on a working store.
-                        let reason = "the store can no longer write (see the error above); stopping".to_string();
-                        error!("{reason}");
-                        failed.send_replace(Some(reason));
-                        break;
-                    }
-                },
-                ev = events.recv() => {
-                    let Some(ev) = ev else { break };
+                _ = shutdown.changed() => Step::Shutdown,
+                seq = next_confirmed(&mut persistence) => Step::Persisted(seq),
+                input = next_input(&mut events, &receivers, turn) => input,
+                _ = sleep_until_std(wake) => Step::Timer,
+            };
+            match step {
+                Step::Shutdown => break,
+                Step::Persisted(Some(seq)) => self
+                    .gateway
+                    .handle_persisted(std::time::Instant::now(), seq),
+                Step::Persisted(None) => {
+                    // Acknowledgements that need the store would wait (and pile up) for
+                    // ever: stop, so a supervisor restarts the gateway on a working store.
+                    let reason =
+                        "the store can no longer write (see the error above); stopping".to_string();
+                    error!("{reason}");
+                    failed.send_replace(Some(reason));
+                    break;
+                }
+                Step::Event(None) => break,
+                Step::Event(Some(ev)) => {
                     self.handle(ev);
                     // Drain what is already queued before looking at timers again.
                     for _ in 0..256 {
@@ -128,9 +177,17 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep_until_std(wake) => {
-                    self.gateway.handle_timeout(std::time::Instant::now());
+                Step::Datagrams(i) => {
+                    let now = std::time::Instant::now();
+                    receivers[i].drain(|group, from, frame| {
+                        self.count_in(&from, frame.len());
+                        match group {
+                            None => self.gateway.handle_frame(now, from, frame),
+                            Some(group) => self.gateway.handle_group_frame(now, group, from, frame),
+                        }
+                    });
                 }
+                Step::Timer => self.gateway.handle_timeout(std::time::Instant::now()),
             }
             self.flush(persistence.as_ref()).await;
             self.stats.send_replace(self.gateway.stats());
@@ -179,10 +236,6 @@ impl Driver {
             Event::Frame { from, frame } => {
                 self.count_in(&from, frame.len());
                 self.gateway.handle_frame(now, from, frame)
-            }
-            Event::GroupFrame { group, from, frame } => {
-                self.count_in(&from, frame.len());
-                self.gateway.handle_group_frame(now, group, from, frame)
             }
             Event::Upstream { session, packet } => {
                 if let mqtt::Packet::ConnAck { code, .. } = &packet {

@@ -9,20 +9,14 @@ use bytes::Bytes;
 use super::credentials::Credentials;
 use super::status::StatusRequest;
 use super::tls::Tls;
-use crate::core::{DeviceAddr, GroupId, SessionId, Settings};
+use crate::core::{DeviceAddr, SessionId, Settings};
 use crate::mqtt;
 
 /// What the driver task is told.
 #[derive(Debug)]
 pub enum Event {
-    /// A frame from a device.
+    /// A frame from a device on a serial port (UDP sockets are read by the driver itself).
     Frame { from: DeviceAddr, frame: Bytes },
-    /// A frame from a device, sent to a multicast group.
-    GroupFrame {
-        group: GroupId,
-        from: DeviceAddr,
-        frame: Bytes,
-    },
     /// A packet from an upstream session.
     Upstream {
         session: SessionId,

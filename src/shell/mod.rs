@@ -368,6 +368,8 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     let mut transports = Vec::new();
     let mut transport_info = Vec::new();
     let mut udp_addrs = Vec::new();
+    // Read by the driver itself, UDP transports then multicast groups.
+    let mut receivers = Vec::new();
     for (i, t) in config.transports.udp.iter().enumerate() {
         let sock = udp::bind(t.bind, config.limits.udp_receive_buffer).map_err(|source| {
             ShellError::BindUdp {
@@ -385,13 +387,11 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         info!(transport = i, addr = %local, "UDP transport listening");
         let sock = Arc::new(sock);
         let transport = TransportId(u16::try_from(i).unwrap_or(u16::MAX));
-        tokio::spawn(udp::read_loop(
+        receivers.push(udp::Receiver::new(
             transport,
             None,
             sock.clone(),
-            events_tx.clone(),
             config.limits.max_frame_size,
-            shutdown_rx.clone(),
         ));
         transports.push(Transport::Udp(sock));
         transport_info.push(status::TransportInfo {
@@ -405,13 +405,11 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         let (group, sock) =
             multicast::open(i, entry, &udp_addrs, config.limits.udp_receive_buffer)?;
         info!(group = %group.dest, transport = group.transport, "joined discovery multicast group");
-        tokio::spawn(udp::read_loop(
+        receivers.push(udp::Receiver::new(
             TransportId(u16::try_from(group.transport).unwrap_or(u16::MAX)),
             Some(GroupId(u16::try_from(i).unwrap_or(u16::MAX))),
             Arc::new(sock),
-            events_tx.clone(),
             config.limits.max_frame_size,
-            shutdown_rx.clone(),
         ));
         groups.push(group);
     }
@@ -469,6 +467,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
     let driver = Driver {
         gateway,
         transports,
+        receivers,
         sessions: HashMap::new(),
         dirty: Vec::new(),
         session_tasks: HashMap::new(),

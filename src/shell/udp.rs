@@ -1,4 +1,5 @@
-//! UDP transport: one reader task per socket; sends go straight from the driver.
+//! UDP transport: binding, and the [`Receiver`] the driver reads each socket through; sends go
+//! straight from the driver.
 //!
 //! Owns nothing but the receive buffer. Datagrams larger than `limits.max_frame_size` are
 //! still handed on (truncated reads are detected by size) so the core counts them. Must never
@@ -7,12 +8,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::event::Event;
 use crate::core::{DeviceAddr, GroupId, TransportId};
 
 /// Binds a UDP socket asking the kernel for `receive_buffer` octets of receive buffer, so
@@ -33,64 +34,68 @@ pub fn bind(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpSocke
     UdpSocket::from_std(socket.into())
 }
 
-/// Datagrams read per wake-up at most, so one busy socket cannot starve the others.
+/// Datagrams read per turn at most, so one busy socket cannot starve the others.
 const BATCH: usize = 64;
 
-/// Reads `sock` until shutdown. `group`: the socket is a multicast group's receiver, and what it
-/// reads was sent to the group (the sender is reached through `transport`).
-pub async fn read_loop(
-    transport: TransportId,
-    group: Option<GroupId>,
-    sock: Arc<UdpSocket>,
-    events: mpsc::Sender<Event>,
-    max_frame_size: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // One octet more than the limit tells an oversized datagram from one that fits exactly.
-    let cap = max_frame_size.saturating_add(1);
-    let mut buf = BytesMut::with_capacity(cap * 16);
-    loop {
-        let received = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = sock.readable() => r,
-        };
-        if let Err(e) = received {
-            debug!(transport = transport.0, error = %e, "UDP socket error");
-            continue;
+/// One UDP socket the driver reads itself (no task and no channel between the socket and the
+/// core): a transport's socket, or a multicast group's receiver (`group`: what it reads was sent
+/// to the group; the sender is reached through `transport`).
+pub struct Receiver {
+    pub transport: TransportId,
+    pub group: Option<GroupId>,
+    pub sock: Arc<UdpSocket>,
+    /// Frames are split off this buffer (one allocation per 16 frames, not one per frame).
+    buf: BytesMut,
+    /// One octet more than `limits.max_frame_size`: tells an oversized datagram from one that
+    /// fits exactly.
+    cap: usize,
+}
+
+impl Receiver {
+    pub fn new(
+        transport: TransportId,
+        group: Option<GroupId>,
+        sock: Arc<UdpSocket>,
+        max_frame_size: usize,
+    ) -> Receiver {
+        let cap = max_frame_size.saturating_add(1);
+        Receiver {
+            transport,
+            group,
+            sock,
+            buf: BytesMut::with_capacity(cap * 16),
+            cap,
         }
-        // Drain what is queued in one wake-up: fewer task switches under load.
+    }
+
+    /// Ready when a datagram (or an error) waits.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.sock.poll_recv_ready(cx).map(|_| ())
+    }
+
+    /// Reads what is queued, up to [`BATCH`] datagrams, giving each to `frame`.
+    pub fn drain(&mut self, mut frame: impl FnMut(Option<GroupId>, DeviceAddr, Bytes)) {
         for _ in 0..BATCH {
-            if buf.capacity() < cap {
-                buf.reserve(cap * 16);
+            if self.buf.capacity() < self.cap {
+                self.buf.reserve(self.cap * 16);
             }
-            buf.resize(cap, 0);
-            match sock.try_recv_from(&mut buf[..]) {
-                Ok((n, from)) => {
-                    buf.truncate(n);
-                    let from = DeviceAddr::udp(transport, from);
-                    let frame = buf.split().freeze();
-                    let ev = match group {
-                        None => Event::Frame { from, frame },
-                        Some(group) => Event::GroupFrame { group, from, frame },
-                    };
-                    let sent = match events.try_send(ev) {
-                        Ok(()) => Ok(()),
-                        Err(mpsc::error::TrySendError::Full(ev)) => {
-                            events.send(ev).await.map_err(|_| ())
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
-                    };
-                    if sent.is_err() {
-                        return;
-                    }
+            // Into the spare capacity, at most `cap` octets: no zeroing per datagram.
+            match self
+                .sock
+                .try_recv_buf_from(&mut (&mut self.buf).limit(self.cap))
+            {
+                Ok((_, from)) => {
+                    let from = DeviceAddr::udp(self.transport, from);
+                    frame(self.group, from, self.buf.split().freeze());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // ICMP port-unreachable from an earlier send shows up here on some systems.
-                    debug!(transport = transport.0, error = %e, "UDP receive error");
-                    buf.clear();
+                    debug!(transport = self.transport.0, error = %e, "UDP receive error");
+                    self.buf.clear();
                 }
             }
         }
+        self.buf.clear();
     }
 }
