@@ -571,6 +571,8 @@ pub(crate) async fn down_publisher(
                 }
                 rbuf.reserve(4096);
                 match timeout(Duration::from_millis(100), rd.read_buf(&mut rbuf)).await {
+                    // The writer task ended first (its half's drop sends FIN): done.
+                    Ok(Ok(0)) if ctl.stopped() => break,
                     Ok(Ok(0)) => bail!("broker closed the publisher"),
                     Ok(Ok(_)) | Err(_) => {}
                     Ok(Err(e)) => return Err(e.into()),

@@ -21,12 +21,17 @@
 //!    inside the gateway process, next to the same numbers against mosquitto upstream.
 //! 10. TLS upstream: uplink QoS 1 over plain TCP and over TLS to the same mosquitto, and the
 //!     ratio.
+//! 11. `compare` (issue 14): the same closed-loop loads (QoS 0 / 1 / 2 uplink, QoS 1 downlink,
+//!     paced QoS 1 latency) as MQTT clients on mosquitto alone and as MQTT-SN devices through
+//!     the gateway, side by side, with the CPU per message of the gateway, mosquitto and the
+//!     bench (`/proc/<pid>/stat`); `--gateway-b` adds the same rows for a second binary.
 //!
 //! See docs/benchmarks.md. Run: `cargo run -p bench --release -- --help`.
 //!
 //! This file owns the flags, the order of the tests and the printed table; each test group has
-//! a file of its own (throughput, downlink, rss, sleep + wake, store, embedded, tls), the processes
-//! and /proc readings are in `procs`, the load generators in `clients`. The bench never measures
+//! a file of its own (throughput, downlink, rss, sleep + wake, store, embedded, tls, compare),
+//! the processes and /proc readings are in `procs` and `cpu`, the load generators in `clients`
+//! (and `cmpload` for the side-by-side group). The bench never measures
 //! an in-process gateway: it runs the release binary as a child so RSS and disk I/O are its own.
 
 mod clients;
