@@ -42,13 +42,24 @@ pub(crate) async fn cmp_suite(
     }
     let socks = share(&mut devs);
     c.lat = Some(latency(a, broker, gw, &socks, rows).await?);
-    c.up0 = Some(uplink_qos0(a, broker, gw, &socks, None, a.udp_window, rows).await?);
+    c.up0 = Some(
+        uplink_qos0(
+            a,
+            broker,
+            (gw, Some(gwp.pid())),
+            &socks,
+            None,
+            a.udp_window,
+            rows,
+        )
+        .await?,
+    );
     unshare(&mut devs, socks, gw);
     drain(&mut devs).await;
-    let (mut devs, r) = uplink_qos1(a, broker, devs, false, rows).await?;
+    let (mut devs, r) = uplink_qos1(a, broker, devs, false, Some(gwp.pid()), rows).await?;
     c.up1 = Some(r);
     drain(&mut devs).await;
-    let (devs, _) = uplink_qos1(a, broker, devs, true, rows).await?;
+    let (devs, _) = uplink_qos1(a, broker, devs, true, Some(gwp.pid()), rows).await?;
     drop(devs);
     Ok(c)
 }

@@ -21,15 +21,23 @@
 //!    inside the gateway process, next to the same numbers against mosquitto upstream.
 //! 10. TLS upstream: uplink QoS 1 over plain TCP and over TLS to the same mosquitto, and the
 //!     ratio.
+//! 11. `compare` (issue 14): the same closed-loop loads (QoS 0 / 1 / 2 uplink, QoS 1 downlink,
+//!     paced QoS 1 latency) as MQTT clients on mosquitto alone and as MQTT-SN devices through
+//!     the gateway, side by side, with the CPU per message of the gateway, mosquitto and the
+//!     bench (`/proc/<pid>/stat`); `--gateway-b` adds the same rows for a second binary.
 //!
 //! See docs/benchmarks.md. Run: `cargo run -p bench --release -- --help`.
 //!
 //! This file owns the flags, the order of the tests and the printed table; each test group has
-//! a file of its own (throughput, downlink, rss, sleep + wake, store, embedded, tls), the processes
-//! and /proc readings are in `procs`, the load generators in `clients`. The bench never measures
+//! a file of its own (throughput, downlink, rss, sleep + wake, store, embedded, tls, compare),
+//! the processes and /proc readings are in `procs` and `cpu`, the load generators in `clients`
+//! (and `cmpload` for the side-by-side group). The bench never measures
 //! an in-process gateway: it runs the release binary as a child so RSS and disk I/O are its own.
 
 mod clients;
+mod cmpload;
+mod compare;
+mod cpu;
 mod downlink;
 mod embedded;
 mod procs;
@@ -63,6 +71,8 @@ use tokio::time::timeout;
 use testkit::{free_tcp_port, free_udp_port, spawn_with_fd_limit, temp_dir, Proc};
 
 use clients::*;
+use compare::*;
+use cpu::*;
 use downlink::*;
 use embedded::*;
 use procs::*;
@@ -129,12 +139,34 @@ struct Args {
     /// Persistent devices for the store test's throughput part (store on vs off).
     #[arg(long, default_value_t = 100)]
     store_tp_devices: usize,
-    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,embedded,sleep,store,tls.
+    /// Tests to run (default all):
+    /// ceiling,up0,up1,down,latency,rss,embedded,sleep,store,tls,compare.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Gateway binary; default: build and use target/release/mqttsn-gateway next to this one.
     #[arg(long)]
     gateway: Option<PathBuf>,
+    /// compare: a second gateway binary; every gateway row runs again with it ("gateway (B)").
+    #[arg(long)]
+    gateway_b: Option<PathBuf>,
+    /// compare: client counts (MQTT clients, or MQTT-SN devices; subscribers for downlink).
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    compare_clients: Vec<usize>,
+    /// compare: QoS 0 uplink messages each client keeps outstanding (sent, not yet received by
+    /// the subscriber).
+    #[arg(long, default_value_t = 8)]
+    compare_window: u64,
+    /// compare: downlink messages the publisher may be ahead of the slowest subscriber (below
+    /// mosquitto's default in-flight window of 20 per client, so nothing queues or drops).
+    #[arg(long, default_value_t = 16)]
+    compare_down_window: u64,
+    /// compare: clients of the latency rows (and of an extra QoS 1 row that sets their pace).
+    #[arg(long, default_value_t = 100)]
+    compare_latency_clients: usize,
+    /// compare: the latency rows' pace as a fraction of the slowest gateway's QoS 1 rate with
+    /// that many clients in the same run.
+    #[arg(long, default_value_t = 0.5)]
+    compare_latency_load: f64,
     /// mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: PathBuf,
@@ -247,7 +279,7 @@ async fn main() -> Result<()> {
     let t_all = Instant::now();
     let result = run(&a, &gw_bin, &dir).await;
     match &result {
-        Ok(rows) => {
+        Ok((rows, tables)) => {
             println!();
             println!(
                 "Machine: {}; payload {} B; {:.0} s per throughput test; total run {:.0} s",
@@ -256,14 +288,20 @@ async fn main() -> Result<()> {
                 a.secs,
                 t_all.elapsed().as_secs_f64()
             );
-            println!();
-            println!("| metric | measured | target | notes |");
-            println!("|---|---|---|---|");
-            for r in rows {
-                println!(
-                    "| {} | {} | {} | {} |",
-                    r.metric, r.value, r.target, r.notes
-                );
+            if !rows.is_empty() {
+                println!();
+                println!("| metric | measured | target | notes |");
+                println!("|---|---|---|---|");
+                for r in rows {
+                    println!(
+                        "| {} | {} | {} | {} |",
+                        r.metric, r.value, r.target, r.notes
+                    );
+                }
+            }
+            for t in tables {
+                println!();
+                print!("{t}");
             }
         }
         Err(e) => eprintln!("bench failed: {e:#} (logs in {})", dir.display()),
@@ -276,7 +314,7 @@ async fn main() -> Result<()> {
     result.map(|_| ())
 }
 
-async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
+async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<(Vec<Row>, Vec<String>)> {
     let mut rows = Vec::new();
     let (mut mosq, port) = start_mosquitto(&a.mosquitto, dir, !a.mosquitto_nagle, "", "")?;
     let broker: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -309,9 +347,19 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
         }
         if a.wants("up0") {
             let socks = share(&mut devs);
-            let open = uplink_qos0(a, broker, gw, &socks, ceil, 0, &mut rows).await?;
+            let open =
+                uplink_qos0(a, broker, (gw, Some(gwp.pid())), &socks, ceil, 0, &mut rows).await?;
             upstream.up0 = Some(if a.udp_window > 0 {
-                uplink_qos0(a, broker, gw, &socks, ceil, a.udp_window, &mut rows).await?
+                uplink_qos0(
+                    a,
+                    broker,
+                    (gw, Some(gwp.pid())),
+                    &socks,
+                    ceil,
+                    a.udp_window,
+                    &mut rows,
+                )
+                .await?
             } else {
                 open
             });
@@ -320,7 +368,7 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
         if a.wants("up1") {
             // Let the QoS 0 backlog drain before the next test.
             drain(&mut devs).await;
-            let (back, r) = uplink_qos1(a, broker, devs, false, &mut rows).await?;
+            let (back, r) = uplink_qos1(a, broker, devs, false, Some(gwp.pid()), &mut rows).await?;
             devs = back;
             upstream.up1 = Some(r);
         }
@@ -363,9 +411,18 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     if a.wants("tls") {
         tls_test(a, gw_bin, dir, &mut rows).await?;
     }
+    let mut tables = Vec::new();
+    if a.wants("compare") {
+        let mut gws = vec![(String::from("gateway"), gw_bin.to_path_buf())];
+        if let Some(b) = &a.gateway_b {
+            gws[0].0 = "gateway (A)".into();
+            gws.push(("gateway (B)".into(), b.clone()));
+        }
+        tables.push(compare_test(a, &gws, dir, broker, mosq.pid()).await?);
+    }
     if !mosq.alive() {
         bail!("mosquitto exited (see {})", mosq.log.display());
     }
     let _ = mosq.name;
-    Ok(rows)
+    Ok((rows, tables))
 }

@@ -67,11 +67,12 @@ pub(crate) async fn ceiling(a: &Args, broker: SocketAddr, rows: &mut Vec<Row>) -
     Ok(rt)
 }
 
-/// 2. Uplink QoS 0 blast.
+/// Test 2: uplink QoS 0 blast (`window` 0) or closed loop; with the gateway's pid its CPU per
+/// message is in the notes.
 pub(crate) async fn uplink_qos0(
     a: &Args,
     broker: SocketAddr,
-    gw: SocketAddr,
+    (gw, gw_pid): (SocketAddr, Option<u32>),
     devs: &[(Arc<UdpSocket>, u16)],
     ceiling: Option<f64>,
     window: u64,
@@ -98,6 +99,7 @@ pub(crate) async fn uplink_qos0(
         })
     };
     let errors = Arc::new(AtomicU64::new(0));
+    let cpu0 = gw_pid.and_then(cpu_ticks);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.secs);
     let mut set = JoinSet::new();
@@ -143,12 +145,13 @@ pub(crate) async fn uplink_qos0(
         format!("{} msg/s", fmt_rate(rt)),
         "—",
         format!(
-            "received {} of {} sent ({:.1} %); gateway UDP socket buffer drops {}; send errors {}",
+            "received {} of {} sent ({:.1} %); gateway UDP socket buffer drops {}; send errors {}{}",
             r.count,
             sent,
             pct(r.count, sent),
             drops,
-            errors.load(Ordering::Relaxed)
+            errors.load(Ordering::Relaxed),
+            gw_pid.map_or(String::new(), |p| gateway_cpu_note(p, cpu0, r.count)),
         ),
     ));
     if let Some(c) = ceiling {
@@ -173,6 +176,7 @@ pub(crate) async fn uplink_qos1(
     broker: SocketAddr,
     devs: Vec<(Device, u16)>,
     persistent_sub: bool,
+    gw_pid: Option<u32>,
     rows: &mut Vec<Row>,
 ) -> Result<(Vec<(Device, u16)>, f64)> {
     eprintln!(
@@ -186,6 +190,7 @@ pub(crate) async fn uplink_qos1(
     } else {
         Subscriber::start(broker, "bench-up1-sub", PHASE_UP1).await?
     };
+    let cpu0 = gw_pid.and_then(cpu_ticks);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.secs);
     let mut set = JoinSet::new();
@@ -248,10 +253,11 @@ pub(crate) async fn uplink_qos1(
         format!("{} msg/s", fmt_rate(rt)),
         "—",
         format!(
-            "{acked} PUBACKs; subscriber received {}; PUBLISH->PUBACK p50 {:.2} ms, p99 {:.2} ms; timeouts {timeouts}, rejected {rejected}",
+            "{acked} PUBACKs; subscriber received {}; PUBLISH->PUBACK p50 {:.2} ms, p99 {:.2} ms; timeouts {timeouts}, rejected {rejected}{}",
             r.count,
             percentile(&lat, 0.5) as f64 / 1000.0,
             percentile(&lat, 0.99) as f64 / 1000.0,
+            gw_pid.map_or(String::new(), |p| gateway_cpu_note(p, cpu0, acked)),
         ),
     ));
     Ok((back, rt))

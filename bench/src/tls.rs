@@ -25,7 +25,7 @@ async fn qos1_through(
         devs.push(Device::ready(gw, "up", i).await?);
     }
     let mut scratch = Vec::new();
-    let (devs, rate) = uplink_qos1(a, check, devs, false, &mut scratch).await?;
+    let (devs, rate) = uplink_qos1(a, check, devs, false, None, &mut scratch).await?;
     drop(devs);
     gateway_health(&mut gwp, &format!("10z. Gateway warnings, {tag}"), rows);
     let notes = scratch.pop().map(|r| r.notes).unwrap_or_default();
