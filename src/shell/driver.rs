@@ -141,16 +141,31 @@ impl Driver {
         // Which input is looked at first this turn: rotates, so neither the event channel nor
         // any one socket can starve the others.
         let mut turn = 0usize;
-        // The core's clock is std's; tokio's Instant converts for sleeping.
+        // One timer for the driver's life, moved only when the core's next deadline changes
+        // (not registered and dropped again every turn).
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut armed: Option<std::time::Instant> = None;
         loop {
             let wake = self.gateway.poll_timeout();
+            if wake != armed {
+                // The core's clock is std's; tokio's Instant converts for sleeping.
+                let at = match wake {
+                    Some(at) => {
+                        Instant::now() + at.saturating_duration_since(std::time::Instant::now())
+                    }
+                    None => Instant::now() + Duration::from_secs(3600),
+                };
+                timer.as_mut().reset(at);
+                armed = wake;
+            }
             turn = turn.wrapping_add(1);
             let step = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Step::Shutdown,
                 seq = next_confirmed(&mut persistence) => Step::Persisted(seq),
                 input = next_input(&mut events, &receivers, turn) => input,
-                _ = sleep_until_std(wake) => Step::Timer,
+                _ = &mut timer, if wake.is_some() => Step::Timer,
             };
             match step {
                 Step::Shutdown => break,
@@ -187,7 +202,11 @@ impl Driver {
                         }
                     });
                 }
-                Step::Timer => self.gateway.handle_timeout(std::time::Instant::now()),
+                Step::Timer => {
+                    // Fired: armed again below for whatever the core says next.
+                    armed = None;
+                    self.gateway.handle_timeout(std::time::Instant::now())
+                }
             }
             self.flush(persistence.as_ref()).await;
             self.stats.send_replace(self.gateway.stats());
@@ -501,16 +520,5 @@ impl Driver {
             _ => return,
         };
         self.count_out(index, len, sent);
-    }
-}
-
-async fn sleep_until_std(at: Option<std::time::Instant>) {
-    match at {
-        Some(at) => {
-            let now = std::time::Instant::now();
-            let wait = at.saturating_duration_since(now);
-            tokio::time::sleep_until(Instant::now() + wait).await
-        }
-        None => std::future::pending().await,
     }
 }
