@@ -268,6 +268,11 @@ fn other_out_of_range_numbers() {
     assert_eq!(key, "limits.channel_depth");
     let (_, _, key, _) = invalid("broker:\n  upstream:\n    port: 0\n");
     assert_eq!(key, "broker.upstream.port");
+    let (line, _, key, _) = invalid("runtime:\n  worker_threads: 0\n");
+    assert_eq!((line, key.as_str()), (Some(2), "runtime.worker_threads"));
+    let c = Config::from_yaml_str("runtime:\n  worker_threads: 4\n", "t").unwrap();
+    assert_eq!(c.runtime.worker_threads, 4);
+    assert_eq!(Config::default().runtime.worker_threads, 1);
 }
 
 #[test]
