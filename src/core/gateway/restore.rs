@@ -121,7 +121,7 @@ impl Gateway {
             self.settle(id, tx_mark);
         }
         info!(?report, "restored persistent sessions");
-        self.finish_input();
+        self.finish_input(now);
         report
     }
 }

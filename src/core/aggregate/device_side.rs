@@ -1,0 +1,244 @@
+//! What a device sends on its virtual session, carried onto the shared sessions: its CONNECT
+//! (kept here: its will), uplink PUBLISH / PUBREL (packet ids re-allocated per shared session),
+//! its acks of downlink messages (the broker's message is acknowledged once every device it
+//! went to took it), SUBSCRIBE / UNSUBSCRIBE (through the filter table) and its end (the will).
+//!
+//! Owns: the `impl Aggregate` blocks for a device's packets. Must never: touch a device.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tracing::debug;
+
+use super::shared::Flight;
+use super::{Aggregate, DownKey, Virtual};
+use crate::core::ctx::Ctx;
+use crate::core::types::SessionId;
+use crate::mqtt;
+
+impl Aggregate {
+    /// A device opened its session: kept here, spread over the shared session with the
+    /// fewest devices, accepted at once when that one is up.
+    pub(super) fn open_virtual(&mut self, vs: SessionId, connect: &mqtt::Connect) {
+        let k = (0..self.shared.len())
+            .min_by_key(|&k| self.shared[k].devices)
+            .unwrap_or(0);
+        self.shared[k].devices += 1;
+        let accepted = self.shared[k].connected;
+        self.virt.insert(
+            vs,
+            Virtual {
+                client_id: connect.client_id.clone(),
+                shared: k,
+                will: connect.will.clone(),
+                said_bye: false,
+                accepted,
+                up: HashMap::new(),
+                down: HashMap::new(),
+                next_down: 0,
+                filters: BTreeSet::new(),
+            },
+        );
+        if accepted {
+            self.accept(vs);
+        }
+    }
+
+    /// The device's CONNACK: it has no session at the broker, so a persistent device
+    /// subscribes again to what it holds (the filter table counts it again).
+    pub(super) fn accept(&mut self, vs: SessionId) {
+        self.inbox.push_back((
+            vs,
+            mqtt::Packet::ConnAck {
+                session_present: false,
+                code: mqtt::ConnectReturnCode::Accepted,
+            },
+        ));
+    }
+
+    pub(super) fn on_device_packet(&mut self, ctx: &mut Ctx, vs: SessionId, packet: mqtt::Packet) {
+        match packet {
+            mqtt::Packet::Publish(p) => self.uplink(ctx, vs, p),
+            mqtt::Packet::PubRel { packet_id } => self.uplink_release(vs, packet_id),
+            mqtt::Packet::PubAck { packet_id } | mqtt::Packet::PubRec { packet_id } => {
+                if let Some(key) = self
+                    .virt
+                    .get_mut(&vs)
+                    .and_then(|v| v.down.remove(&packet_id))
+                {
+                    self.taken(key);
+                }
+            }
+            mqtt::Packet::Subscribe { packet_id, filters } => {
+                self.subscribe(vs, packet_id, filters)
+            }
+            mqtt::Packet::Unsubscribe { packet_id, filters } => {
+                self.unsubscribe(vs, filters);
+                self.inbox
+                    .push_back((vs, mqtt::Packet::UnsubAck { packet_id }));
+            }
+            mqtt::Packet::Disconnect => {
+                if let Some(v) = self.virt.get_mut(&vs) {
+                    v.said_bye = true;
+                }
+            }
+            // PUBCOMP: the gateway never sends a device's session a PUBREL (the broker's is
+            // answered here); PINGREQ: the shared sessions keep themselves alive.
+            _ => {}
+        }
+    }
+
+    fn uplink(&mut self, ctx: &mut Ctx, vs: SessionId, p: mqtt::Publish) {
+        let Some(v) = self.virt.get_mut(&vs) else {
+            return;
+        };
+        let shared = &mut self.shared[v.shared];
+        let Some(d) = p.packet_id else {
+            if !shared.send(&mut self.ready, mqtt::Packet::Publish(p)) {
+                ctx.stats.uplink_dropped += 1;
+            }
+            return;
+        };
+        if let Some(&s) = v.up.get(&d) {
+            // The device sent it again under the same id: still the same flight.
+            shared.resend(&mut self.ready, s);
+            return;
+        }
+        let flight = Flight::Publish {
+            from: Some((vs, d)),
+            publish: p,
+            sent: false,
+            released: false,
+        };
+        match shared.start(&mut self.ready, flight) {
+            Some(s) => {
+                v.up.insert(d, s);
+            }
+            None => {
+                ctx.stats.uplink_dropped += 1;
+                debug!(client_id = %v.client_id, "every packet id of the shared session is in flight; PUBLISH dropped");
+            }
+        }
+    }
+
+    fn uplink_release(&mut self, vs: SessionId, d: u16) {
+        let Some(v) = self.virt.get(&vs) else {
+            return;
+        };
+        let shared = &mut self.shared[v.shared];
+        let Some(&s) = v.up.get(&d) else {
+            // Nothing of it is held any more (completed, or from before a restart).
+            self.inbox
+                .push_back((vs, mqtt::Packet::PubComp { packet_id: d }));
+            return;
+        };
+        if let Some(Flight::Publish { released, .. }) = shared.flight_mut(s) {
+            *released = true;
+        }
+        shared.send(&mut self.ready, mqtt::Packet::PubRel { packet_id: s });
+    }
+
+    /// One device took (or will never take) downlink message `key`: once all of them have,
+    /// the broker gets its PUBACK / PUBREC.
+    pub(super) fn taken(&mut self, key: DownKey) {
+        let Some(o) = self.owed.get_mut(&key) else {
+            return;
+        };
+        o.remaining = o.remaining.saturating_sub(1);
+        if o.remaining > 0 {
+            return;
+        }
+        let qos = o.qos;
+        self.owed.remove(&key);
+        let (k, epoch, packet_id) = key;
+        if self.shared[k].epoch == epoch {
+            self.ack_upstream(k, qos, packet_id);
+        }
+        // From an earlier connection: the broker sends it again on this one.
+    }
+
+    fn subscribe(&mut self, vs: SessionId, packet_id: u16, wanted: Vec<(String, mqtt::QoS)>) {
+        let Some(v) = self.virt.get_mut(&vs) else {
+            return;
+        };
+        let mut filters = Vec::with_capacity(wanted.len());
+        let mut asked = Vec::with_capacity(wanted.len());
+        for (f, q) in wanted {
+            let (upstream, generation) = self.filters.join(&f, vs, q);
+            self.leaving.remove(&f);
+            v.filters.insert(f.clone());
+            filters.push((f, upstream, generation));
+            asked.push(q);
+        }
+        let flight = Flight::Subscribe {
+            filters,
+            waiter: Some((vs, packet_id, asked)),
+        };
+        if self.shared[0].start(&mut self.ready, flight).is_none() {
+            let codes = vec![mqtt::SubackCode::Failure];
+            self.inbox
+                .push_back((vs, mqtt::Packet::SubAck { packet_id, codes }));
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, vs: SessionId, filters: Vec<String>) {
+        let Some(v) = self.virt.get_mut(&vs) else {
+            return;
+        };
+        for f in filters {
+            v.filters.remove(&f);
+            if self.filters.leave(&f, vs) {
+                self.leaving.insert(f);
+            }
+        }
+    }
+
+    /// The device's session ended: its subscriptions are released, what it owed the broker
+    /// counts as taken, its uplink flights finish without it, and — unless it said
+    /// DISCONNECT — its will is published.
+    pub(super) fn close_virtual(&mut self, vs: SessionId) {
+        let Some(v) = self.virt.remove(&vs) else {
+            return;
+        };
+        let k = v.shared;
+        self.shared[k].devices = self.shared[k].devices.saturating_sub(1);
+        for f in v.filters {
+            if self.filters.leave(&f, vs) {
+                self.leaving.insert(f);
+            }
+        }
+        for key in v.down.into_values() {
+            self.taken(key);
+        }
+        for s in v.up.into_values() {
+            if let Some(Flight::Publish { from, .. }) = self.shared[k].flight_mut(s) {
+                *from = None;
+            }
+        }
+        if v.said_bye {
+            return;
+        }
+        let Some(will) = v.will else {
+            return;
+        };
+        debug!(client_id = %v.client_id, topic = %will.topic, "device gone without DISCONNECT; publishing its will");
+        let publish = mqtt::Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic,
+            packet_id: None,
+            payload: will.message,
+        };
+        if will.qos == mqtt::QoS::AtMostOnce {
+            self.shared[k].send(&mut self.ready, mqtt::Packet::Publish(publish));
+        } else {
+            let flight = Flight::Publish {
+                from: None,
+                publish,
+                sent: false,
+                released: false,
+            };
+            let _ = self.shared[k].start(&mut self.ready, flight);
+        }
+    }
+}
