@@ -497,6 +497,9 @@ impl Gateway {
                 return;
             };
             agg.translate(&mut self.ctx);
+            // What translating wrote (a durable flow's shared packet id) is a batch too.
+            self.ctx.flush_persist();
+            agg.translate(&mut self.ctx);
             let inbox = agg.take_inbox();
             if inbox.is_empty() {
                 agg.end_input();
@@ -525,7 +528,7 @@ impl Gateway {
         }
         if let Some(agg) = &mut self.agg {
             if let Some(k) = agg.owns(session) {
-                agg.on_upstream(now, k, packet);
+                agg.on_upstream(&mut self.ctx, now, k, packet);
                 return;
             }
         }

@@ -11,11 +11,19 @@ use tracing::debug;
 
 use super::shared::Flight;
 use super::{Aggregate, DownKey, Owed};
-use crate::core::types::SessionId;
+use crate::core::ctx::Ctx;
+use crate::core::persist;
+use crate::core::types::{PersistOp, SessionId, Table};
 use crate::mqtt;
 
 impl Aggregate {
-    pub(crate) fn on_upstream(&mut self, now: Instant, k: usize, packet: mqtt::Packet) {
+    pub(crate) fn on_upstream(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        k: usize,
+        packet: mqtt::Packet,
+    ) {
         match packet {
             mqtt::Packet::ConnAck {
                 code,
@@ -27,13 +35,15 @@ impl Aggregate {
                 self.shared[k].send(&mut self.ready, mqtt::Packet::PubComp { packet_id });
             }
             mqtt::Packet::PubAck { packet_id } => {
-                if let Some(Flight::Publish { from, .. }) = self.shared[k].finish(packet_id) {
+                if let Some(Flight::Publish { from, row, .. }) = self.shared[k].finish(packet_id) {
+                    forget_row(ctx, row);
                     self.back_to_device(from, |d| mqtt::Packet::PubAck { packet_id: d }, true);
                 }
             }
             mqtt::Packet::PubRec { packet_id } => self.on_pubrec(k, packet_id),
             mqtt::Packet::PubComp { packet_id } => {
-                if let Some(Flight::Publish { from, .. }) = self.shared[k].finish(packet_id) {
+                if let Some(Flight::Publish { from, row, .. }) = self.shared[k].finish(packet_id) {
+                    forget_row(ctx, row);
                     self.back_to_device(from, |d| mqtt::Packet::PubComp { packet_id: d }, true);
                 }
             }
@@ -143,14 +153,13 @@ impl Aggregate {
             if v.down.len() >= usize::from(u16::MAX) {
                 continue; // cannot happen: a device holds at most limits.max_queued_per_device
             }
-            let mut vid = v.next_down;
-            loop {
-                vid = vid.wrapping_add(1).max(1);
-                if !v.down.contains_key(&vid) {
-                    break;
-                }
+            // The broker's own packet id when free (as in transparent mode, a re-sent copy
+            // then carries the id the device's buffer knows), else the next free one.
+            let mut vid = packet_id;
+            while v.down.contains_key(&vid) {
+                v.next_down = v.next_down.wrapping_add(1).max(1);
+                vid = v.next_down;
             }
-            v.next_down = vid;
             v.down.insert(vid, key);
             sent += 1;
             let mut copy = p.clone();
@@ -245,5 +254,15 @@ impl Aggregate {
                 },
             ));
         }
+    }
+}
+
+/// Deletes the stored row of a finished durable QoS 2 flight.
+fn forget_row(ctx: &mut Ctx, row: Option<(String, u16)>) {
+    if let Some((client_id, d)) = row {
+        ctx.persist(PersistOp::Delete {
+            table: Table::Uplink,
+            key: persist::numbered_key(&client_id, persist::AGGREGATED_UPLINK_BASE + u64::from(d)),
+        });
     }
 }

@@ -12,27 +12,55 @@ use tracing::debug;
 use super::shared::Flight;
 use super::{Aggregate, DownKey, Virtual};
 use crate::core::ctx::Ctx;
-use crate::core::types::SessionId;
+use crate::core::persist;
+use crate::core::types::{Output, SessionId, Table};
 use crate::mqtt;
 
 impl Aggregate {
     /// A device opened its session: kept here, spread over the shared session with the
     /// fewest devices, accepted at once when that one is up.
-    pub(super) fn open_virtual(&mut self, vs: SessionId, connect: &mqtt::Connect) {
+    pub(super) fn open_virtual(
+        &mut self,
+        vs: SessionId,
+        connect: &mqtt::Connect,
+        key: String,
+        durable: bool,
+    ) {
         let k = (0..self.shared.len())
             .min_by_key(|&k| self.shared[k].devices)
             .unwrap_or(0);
         self.shared[k].devices += 1;
         let accepted = self.shared[k].connected;
+        // Its QoS 2 flows from an earlier session (or process) continue under their ids.
+        let mut up = HashMap::new();
+        for (d, sk, s) in self.parked.remove(&key).unwrap_or_default() {
+            match self.shared[sk].flight_mut(s) {
+                Some(Flight::Publish { from, .. }) => *from = Some((vs, d)),
+                Some(_) => continue,
+                None => self.shared[sk].restore(
+                    s,
+                    Flight::Publish {
+                        from: Some((vs, d)),
+                        publish: None,
+                        row: Some((key.clone(), d)),
+                        sent: true,
+                        released: false,
+                    },
+                ),
+            }
+            up.insert(d, (sk, s));
+        }
         self.virt.insert(
             vs,
             Virtual {
                 client_id: connect.client_id.clone(),
+                key,
+                durable,
                 shared: k,
                 will: connect.will.clone(),
                 said_bye: false,
                 accepted,
-                up: HashMap::new(),
+                up,
                 down: HashMap::new(),
                 next_down: 0,
                 filters: BTreeSet::new(),
@@ -91,32 +119,55 @@ impl Aggregate {
         let Some(v) = self.virt.get_mut(&vs) else {
             return;
         };
-        let shared = &mut self.shared[v.shared];
         let Some(d) = p.packet_id else {
-            if !shared.send(&mut self.ready, mqtt::Packet::Publish(p)) {
+            if !self.shared[v.shared].send(&mut self.ready, mqtt::Packet::Publish(p)) {
                 ctx.stats.uplink_dropped += 1;
             }
             return;
         };
-        if let Some(&s) = v.up.get(&d) {
-            // The device sent it again under the same id: still the same flight.
-            shared.resend(&mut self.ready, s);
+        if let Some(&(k, s)) = v.up.get(&d) {
+            // The device sent it again under the same id: still the same flight (after a
+            // restart its content is known again only now).
+            if let Some(Flight::Publish { publish, .. }) = self.shared[k].flight_mut(s) {
+                publish.get_or_insert(p);
+            }
+            self.shared[k].resend(&mut self.ready, s);
             return;
         }
+        let k = v.shared;
+        let shared = &mut self.shared[k];
+        let row = (p.qos == mqtt::QoS::ExactlyOnce && v.durable).then(|| (v.key.clone(), d));
         let flight = Flight::Publish {
             from: Some((vs, d)),
-            publish: p,
+            publish: Some(p),
+            row: row.clone(),
             sent: false,
             released: false,
         };
-        match shared.start(&mut self.ready, flight) {
-            Some(s) => {
-                v.up.insert(d, s);
-            }
-            None => {
-                ctx.stats.uplink_dropped += 1;
-                debug!(client_id = %v.client_id, "every packet id of the shared session is in flight; PUBLISH dropped");
-            }
+        let Some(s) = shared.reserve(flight) else {
+            ctx.stats.uplink_dropped += 1;
+            debug!(client_id = %v.client_id, "every packet id of the shared session is in flight; PUBLISH dropped");
+            return;
+        };
+        v.up.insert(d, (k, s));
+        let Some((key, d)) = row else {
+            shared.resend(&mut self.ready, s);
+            return;
+        };
+        // Exactly once across a restart: the shared packet id is on disk before the broker
+        // sees it, so a PUBLISH the device sends again after a restart goes under it again.
+        let record = persist::UplinkRecord::Aggregated {
+            packet_id: d,
+            shared: u16::try_from(k).unwrap_or(u16::MAX),
+            shared_packet_id: s,
+        };
+        ctx.persist(persist::put(
+            Table::Uplink,
+            persist::numbered_key(&key, persist::AGGREGATED_UPLINK_BASE + u64::from(d)),
+            &record,
+        ));
+        if let (Some(packet), Some(session)) = (shared.take_send(s), shared.session) {
+            ctx.after_persist(Output::Send { session, packet });
         }
     }
 
@@ -124,13 +175,13 @@ impl Aggregate {
         let Some(v) = self.virt.get(&vs) else {
             return;
         };
-        let shared = &mut self.shared[v.shared];
-        let Some(&s) = v.up.get(&d) else {
+        let Some(&(k, s)) = v.up.get(&d) else {
             // Nothing of it is held any more (completed, or from before a restart).
             self.inbox
                 .push_back((vs, mqtt::Packet::PubComp { packet_id: d }));
             return;
         };
+        let shared = &mut self.shared[k];
         if let Some(Flight::Publish { released, .. }) = shared.flight_mut(s) {
             *released = true;
         }
@@ -209,9 +260,16 @@ impl Aggregate {
         for key in v.down.into_values() {
             self.taken(key);
         }
-        for s in v.up.into_values() {
-            if let Some(Flight::Publish { from, .. }) = self.shared[k].flight_mut(s) {
+        for (d, (sk, s)) in v.up {
+            if let Some(Flight::Publish { from, row, .. }) = self.shared[sk].flight_mut(s) {
                 *from = None;
+                if v.durable && row.is_some() {
+                    // Its next session continues it (the device keeps its QoS 2 flows).
+                    self.parked
+                        .entry(v.key.clone())
+                        .or_default()
+                        .push((d, sk, s));
+                }
             }
         }
         if v.said_bye {
@@ -234,7 +292,8 @@ impl Aggregate {
         } else {
             let flight = Flight::Publish {
                 from: None,
-                publish,
+                publish: Some(publish),
+                row: None,
                 sent: false,
                 released: false,
             };

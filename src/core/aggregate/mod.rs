@@ -42,6 +42,10 @@ type DownKey = (usize, u64, u16);
 #[derive(Debug)]
 struct Virtual {
     client_id: String,
+    /// Its ClientId as the device gave it (its rows in the store are under it).
+    key: String,
+    /// Clean session 0 with a store: its QoS 2 flows are written down.
+    durable: bool,
     /// The shared session it rides on (its uplink; its subscriptions ride on session 0).
     shared: usize,
     /// Its will, published by the gateway when the session ends without DISCONNECT.
@@ -50,8 +54,8 @@ struct Virtual {
     said_bye: bool,
     /// Its CONNACK was given (else it waits for its shared session).
     accepted: bool,
-    /// Its uplink QoS 1/2 packet ids → the shared session's.
-    up: HashMap<u16, u16>,
+    /// Its uplink QoS 1/2 packet ids → (shared session, its packet id).
+    up: HashMap<u16, (usize, u16)>,
     /// Packet ids it was given for downlink messages → the broker's message.
     down: HashMap<u16, DownKey>,
     next_down: u16,
@@ -84,6 +88,10 @@ pub(crate) struct Aggregate {
     ready: VecDeque<Output>,
     /// Packets for devices, on their virtual sessions.
     inbox: VecDeque<(SessionId, mqtt::Packet)>,
+    /// QoS 2 flows of durable devices without a virtual session now (restored from the store,
+    /// or left by a session that ended): (device packet id, shared session, its packet id),
+    /// taken up by the device's next session. At most `limits.max_queued_per_device` each.
+    parked: HashMap<String, Vec<(u16, usize, u16)>>,
 }
 
 impl Aggregate {
@@ -103,6 +111,7 @@ impl Aggregate {
             leaving: BTreeSet::new(),
             ready: VecDeque::new(),
             inbox: VecDeque::new(),
+            parked: HashMap::new(),
         }
     }
 
@@ -138,11 +147,12 @@ impl Aggregate {
                 Output::Open {
                     session,
                     connect,
-                    device: Some(_),
+                    device: Some(device),
                 } => {
                     // Not a connection: the CONNECT stays here.
                     ctx.stats.upstream_opens = ctx.stats.upstream_opens.saturating_sub(1);
-                    self.open_virtual(session, &connect);
+                    let durable = ctx.persistent() && !connect.clean_session;
+                    self.open_virtual(session, &connect, device.client_id, durable);
                 }
                 Output::Send { session, packet } if self.virt.contains_key(&session) => {
                     self.on_device_packet(ctx, session, packet);
@@ -168,6 +178,18 @@ impl Aggregate {
         // Not connected: the flight goes when the session is back. No id free: the broker
         // keeps a subscription nobody holds; its messages are acknowledged and dropped.
         let _ = self.shared[0].start(&mut self.ready, flight);
+    }
+
+    /// A QoS 2 flow of `client_id` read from the store (before any input).
+    pub(crate) fn restore_flow(&mut self, client_id: &str, flow: (u16, usize, u16)) {
+        if flow.1 >= self.shared.len() {
+            tracing::info!(client_id, shared = flow.1, "a stored QoS 2 flow names a shared session broker.upstream.connections no longer has; dropped");
+            return;
+        }
+        self.parked
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(flow);
     }
 
     /// A clean stop: every shared session says DISCONNECT.

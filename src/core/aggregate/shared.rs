@@ -26,7 +26,11 @@ pub(super) enum Flight {
     /// own packet id; `None` once that session ended, or for a will the gateway publishes).
     Publish {
         from: Option<(SessionId, u16)>,
-        publish: mqtt::Publish,
+        /// `None`: a QoS 2 flow restored from the store, whose PUBLISH the device sends again.
+        publish: Option<mqtt::Publish>,
+        /// The ClientId and device packet id whose stored row names this flight (durable
+        /// QoS 2), deleted at its end.
+        row: Option<(String, u16)>,
         /// Sent at least once (a re-send carries DUP); what was not sent on the current
         /// connection goes out when the session is accepted.
         sent: bool,
@@ -45,14 +49,15 @@ pub(super) enum Flight {
 }
 
 impl Flight {
-    /// The packet that (re)sends this flight under `packet_id` on a fresh connection.
-    fn packet(&self, packet_id: u16, again: bool) -> mqtt::Packet {
-        match self {
+    /// The packet that (re)sends this flight under `packet_id` (none for a restored PUBLISH
+    /// whose content the device has not sent again yet).
+    pub(super) fn packet(&self, packet_id: u16, again: bool) -> Option<mqtt::Packet> {
+        Some(match self {
             Flight::Publish { released: true, .. } => mqtt::Packet::PubRel { packet_id },
             Flight::Publish { publish, .. } => mqtt::Packet::Publish(mqtt::Publish {
                 dup: again,
                 packet_id: Some(packet_id),
-                ..publish.clone()
+                ..publish.clone()?
             }),
             Flight::Subscribe { filters, .. } => mqtt::Packet::Subscribe {
                 packet_id,
@@ -62,7 +67,7 @@ impl Flight {
                 packet_id,
                 filters: filters.clone(),
             },
-        }
+        })
     }
 }
 
@@ -201,10 +206,9 @@ impl Shared {
                 Flight::Publish { sent, .. } => std::mem::replace(sent, true),
                 _ => false,
             };
-            out.push_back(Output::Send {
-                session,
-                packet: flight.packet(id, again),
-            });
+            if let Some(packet) = flight.packet(id, again) {
+                out.push_back(Output::Send { session, packet });
+            }
         }
         Some(session_present)
     }
@@ -248,7 +252,15 @@ impl Shared {
 
     /// Takes a free packet id for `flight` and sends it when connected. `None`: all 65535
     /// ids of this session are in flight (the natural bound of the table).
-    pub(super) fn start(&mut self, out: &mut VecDeque<Output>, mut flight: Flight) -> Option<u16> {
+    pub(super) fn start(&mut self, out: &mut VecDeque<Output>, flight: Flight) -> Option<u16> {
+        let id = self.reserve(flight)?;
+        self.resend(out, id);
+        Some(id)
+    }
+
+    /// Takes a free packet id for `flight` without sending it (the caller sends it once the
+    /// stored row that names it is durable; or the next CONNACK does).
+    pub(super) fn reserve(&mut self, flight: Flight) -> Option<u16> {
         if self.flights.len() >= usize::from(u16::MAX) {
             return None;
         }
@@ -260,31 +272,36 @@ impl Shared {
             }
         }
         self.next_id = id;
-        if let Flight::Publish { sent, .. } = &mut flight {
-            *sent = self.connected;
-        }
-        let packet = flight.packet(id, false);
-        self.send(out, packet);
         self.flights.insert(id, flight);
         Some(id)
     }
 
-    /// Re-sends flight `id` (a device's DUP re-send of a PUBLISH still in flight).
+    /// Puts back flight `id` restored from the store (a restart).
+    pub(super) fn restore(&mut self, id: u16, flight: Flight) {
+        self.next_id = self.next_id.max(id);
+        self.flights.insert(id, flight);
+    }
+
+    /// (Re-)sends flight `id` when connected (a PUBLISH carries DUP once it went out before).
     pub(super) fn resend(&mut self, out: &mut VecDeque<Output>, id: u16) {
-        let Some(flight) = self.flights.get_mut(&id) else {
-            return;
-        };
-        let again = match flight {
-            Flight::Publish { sent, .. } => *sent,
-            _ => true,
-        };
-        let packet = flight.packet(id, again);
-        if let (true, Some(session)) = (self.connected, self.session) {
-            out.push_back(Output::Send { session, packet });
-            if let Flight::Publish { sent, .. } = flight {
-                *sent = true;
+        if let Some(packet) = self.take_send(id) {
+            if let Some(session) = self.session {
+                out.push_back(Output::Send { session, packet });
             }
         }
+    }
+
+    /// The packet that sends flight `id` now (marked sent), when connected.
+    pub(super) fn take_send(&mut self, id: u16) -> Option<mqtt::Packet> {
+        if !self.connected || self.session.is_none() {
+            return None;
+        }
+        let flight = self.flights.get_mut(&id)?;
+        let again = match flight {
+            Flight::Publish { sent, .. } => std::mem::replace(sent, true),
+            _ => true,
+        };
+        flight.packet(id, again)
     }
 
     pub(super) fn flight_mut(&mut self, id: u16) -> Option<&mut Flight> {

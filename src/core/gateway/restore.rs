@@ -106,6 +106,17 @@ impl Gateway {
                     None => report.skipped += 1,
                 },
                 Table::Uplink => match persist::decode(&value) {
+                    Some(persist::UplinkRecord::Aggregated {
+                        packet_id,
+                        shared,
+                        shared_packet_id,
+                    }) => {
+                        if let Some(agg) = &mut self.agg {
+                            let flow = (packet_id, usize::from(shared), shared_packet_id);
+                            agg.restore_flow(&dev.client_id, flow);
+                        }
+                        report.uplink += 1;
+                    }
                     Some(r) => {
                         dev.restore_uplink(n, r);
                         report.uplink += 1;

@@ -12,6 +12,7 @@ use crate::codec::{self, Frame, Message, QoS, ReturnCode, TopicRef, WillTopic};
 use crate::mqtt;
 
 mod aggregate;
+mod aggregate_store;
 mod connect;
 mod discovery;
 mod downlink;
