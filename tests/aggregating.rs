@@ -16,6 +16,7 @@ use mqttsn_gateway::mqtt;
 on_both_backends!(
     many_devices_share_two_upstream_sessions_and_one_subscription,
     the_aggregate_client_id_is_the_configured_one,
+    a_persistent_device_gets_what_was_published_while_it_was_disconnected,
 );
 
 /// Waits until `f` holds for the gateway's counters (they are published every so often).
@@ -160,5 +161,30 @@ async fn the_aggregate_client_id_is_the_configured_one(backend: Backend) {
     }
     dev.send(Message::PingReq { client_id: None }).await;
     assert_eq!(dev.recv().await, Message::PingResp);
+    gw.shutdown().await;
+}
+
+async fn a_persistent_device_gets_what_was_published_while_it_was_disconnected(backend: Backend) {
+    let broker = broker_or_skip!(backend);
+    let dir = TempDir::new("agg-away");
+    let mut config = mode_config(broker.port, Sessions::Aggregating);
+    config.store.path = Some(dir.0.join("gateway.db"));
+    let (gw, gw_addr) = start_gateway(&config).await;
+    let dev = SnClient::new(gw_addr).await;
+    dev.connect("away-dev", false, 60).await;
+    let s = dev
+        .subscribe(TopicFilter::Name("away/cmd".into()), QoS::AtLeastOnce, 1)
+        .await;
+    assert_eq!(s.return_code, ReturnCode::Accepted);
+    dev.send(Message::Disconnect { duration: None }).await;
+    assert_eq!(dev.recv().await, Message::Disconnect { duration: None });
+    let mut publisher = MqttClient::connect(broker.addr(), "away-pub").await;
+    publisher
+        .publish("away/cmd", b"while away", mqtt::QoS::AtLeastOnce, false)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dev.connect("away-dev", false, 60).await;
+    let p = next_publish(&dev).await;
+    assert_eq!(&p.data[..], b"while away");
     gw.shutdown().await;
 }

@@ -501,12 +501,16 @@ impl Gateway {
             self.ctx.flush_persist();
             agg.translate(&mut self.ctx);
             let inbox = agg.take_inbox();
-            if inbox.is_empty() {
+            let detached = agg.take_detached();
+            if inbox.is_empty() && detached.is_empty() {
                 agg.end_input();
                 return;
             }
             for (session, packet) in inbox {
                 self.device_upstream(now, session, packet);
+            }
+            for (client_id, session, p) in detached {
+                self.to_detached(client_id, session, p);
             }
         }
     }
@@ -533,6 +537,23 @@ impl Gateway {
             }
         }
         self.device_upstream(now, session, packet);
+    }
+
+    /// Aggregating mode: a message for a durable device that is not connected goes to its
+    /// buffer (acknowledged upstream once stored), as a broker keeps it for a persistent session.
+    fn to_detached(&mut self, client_id: String, session: SessionId, p: mqtt::Publish) {
+        let packet_id = p.packet_id;
+        let dev = self
+            .registry
+            .by_client_id(&client_id)
+            .and_then(|id| self.registry.get_mut(id));
+        let gone = dev.is_none();
+        let taken = dev.is_some_and(|d| d.buffer_detached(&mut self.ctx, session, p));
+        if !taken {
+            if let Some(agg) = &mut self.agg {
+                agg.declined(session, packet_id, gone);
+            }
+        }
     }
 
     /// A packet on a device's session (in aggregating mode: its virtual session).

@@ -132,7 +132,9 @@ impl Aggregate {
         let targets = self.filters.targets(&p.topic, p.retain);
         let Some(packet_id) = p.packet_id.filter(|_| p.qos != mqtt::QoS::AtMostOnce) else {
             for vs in targets {
-                self.inbox.push_back((vs, mqtt::Packet::Publish(p.clone())));
+                if self.virt.get(&vs).is_some_and(|v| !v.detached) {
+                    self.inbox.push_back((vs, mqtt::Packet::Publish(p.clone())));
+                }
             }
             return;
         };
@@ -150,6 +152,9 @@ impl Aggregate {
             let Some(v) = self.virt.get_mut(&vs) else {
                 continue;
             };
+            if v.detached && p.qos == mqtt::QoS::AtMostOnce {
+                continue; // not kept for a device that is away, as a broker would not
+            }
             if v.down.len() >= usize::from(u16::MAX) {
                 continue; // cannot happen: a device holds at most limits.max_queued_per_device
             }
@@ -165,7 +170,11 @@ impl Aggregate {
             let mut copy = p.clone();
             copy.packet_id = Some(vid);
             copy.dup = false;
-            self.inbox.push_back((vs, mqtt::Packet::Publish(copy)));
+            if v.detached {
+                self.to_detached.push((v.key.clone(), vs, copy));
+            } else {
+                self.inbox.push_back((vs, mqtt::Packet::Publish(copy)));
+            }
         }
         if sent == 0 {
             self.ack_upstream(k, p.qos, packet_id);

@@ -26,6 +26,10 @@ impl Aggregate {
         key: String,
         durable: bool,
     ) {
+        if let Some(old) = self.detached.remove(&key) {
+            // Connected again: it subscribes again to what it holds.
+            self.drop_virtual(old);
+        }
         let k = (0..self.shared.len())
             .min_by_key(|&k| self.shared[k].devices)
             .unwrap_or(0);
@@ -60,6 +64,7 @@ impl Aggregate {
                 will: connect.will.clone(),
                 said_bye: false,
                 accepted,
+                detached: false,
                 up,
                 down: HashMap::new(),
                 next_down: 0,
@@ -247,20 +252,25 @@ impl Aggregate {
     /// counts as taken, its uplink flights finish without it, and — unless it said
     /// DISCONNECT — its will is published.
     pub(super) fn close_virtual(&mut self, vs: SessionId) {
-        let Some(v) = self.virt.remove(&vs) else {
+        let Some(mut v) = self.virt.remove(&vs) else {
             return;
         };
         let k = v.shared;
         self.shared[k].devices = self.shared[k].devices.saturating_sub(1);
-        for f in v.filters {
-            if self.filters.leave(&f, vs) {
-                self.leaving.insert(f);
-            }
-        }
-        for key in v.down.into_values() {
+        for (_, key) in v.down.drain() {
             self.taken(key);
         }
-        for (d, (sk, s)) in v.up {
+        if v.durable {
+            // Its subscriptions outlive the session, as the broker's would.
+            self.detached.insert(v.key.clone(), vs);
+        } else {
+            for f in std::mem::take(&mut v.filters) {
+                if self.filters.leave(&f, vs) {
+                    self.leaving.insert(f);
+                }
+            }
+        }
+        for (d, (sk, s)) in std::mem::take(&mut v.up) {
             if let Some(Flight::Publish { from, row, .. }) = self.shared[sk].flight_mut(s) {
                 *from = None;
                 if v.durable && row.is_some() {
@@ -272,10 +282,15 @@ impl Aggregate {
                 }
             }
         }
+        let will = v.will.take();
+        if v.durable {
+            v.detached = true;
+            self.virt.insert(vs, v.clone_detached());
+        }
         if v.said_bye {
             return;
         }
-        let Some(will) = v.will else {
+        let Some(will) = will else {
             return;
         };
         debug!(client_id = %v.client_id, topic = %will.topic, "device gone without DISCONNECT; publishing its will");
@@ -298,6 +313,48 @@ impl Aggregate {
                 released: false,
             };
             let _ = self.shared[k].start(&mut self.ready, flight);
+        }
+    }
+}
+
+impl Aggregate {
+    /// Forgets a virtual session altogether (a detached one replaced by a new session, or
+    /// whose device is gone): its filters are released, what it owed counts as taken.
+    pub(super) fn drop_virtual(&mut self, vs: SessionId) {
+        let Some(v) = self.virt.remove(&vs) else {
+            return;
+        };
+        if self.detached.get(&v.key) == Some(&vs) {
+            self.detached.remove(&v.key);
+        }
+        for f in v.filters {
+            if self.filters.leave(&f, vs) {
+                self.leaving.insert(f);
+            }
+        }
+        for key in v.down.into_values() {
+            self.taken(key);
+        }
+    }
+}
+
+impl Virtual {
+    /// What stays of an ended durable session: its filters (and the messages given to its
+    /// device's buffer, once they are).
+    fn clone_detached(&self) -> Virtual {
+        Virtual {
+            client_id: self.client_id.clone(),
+            key: self.key.clone(),
+            durable: true,
+            shared: self.shared,
+            will: None,
+            said_bye: true,
+            accepted: true,
+            detached: true,
+            up: HashMap::new(),
+            down: HashMap::new(),
+            next_down: self.next_down,
+            filters: self.filters.clone(),
         }
     }
 }

@@ -54,6 +54,9 @@ struct Virtual {
     said_bye: bool,
     /// Its CONNACK was given (else it waits for its shared session).
     accepted: bool,
+    /// A durable device's session that ended: its filters stay (as a broker keeps a persistent
+    /// session's), what they match is buffered by the device until it connects again.
+    detached: bool,
     /// Its uplink QoS 1/2 packet ids → (shared session, its packet id).
     up: HashMap<u16, (usize, u16)>,
     /// Packet ids it was given for downlink messages → the broker's message.
@@ -92,6 +95,11 @@ pub(crate) struct Aggregate {
     /// or left by a session that ended): (device packet id, shared session, its packet id),
     /// taken up by the device's next session. At most `limits.max_queued_per_device` each.
     parked: HashMap<String, Vec<(u16, usize, u16)>>,
+    /// Durable devices not connected, by ClientId: their detached virtual session.
+    detached: HashMap<String, SessionId>,
+    /// Messages for detached sessions (ClientId, session, PUBLISH), for the gateway to hand to
+    /// the device's buffer.
+    to_detached: Vec<(String, SessionId, mqtt::Publish)>,
 }
 
 impl Aggregate {
@@ -112,6 +120,8 @@ impl Aggregate {
             ready: VecDeque::new(),
             inbox: VecDeque::new(),
             parked: HashMap::new(),
+            detached: HashMap::new(),
+            to_detached: Vec::new(),
         }
     }
 
@@ -127,6 +137,24 @@ impl Aggregate {
     /// Packets for devices produced since the last call.
     pub(crate) fn take_inbox(&mut self) -> VecDeque<(SessionId, mqtt::Packet)> {
         std::mem::take(&mut self.inbox)
+    }
+
+    /// Messages for durable devices that are not connected, since the last call.
+    pub(crate) fn take_detached(&mut self) -> Vec<(String, SessionId, mqtt::Publish)> {
+        std::mem::take(&mut self.to_detached)
+    }
+
+    /// The device of detached session `vs` did not take message `packet_id` (it connected
+    /// meanwhile, or no longer exists: `gone`, and its filters go too).
+    pub(crate) fn declined(&mut self, vs: SessionId, packet_id: Option<u16>, gone: bool) {
+        if gone {
+            self.drop_virtual(vs);
+            return;
+        }
+        let key = packet_id.and_then(|id| self.virt.get_mut(&vs)?.down.remove(&id));
+        if let Some(key) = key {
+            self.taken(key);
+        }
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {

@@ -201,3 +201,89 @@ fn persistent_subscriptions_come_back_into_the_filter_table_after_a_restart() {
     let p = one_pub(down);
     assert_eq!(&p.data[..], b"after");
 }
+
+#[test]
+fn a_disconnected_persistent_device_gets_what_arrived_meanwhile_when_it_connects_again() {
+    let mut w = World::with(agg_persistent());
+    let s = accept_shared(&mut w);
+    let a = addr(1);
+    persistent_device(&mut w, &a, "dev");
+    w.device_send(
+        &a,
+        Message::Subscribe(codec::Subscribe {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            msg_id: 1,
+            topic: codec::TopicFilter::Name("away/t".to_owned()),
+        }),
+    );
+    let up = w.take_upstream(s);
+    let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
+        panic!("{up:?}")
+    };
+    w.broker(
+        s,
+        mqtt::Packet::SubAck {
+            packet_id: *packet_id,
+            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtLeastOnce)],
+        },
+    );
+    settle_store(&mut w);
+    w.take_to_device(&a);
+    w.device_send(&a, Message::Disconnect { duration: None });
+    settle_store(&mut w);
+    assert_eq!(
+        w.take_to_device(&a),
+        vec![Message::Disconnect { duration: None }]
+    );
+    assert!(
+        w.take_upstream(s).is_empty(),
+        "no UNSUBSCRIBE: the subscription outlives it"
+    );
+    // QoS 1 while it is away: stored for it, acknowledged upstream once durable. QoS 0 is not
+    // kept (as a broker keeps none for a persistent session).
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtMostOnce, false, "away/t", None, b"lost"),
+    );
+    w.broker(
+        s,
+        mqtt_publish(mqtt::QoS::AtLeastOnce, false, "away/t", Some(9), b"kept"),
+    );
+    assert!(w.take_upstream(s).is_empty(), "not before it is durable");
+    settle_store(&mut w);
+    assert_eq!(
+        w.take_upstream(s),
+        vec![mqtt::Packet::PubAck { packet_id: 9 }]
+    );
+    assert!(w.take_to_device(&a).is_empty());
+    // It connects again: subscribed again, and the message arrives.
+    w.device_send(&a, connect_msg("dev", false, false, 60));
+    settle_store(&mut w);
+    let mut down = w.take_to_device(&a);
+    assert_eq!(down.remove(0), connack(ReturnCode::Accepted));
+    if let [Message::Register(r)] = down.as_slice() {
+        let r = r.clone();
+        w.device_send(
+            &a,
+            Message::Regack(codec::Regack {
+                topic_id: r.topic_id,
+                msg_id: r.msg_id,
+                return_code: ReturnCode::Accepted,
+            }),
+        );
+        down = w.take_to_device(&a);
+    }
+    let p = one_pub(down);
+    assert_eq!(&p.data[..], b"kept");
+    let up = w.take_upstream(s);
+    assert!(
+        matches!(up.as_slice(), [mqtt::Packet::Subscribe { filters, .. }] if filters[0].0 == "away/t"),
+        "{up:?}"
+    );
+    assert_eq!(
+        w.gw.aggregate_sizes().map(|z| (z.1, z.3)),
+        Some((1, 1)),
+        "one session, one membership"
+    );
+}
