@@ -510,7 +510,7 @@ impl Gateway {
                 self.device_upstream(now, session, packet);
             }
             for (client_id, session, p) in detached {
-                self.to_detached(client_id, session, p);
+                self.deliver_detached(client_id, session, p);
             }
         }
     }
@@ -541,7 +541,7 @@ impl Gateway {
 
     /// Aggregating mode: a message for a durable device that is not connected goes to its
     /// buffer (acknowledged upstream once stored), as a broker keeps it for a persistent session.
-    fn to_detached(&mut self, client_id: String, session: SessionId, p: mqtt::Publish) {
+    fn deliver_detached(&mut self, client_id: String, session: SessionId, p: mqtt::Publish) {
         let packet_id = p.packet_id;
         let dev = self
             .registry
