@@ -417,6 +417,15 @@ impl Gateway {
         self.settle(id, tx_mark);
     }
 
+    /// Removes device `id` from the registry (and, in aggregating mode, whatever the aggregate
+    /// still keeps for its ClientId).
+    fn forget_device(&mut self, id: DeviceId) {
+        if let (Some(agg), Some(d)) = (&mut self.agg, self.registry.get(id)) {
+            agg.forget_client(&d.client_id);
+        }
+        self.registry.remove(id, &mut self.ctx);
+    }
+
     /// Frees a slot for a newcomer: the least recently heard device that is not connected,
     /// else the least recently heard one not heard from since its CONNECT (which is told to
     /// reconnect, and its session ends without its will). A device that has spoken since its
@@ -432,7 +441,7 @@ impl Gateway {
             }
         }
         self.ctx.stats.devices_evicted += 1;
-        self.registry.remove(id, &mut self.ctx);
+        self.forget_device(id);
         true
     }
 
@@ -469,7 +478,7 @@ impl Gateway {
                         } else {
                             dev.end_quietly(&mut self.ctx);
                         }
-                        self.registry.remove(id, &mut self.ctx);
+                        self.forget_device(id);
                         self.ctx.stats.devices_refused_on_reload += 1;
                         ended += 1;
                     }

@@ -97,6 +97,9 @@ pub(crate) struct Aggregate {
     parked: HashMap<String, Vec<(u16, usize, u16)>>,
     /// Durable devices not connected, by ClientId: their detached virtual session.
     detached: HashMap<String, SessionId>,
+    /// ClientIds the gateway forgot during this input: their detached session goes at its end
+    /// (after their last session's `Close` was translated).
+    forgotten: Vec<String>,
     /// Messages for detached sessions (ClientId, session, PUBLISH), for the gateway to hand to
     /// the device's buffer.
     to_detached: Vec<(String, SessionId, mqtt::Publish)>,
@@ -121,6 +124,7 @@ impl Aggregate {
             inbox: VecDeque::new(),
             parked: HashMap::new(),
             detached: HashMap::new(),
+            forgotten: Vec::new(),
             to_detached: Vec::new(),
         }
     }
@@ -193,8 +197,19 @@ impl Aggregate {
         }
     }
 
-    /// The end of an input: filters nobody holds any more are UNSUBSCRIBEd.
+    /// The gateway forgot device `client_id` (evicted, refused on reload).
+    pub(crate) fn forget_client(&mut self, client_id: &str) {
+        self.forgotten.push(client_id.to_owned());
+    }
+
+    /// The end of an input: forgotten devices' detached sessions go, and filters nobody holds
+    /// any more are UNSUBSCRIBEd.
     pub(crate) fn end_input(&mut self) {
+        for key in std::mem::take(&mut self.forgotten) {
+            if let Some(vs) = self.detached.get(&key).copied() {
+                self.drop_virtual(vs);
+            }
+        }
         let gone: Vec<String> = std::mem::take(&mut self.leaving)
             .into_iter()
             .filter(|f| !self.filters.holds(f))

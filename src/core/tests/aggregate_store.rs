@@ -287,3 +287,53 @@ fn a_disconnected_persistent_device_gets_what_arrived_meanwhile_when_it_connects
         "one session, one membership"
     );
 }
+
+#[test]
+fn an_evicted_persistent_device_takes_its_kept_filters_with_it() {
+    let mut w = World::with(Settings {
+        max_devices: 1,
+        ..agg_persistent()
+    });
+    let s = accept_shared(&mut w);
+    let a = addr(1);
+    persistent_device(&mut w, &a, "old");
+    w.device_send(
+        &a,
+        Message::Subscribe(codec::Subscribe {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            msg_id: 1,
+            topic: codec::TopicFilter::Name("old/t".to_owned()),
+        }),
+    );
+    let up = w.take_upstream(s);
+    let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
+        panic!("{up:?}")
+    };
+    w.broker(
+        s,
+        mqtt::Packet::SubAck {
+            packet_id: *packet_id,
+            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtLeastOnce)],
+        },
+    );
+    w.device_send(&a, Message::Disconnect { duration: None });
+    settle_store(&mut w);
+    w.take_to_device(&a);
+    assert_eq!(
+        w.gw.aggregate_sizes().map(|z| (z.1, z.3)),
+        Some((1, 1)),
+        "kept while away"
+    );
+    // A newcomer takes its slot: the kept filter goes with it.
+    let b = addr(2);
+    w.device_send(&b, connect_msg("new", true, false, 60));
+    settle_store(&mut w);
+    assert_eq!(w.take_to_device(&b), vec![connack(ReturnCode::Accepted)]);
+    let up = w.take_upstream(s);
+    assert!(
+        matches!(up.as_slice(), [mqtt::Packet::Unsubscribe { filters, .. }] if filters[0] == "old/t"),
+        "{up:?}"
+    );
+    assert_eq!(w.gw.aggregate_sizes().map(|z| (z.1, z.3)), Some((1, 0)));
+}
