@@ -235,6 +235,41 @@ impl Aggregate {
             .push(flow);
     }
 
+    /// A durable device that was away when the gateway stopped: its filters go back into the
+    /// table under the detached session `vs` (the shared session's CONNACK subscribes them
+    /// again if the broker lost them).
+    pub(crate) fn restore_detached(
+        &mut self,
+        vs: SessionId,
+        client_id: String,
+        filters: Vec<(String, mqtt::QoS)>,
+    ) {
+        let mut held = BTreeSet::new();
+        for (f, q) in filters {
+            let (_, generation) = self.filters.join(&f, vs, q);
+            self.filters.acked(&f, generation);
+            held.insert(f);
+        }
+        self.detached.insert(client_id.clone(), vs);
+        self.virt.insert(
+            vs,
+            Virtual {
+                client_id: client_id.clone(),
+                key: client_id,
+                durable: true,
+                shared: 0,
+                will: None,
+                said_bye: true,
+                accepted: true,
+                detached: true,
+                up: HashMap::new(),
+                down: HashMap::new(),
+                next_down: 0,
+                filters: held,
+            },
+        );
+    }
+
     /// A clean stop: every shared session says DISCONNECT.
     pub(crate) fn shutdown(&mut self) {
         for s in &mut self.shared {

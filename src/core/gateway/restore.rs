@@ -127,6 +127,20 @@ impl Gateway {
             }
         }
         let ids = self.registry.ids();
+        if let Some(agg) = &mut self.agg {
+            // Aggregating: a persistent device that was away keeps its filters, as its broker
+            // session would have, so what arrives for it meanwhile is buffered.
+            for &id in &ids {
+                if let Some((client_id, filters)) = self
+                    .registry
+                    .get(id)
+                    .and_then(|d| d.kept_filters(&self.ctx))
+                {
+                    let vs = self.ctx.new_session_id();
+                    agg.restore_detached(vs, client_id, filters);
+                }
+            }
+        }
         let tx_mark = self.ctx.tx_bytes;
         for id in ids {
             self.settle(id, tx_mark);

@@ -337,3 +337,64 @@ fn an_evicted_persistent_device_takes_its_kept_filters_with_it() {
     );
     assert_eq!(w.gw.aggregate_sizes().map(|z| (z.1, z.3)), Some((1, 0)));
 }
+
+#[test]
+fn a_persistent_device_away_across_a_restart_still_gets_its_messages() {
+    let mut w = World::with(agg_persistent());
+    let s = accept_shared(&mut w);
+    let a = addr(1);
+    persistent_device(&mut w, &a, "dev");
+    w.device_send(
+        &a,
+        Message::Subscribe(codec::Subscribe {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            msg_id: 1,
+            topic: codec::TopicFilter::Name("r/+".to_owned()),
+        }),
+    );
+    let up = w.take_upstream(s);
+    let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
+        panic!("{up:?}")
+    };
+    w.broker(
+        s,
+        mqtt::Packet::SubAck {
+            packet_id: *packet_id,
+            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtLeastOnce)],
+        },
+    );
+    w.device_send(&a, Message::Disconnect { duration: None });
+    settle_store(&mut w);
+    w.take_to_device(&a);
+
+    w.restart(agg_persistent());
+    let s2 = accept_shared(&mut w);
+    // The broker kept the shared session (and its subscription): what it queued arrives.
+    w.broker(
+        s2,
+        mqtt_publish(mqtt::QoS::AtLeastOnce, false, "r/x", Some(4), b"queued"),
+    );
+    settle_store(&mut w);
+    assert_eq!(
+        w.take_upstream(s2),
+        vec![mqtt::Packet::PubAck { packet_id: 4 }]
+    );
+    w.device_send(&a, connect_msg("dev", false, false, 60));
+    settle_store(&mut w);
+    let mut down = w.take_to_device(&a);
+    assert_eq!(down.remove(0), connack(ReturnCode::Accepted));
+    if let [Message::Register(r)] = down.as_slice() {
+        let r = r.clone();
+        w.device_send(
+            &a,
+            Message::Regack(codec::Regack {
+                topic_id: r.topic_id,
+                msg_id: r.msg_id,
+                return_code: ReturnCode::Accepted,
+            }),
+        );
+        down = w.take_to_device(&a);
+    }
+    assert_eq!(&one_pub(down).data[..], b"queued");
+}
