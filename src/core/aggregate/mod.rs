@@ -89,6 +89,9 @@ pub(crate) struct Aggregate {
     leaving: BTreeSet<String>,
     /// Outputs ready for the shell, in order.
     ready: VecDeque<Output>,
+    /// Sessions the shell really opens (shared, status, QoS -1) and has not closed: a packet
+    /// for any other id (a virtual session that is gone) never reaches the shell.
+    real: std::collections::HashSet<SessionId>,
     /// Packets for devices, on their virtual sessions.
     inbox: VecDeque<(SessionId, mqtt::Packet)>,
     /// QoS 2 flows of durable devices without a virtual session now (restored from the store,
@@ -121,6 +124,7 @@ impl Aggregate {
             received: BTreeSet::new(),
             leaving: BTreeSet::new(),
             ready: VecDeque::new(),
+            real: std::collections::HashSet::new(),
             inbox: VecDeque::new(),
             parked: HashMap::new(),
             detached: HashMap::new(),
@@ -186,13 +190,35 @@ impl Aggregate {
                     let durable = ctx.persistent() && !connect.clean_session;
                     self.open_virtual(session, &connect, device.client_id, durable);
                 }
+                Output::Open {
+                    session,
+                    connect,
+                    device: None,
+                } => {
+                    self.real.insert(session);
+                    self.ready.push_back(Output::Open {
+                        session,
+                        connect,
+                        device: None,
+                    });
+                }
                 Output::Send { session, packet } if self.virt.contains_key(&session) => {
                     self.on_device_packet(ctx, session, packet);
                 }
                 Output::Close { session } if self.virt.contains_key(&session) => {
                     self.close_virtual(session);
                 }
-                other => self.ready.push_back(other),
+                Output::Send { session, .. } | Output::Close { session }
+                    if !self.real.contains(&session) =>
+                {
+                    // A virtual session that is gone (released after the store confirmed).
+                }
+                other => {
+                    if let Output::Close { session } = &other {
+                        self.real.remove(session);
+                    }
+                    self.ready.push_back(other)
+                }
             }
         }
     }
