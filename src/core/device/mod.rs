@@ -536,47 +536,6 @@ impl Device {
         }
     }
 
-    /// Aggregating mode, at restore: the ClientId and filters of a durable device that is not
-    /// connected (its filters stay in the aggregate's table while it is away).
-    pub(super) fn kept_filters(&self, ctx: &Ctx) -> Option<(String, Vec<(String, mqtt::QoS)>)> {
-        if self.is_connected() || !self.durable(ctx) || self.subs.count() == 0 {
-            return None;
-        }
-        let filters = self
-            .subs
-            .granted()
-            .map(|(f, q)| (f.to_owned(), q))
-            .collect();
-        Some((self.client_id.clone(), filters))
-    }
-
-    /// Aggregating mode: a message for this durable device while it is not connected, on
-    /// its ended (detached) session `vs`: buffered and stored as for a sleeper, acknowledged on
-    /// `vs` once durable, delivered when it connects again. False when it is not taken.
-    pub(super) fn buffer_detached(
-        &mut self,
-        ctx: &mut Ctx,
-        vs: SessionId,
-        p: mqtt::Publish,
-    ) -> bool {
-        if self.is_connected() || !self.durable(ctx) {
-            return false;
-        }
-        let qos = self.subs.granted_qos(&p.topic, p.qos);
-        let link = Link {
-            addr: &self.addr,
-            client_id: &self.client_id,
-            session: Some(vs),
-        };
-        let to = Receiver {
-            state: DeviceState::Asleep,
-            clean_session: false,
-            durable: true,
-        };
-        self.down.offer(ctx, &link, &mut self.topics, to, p, qos);
-        true
-    }
-
     // ---------------------------------------------------------------- uplink
 
     /// Messages a device may send while Active. Returns false when the message is not one.
