@@ -16,6 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::trie::Trie;
+
 use crate::core::types::SessionId;
 use crate::mqtt;
 
@@ -39,16 +41,16 @@ struct Filter {
 #[derive(Debug, Default)]
 pub(super) struct Filters {
     table: HashMap<String, Filter>,
-    /// The filters with `+` or `#` (a topic is looked up directly among the others).
-    wild: BTreeSet<String>,
+    /// Every filter of `table`, by level (what a topic matches).
+    index: Trie,
 }
 
 impl Filters {
     /// Device `vs` subscribes to `filter` at `qos`. Returns the QoS the upstream SUBSCRIBE
     /// asks for (the highest of all its devices) and the generation it opens.
     pub(super) fn join(&mut self, filter: &str, vs: SessionId, qos: mqtt::QoS) -> (mqtt::QoS, u32) {
-        if !self.table.contains_key(filter) && (filter.contains('+') || filter.contains('#')) {
-            self.wild.insert(filter.to_owned());
+        if !self.table.contains_key(filter) {
+            self.index.insert(filter);
         }
         let f = self.table.entry(filter.to_owned()).or_default();
         f.generation += 1;
@@ -89,7 +91,7 @@ impl Filters {
             return false;
         }
         self.table.remove(filter);
-        self.wild.remove(filter);
+        self.index.remove(filter);
         true
     }
 
@@ -117,16 +119,12 @@ impl Filters {
                 }
             }
         };
-        if let Some(f) = self.table.get(topic) {
-            add(f);
-        }
-        for name in &self.wild {
-            if mqtt::topic_matches(name, topic) {
-                if let Some(f) = self.table.get(name) {
-                    add(f);
-                }
+        let table = &self.table;
+        self.index.matches(topic, &mut |name| {
+            if let Some(f) = table.get(name) {
+                add(f);
             }
-        }
+        });
         out.into_iter().collect()
     }
 

@@ -13,7 +13,7 @@
 //! upstream packet.
 //!
 //! Files: `shared.rs` (a shared session: connection, packet-id flights), `filters.rs` (the
-//! filter refcount table), `device_side.rs` (what a device sends on its virtual session),
+//! filter refcount table), `trie.rs` (its index by level), `device_side.rs` (what a device sends on its virtual session),
 //! `broker_side.rs` (what the broker sends on a shared session: fan-out, acks).
 //!
 //! Owns: [`Aggregate`]. Must never: do I/O, read the clock, or reach into a device (it only
@@ -31,6 +31,7 @@ mod broker_side;
 mod device_side;
 mod filters;
 mod shared;
+mod trie;
 
 use filters::Filters;
 use shared::Shared;
