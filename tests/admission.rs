@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use common::*;
 use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRef};
+use mqttsn_gateway::config::Sessions;
 use mqttsn_gateway::config::{self, Config};
 use mqttsn_gateway::mqtt;
 use tokio::net::UdpSocket;
 
-on_both_backends!(
+on_both_backends_and_modes!(
     a_device_not_on_the_allow_list_is_refused_and_never_reaches_the_broker,
     a_takeover_from_another_address_is_refused_while_the_real_device_carries_on,
     publishes_and_subscriptions_outside_the_patterns_are_refused,
@@ -29,9 +30,9 @@ const QUIET: Duration = Duration::from_millis(500);
 const STATUS: &str = "mqttsn/";
 
 /// `test_config` with the `admission` and `devices` of `yaml`.
-fn with_devices(broker_port: u16, yaml: &str) -> Config {
+fn with_devices(broker_port: u16, sessions: Sessions, yaml: &str) -> Config {
     let rules = Config::from_yaml_str(yaml, "test").expect("test rules parse");
-    let mut config = test_config(broker_port);
+    let mut config = mode_config(broker_port, sessions);
     config.admission = rules.admission;
     config.devices = rules.devices;
     config
@@ -53,10 +54,14 @@ fn refused() -> Message {
     }
 }
 
-async fn a_device_not_on_the_allow_list_is_refused_and_never_reaches_the_broker(backend: Backend) {
+async fn a_device_not_on_the_allow_list_is_refused_and_never_reaches_the_broker(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
     let config = with_devices(
         broker.port,
+        sessions,
         "admission: listed\ndevices:\n  - client_id: known\n",
     );
     let (gw, gw_addr) = start_gateway(&config).await;
@@ -108,10 +113,12 @@ async fn a_device_not_on_the_allow_list_is_refused_and_never_reaches_the_broker(
 
 async fn a_takeover_from_another_address_is_refused_while_the_real_device_carries_on(
     backend: Backend,
+    sessions: Sessions,
 ) {
     let broker = broker_or_skip!(backend);
     let config = with_devices(
         broker.port,
+        sessions,
         "devices:\n  - client_id: real\n    address: 127.0.0.1\n",
     );
     let (gw, gw_addr) = start_gateway(&config).await;
@@ -191,10 +198,14 @@ async fn a_takeover_from_another_address_is_refused_while_the_real_device_carrie
     gw.shutdown().await;
 }
 
-async fn publishes_and_subscriptions_outside_the_patterns_are_refused(backend: Backend) {
+async fn publishes_and_subscriptions_outside_the_patterns_are_refused(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
     let config = with_devices(
         broker.port,
+        sessions,
         "devices:\n  - client_id: \"dev-*\"\n    publish: [\"s/{client_id}/#\"]\n    \
          subscribe: [\"cmd/{client_id}/#\"]\n",
     );
@@ -293,9 +304,9 @@ async fn publishes_and_subscriptions_outside_the_patterns_are_refused(backend: B
     gw.shutdown().await;
 }
 
-async fn qos_minus_one_outside_the_policy_is_dropped(backend: Backend) {
+async fn qos_minus_one_outside_the_policy_is_dropped(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
-    let mut config = test_config(broker.port);
+    let mut config = mode_config(broker.port, sessions);
     config.qos_minus_one = config::QosMinusOne::Listed(config::QosMinusOneList {
         predefined: vec![7],
         short: vec![],

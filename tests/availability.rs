@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use common::*;
 use mqttsn_gateway::codec::Message;
+use mqttsn_gateway::config::Sessions;
 use mqttsn_gateway::mqtt;
 
-on_both_backends!(
+on_both_backends_and_modes!(
     online_then_active_asleep_active_disconnected,
     a_device_lost_by_keep_alive_shows_lost,
     a_late_subscriber_sees_the_current_states_retained,
@@ -49,10 +50,10 @@ async fn watcher(broker: &TestBroker, id: &str) -> MqttClient {
     w
 }
 
-async fn online_then_active_asleep_active_disconnected(backend: Backend) {
+async fn online_then_active_asleep_active_disconnected(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
     let mut watch = watcher(&broker, "watch").await;
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let got = next(&mut watch).await;
     assert!(!got.2, "live, not a retained replay");
     is(got, "mqttsn/1/state", "online");
@@ -106,10 +107,10 @@ async fn online_then_active_asleep_active_disconnected(backend: Backend) {
     gw.shutdown().await;
 }
 
-async fn a_device_lost_by_keep_alive_shows_lost(backend: Backend) {
+async fn a_device_lost_by_keep_alive_shows_lost(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
     let mut watch = watcher(&broker, "watch").await;
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     is(next(&mut watch).await, "mqttsn/1/state", "online");
     let dev = SnClient::new(gw_addr).await;
     dev.connect("quiet", true, 1).await; // keep-alive 1 s, supervised at 1.5 s
@@ -126,10 +127,10 @@ async fn a_device_lost_by_keep_alive_shows_lost(backend: Backend) {
     gw.shutdown().await;
 }
 
-async fn a_late_subscriber_sees_the_current_states_retained(backend: Backend) {
+async fn a_late_subscriber_sees_the_current_states_retained(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
     let mut early = watcher(&broker, "early").await;
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     is(next(&mut early).await, "mqttsn/1/state", "online");
     let sleeper = SnClient::new(gw_addr).await;
     sleeper.connect("sleeper", false, 60).await;
@@ -166,10 +167,10 @@ async fn a_late_subscriber_sees_the_current_states_retained(backend: Backend) {
     gw.shutdown().await;
 }
 
-async fn a_clean_shutdown_says_offline(backend: Backend) {
+async fn a_clean_shutdown_says_offline(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
     let mut watch = watcher(&broker, "watch").await;
-    let (gw, _) = start_gateway(&test_config(broker.port)).await;
+    let (gw, _) = start_gateway(&mode_config(broker.port, sessions)).await;
     is(next(&mut watch).await, "mqttsn/1/state", "online");
     gw.shutdown().await;
     is(next(&mut watch).await, "mqttsn/1/state", "offline");
@@ -184,13 +185,13 @@ async fn a_clean_shutdown_says_offline(backend: Backend) {
     is(got, "mqttsn/1/state", "offline");
 }
 
-async fn sigkill_makes_the_broker_publish_the_will_offline(backend: Backend) {
+async fn sigkill_makes_the_broker_publish_the_will_offline(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
     let mut watch = watcher(&broker, "watch").await;
     let dir = TempDir::new("avail-kill");
     let gw = GatewayProcess::start(
         std::path::Path::new(GATEWAY_BIN),
-        &test_config(broker.port),
+        &mode_config(broker.port, sessions),
         &dir.0,
     );
     is(next(&mut watch).await, "mqttsn/1/state", "online");
@@ -221,9 +222,9 @@ async fn sigkill_makes_the_broker_publish_the_will_offline(backend: Backend) {
     );
 }
 
-async fn home_assistant_discovery_announces_each_device(backend: Backend) {
+async fn home_assistant_discovery_announces_each_device(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
-    let mut config = test_config(broker.port);
+    let mut config = mode_config(broker.port, sessions);
     config.status.homeassistant = true;
     let mut ha = MqttClient::connect(broker.addr(), "ha").await;
     ha.subscribe("homeassistant/#", mqtt::QoS::AtLeastOnce)

@@ -1043,3 +1043,36 @@ fn status_defaults_keys_and_checks() {
     let (_, _, key, _) = invalid("status:\n  enable: true\n");
     assert_eq!(key, "status.enable");
 }
+
+#[test]
+fn aggregating_keys_default_parse_and_name_their_mistakes() {
+    let c = Config::from_yaml_str("", "t").unwrap();
+    assert_eq!(c.broker.upstream.sessions, config::Sessions::Transparent);
+    assert_eq!(c.broker.upstream.connections, 1);
+    assert_eq!(
+        c.broker.upstream.aggregate_client_id(c.gateway.id),
+        "mqttsn-gateway-1-aggregate"
+    );
+    let a = Config::from_yaml_str(
+        "broker:\n  upstream:\n    sessions: aggregating\n    connections: 4\n    \
+         aggregate_client_id: site-7\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(a.broker.upstream.sessions, config::Sessions::Aggregating);
+    assert_eq!(a.broker.upstream.connections, 4);
+    assert_eq!(a.broker.upstream.aggregate_client_id(1), "site-7");
+    assert_eq!(Config::from_yaml_str(&a.to_yaml(), "t").unwrap(), a);
+    let (line, _, key, text) =
+        invalid("broker:\n  upstream:\n    sessions: aggregating\n    connections: 0\n");
+    assert!(text.contains("connections: 0 is not 1 to 64"), "{text}");
+    assert!(key.starts_with("broker.upstream"), "{key}");
+    assert!(line.is_some(), "{text}");
+    let (_, _, _, text) = invalid("broker:\n  upstream:\n    connections: 2\n");
+    assert!(text.contains("set sessions: aggregating"), "{text}");
+    let (_, _, _, text) = invalid("broker:\n  upstream:\n    sessions: shared\n");
+    assert!(text.contains("aggregating"), "{text}");
+    let (_, _, _, text) =
+        invalid("broker:\n  upstream:\n    sessions: aggregating\n    aggregate_client_id: ''\n");
+    assert!(text.contains("aggregate_client_id"), "{text}");
+}

@@ -12,9 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRef};
+use mqttsn_gateway::config::Sessions;
 use mqttsn_gateway::mqtt;
 
-on_both_backends!(
+on_both_backends_and_modes!(
     uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain,
     qos2_resent_with_dup_reaches_the_broker_exactly_once,
     downlink_by_name_wildcard_with_register_and_qos_downgrade,
@@ -27,9 +28,12 @@ on_both_backends!(
     same_client_id_from_a_new_address_takes_the_session_over,
 );
 
-async fn uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain(backend: Backend) {
+async fn uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let mut sub = MqttClient::connect(broker.addr(), "sub").await;
     sub.subscribe("up/#", mqtt::QoS::ExactlyOnce).await;
 
@@ -87,9 +91,12 @@ async fn uplink_every_qos_reaches_an_mqtt_subscriber_with_payload_and_retain(bac
     gw.shutdown().await;
 }
 
-async fn qos2_resent_with_dup_reaches_the_broker_exactly_once(backend: Backend) {
+async fn qos2_resent_with_dup_reaches_the_broker_exactly_once(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let mut sub = MqttClient::connect(broker.addr(), "sub2").await;
     sub.subscribe("once", mqtt::QoS::ExactlyOnce).await;
     let dev = SnClient::new(gw_addr).await;
@@ -125,9 +132,12 @@ async fn qos2_resent_with_dup_reaches_the_broker_exactly_once(backend: Backend) 
     gw.shutdown().await;
 }
 
-async fn downlink_by_name_wildcard_with_register_and_qos_downgrade(backend: Backend) {
+async fn downlink_by_name_wildcard_with_register_and_qos_downgrade(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("dev-down", true, 60).await;
     let by_name = dev
@@ -209,7 +219,10 @@ async fn downlink_by_name_wildcard_with_register_and_qos_downgrade(backend: Back
     gw.shutdown().await;
 }
 
-async fn retained_message_from_mosquitto_pub_reaches_a_subscribing_device(backend: Backend) {
+async fn retained_message_from_mosquitto_pub_reaches_a_subscribing_device(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
     let status = Command::new("mosquitto_pub")
         .args([
@@ -235,7 +248,7 @@ async fn retained_message_from_mosquitto_pub_reaches_a_subscribing_device(backen
         return;
     };
     assert!(status.success());
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("dev-ret", true, 60).await;
     let s = dev
@@ -252,9 +265,9 @@ async fn retained_message_from_mosquitto_pub_reaches_a_subscribing_device(backen
     gw.shutdown().await;
 }
 
-async fn device_publish_seen_by_mosquitto_sub(backend: Backend) {
+async fn device_publish_seen_by_mosquitto_sub(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("dev-cli", true, 60).await;
     // Retained, so mosquitto_sub started afterwards sees it without racing the publish.
@@ -296,9 +309,12 @@ async fn device_publish_seen_by_mosquitto_sub(backend: Backend) {
     gw.shutdown().await;
 }
 
-async fn will_fires_when_keep_alive_expires_but_not_after_disconnect(backend: Backend) {
+async fn will_fires_when_keep_alive_expires_but_not_after_disconnect(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let mut sub = MqttClient::connect(broker.addr(), "will-watch").await;
     sub.subscribe("wills/#", mqtt::QoS::AtLeastOnce).await;
 
@@ -340,9 +356,9 @@ async fn will_fires_when_keep_alive_expires_but_not_after_disconnect(backend: Ba
     gw.shutdown().await;
 }
 
-async fn will_update_applies_upstream(backend: Backend) {
+async fn will_update_applies_upstream(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let mut sub = MqttClient::connect(broker.addr(), "upd-watch").await;
     sub.subscribe("w/#", mqtt::QoS::AtLeastOnce).await;
     let dev = SnClient::new(gw_addr).await;
@@ -391,9 +407,9 @@ async fn will_update_applies_upstream(backend: Backend) {
     gw.shutdown().await;
 }
 
-async fn qos_minus_one_from_an_unconnected_device(backend: Backend) {
+async fn qos_minus_one_from_an_unconnected_device(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let mut sub = MqttClient::connect(broker.addr(), "m1").await;
     sub.subscribe("sensors/predefined", mqtt::QoS::AtMostOnce)
         .await;
@@ -435,9 +451,9 @@ async fn broker_unreachable_gives_connack_congestion() {
     gw.shutdown().await;
 }
 
-async fn searchgw_malformed_input_and_unknown_peers(backend: Backend) {
+async fn searchgw_malformed_input_and_unknown_peers(backend: Backend, sessions: Sessions) {
     let broker = broker_or_skip!(backend);
-    let mut config = test_config(broker.port);
+    let mut config = mode_config(broker.port, sessions);
     config.gateway.id = 42;
     let (gw, gw_addr) = start_gateway(&config).await;
     let dev = SnClient::new(gw_addr).await;
@@ -470,9 +486,12 @@ async fn searchgw_malformed_input_and_unknown_peers(backend: Backend) {
     gw.shutdown().await;
 }
 
-async fn same_client_id_from_a_new_address_takes_the_session_over(backend: Backend) {
+async fn same_client_id_from_a_new_address_takes_the_session_over(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let first = SnClient::new(gw_addr).await;
     first.connect("roamer", false, 60).await;
     let s = first

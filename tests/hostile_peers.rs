@@ -12,10 +12,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRef};
+use mqttsn_gateway::config::Sessions;
 use mqttsn_gateway::mqtt;
 use tokio::net::UdpSocket;
 
-on_both_backends!(
+on_both_backends_and_modes!(
     a_connect_flood_from_many_addresses_cannot_lock_out_a_talking_device,
     a_device_that_never_answers_is_lost_at_the_silence_bound_and_its_will_fires,
 );
@@ -40,9 +41,12 @@ async fn spoofed_connect(gateway: std::net::SocketAddr, n: u16) -> UdpSocket {
     sock
 }
 
-async fn a_connect_flood_from_many_addresses_cannot_lock_out_a_talking_device(backend: Backend) {
+async fn a_connect_flood_from_many_addresses_cannot_lock_out_a_talking_device(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let mut config = test_config(broker.port);
+    let mut config = mode_config(broker.port, sessions);
     config.limits.max_devices = 60;
     let (gw, gw_addr) = start_gateway(&config).await;
     let mut sub = MqttClient::connect(broker.addr(), "watch").await;
@@ -83,9 +87,10 @@ async fn a_connect_flood_from_many_addresses_cannot_lock_out_a_talking_device(ba
 
 async fn a_device_that_never_answers_is_lost_at_the_silence_bound_and_its_will_fires(
     backend: Backend,
+    sessions: Sessions,
 ) {
     let broker = broker_or_skip!(backend);
-    let mut config = test_config(broker.port);
+    let mut config = mode_config(broker.port, sessions);
     config.limits.max_silent_downlink_bytes = 4096;
     let (gw, gw_addr) = start_gateway(&config).await;
     let mut watch = MqttClient::connect(broker.addr(), "watch").await;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter};
+use mqttsn_gateway::config::Sessions;
 use mqttsn_gateway::mqtt;
 
-on_both_backends!(
+on_both_backends_and_modes!(
     connect_with_a_new_will_from_sleep_delivers_the_buffered_qos0_message,
     will_updates_do_not_redeliver_retained_but_a_live_retained_publish_arrives,
 );
@@ -40,9 +41,12 @@ async fn quiet_for(dev: &SnClient, wait: Duration) -> Vec<Message> {
     got
 }
 
-async fn connect_with_a_new_will_from_sleep_delivers_the_buffered_qos0_message(backend: Backend) {
+async fn connect_with_a_new_will_from_sleep_delivers_the_buffered_qos0_message(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let mut watch = MqttClient::connect(broker.addr(), "rewill-watch").await;
     watch.subscribe("w/#", mqtt::QoS::AtLeastOnce).await;
     let dev = SnClient::new(gw_addr).await;
@@ -104,9 +108,10 @@ async fn connect_with_a_new_will_from_sleep_delivers_the_buffered_qos0_message(b
 
 async fn will_updates_do_not_redeliver_retained_but_a_live_retained_publish_arrives(
     backend: Backend,
+    sessions: Sessions,
 ) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let mut publisher = MqttClient::connect(broker.addr(), "ret-pub").await;
     publisher
         .publish("cmd/ret", b"state 1", mqtt::QoS::AtLeastOnce, true)
@@ -184,11 +189,22 @@ async fn will_updates_do_not_redeliver_retained_but_a_live_retained_publish_arri
 /// again, so the device receives what is published afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_without_persistence_gets_the_subscriptions_back() {
+    broker_restart_without_persistence(Sessions::Transparent).await
+}
+
+/// The same in aggregating mode: the shared session comes back with Session Present 0 and the
+/// gateway subscribes every filter of the table again; the device never noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_without_persistence_gets_the_subscriptions_back_aggregating() {
+    broker_restart_without_persistence(Sessions::Aggregating).await
+}
+
+async fn broker_restart_without_persistence(sessions: Sessions) {
     let Some(mut broker) = Mosquitto::start() else {
         return;
     };
     let dir = TempDir::new("lost-session");
-    let mut config = test_config(broker.port);
+    let mut config = mode_config(broker.port, sessions);
     config.store.path = Some(dir.0.join("gateway.db"));
     let (gw, gw_addr) = start_gateway(&config).await;
     let dev = SnClient::new(gw_addr).await;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use common::*;
 use mqttsn_gateway::codec::{self, Message, QoS, ReturnCode, TopicFilter, TopicRef};
+use mqttsn_gateway::config::Sessions;
 use mqttsn_gateway::mqtt;
 
-on_both_backends!(
+on_both_backends_and_modes!(
     messages_published_during_sleep_arrive_in_order_after_pingreq_then_pingresp,
     will_fires_when_the_sleep_duration_expires_not_before,
     retained_message_and_persistent_subscription_survive_a_sleep,
@@ -19,9 +20,10 @@ on_both_backends!(
 
 async fn messages_published_during_sleep_arrive_in_order_after_pingreq_then_pingresp(
     backend: Backend,
+    sessions: Sessions,
 ) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("sleeper", false, 60).await;
     let s = dev
@@ -90,9 +92,12 @@ async fn messages_published_during_sleep_arrive_in_order_after_pingreq_then_ping
     gw.shutdown().await;
 }
 
-async fn will_fires_when_the_sleep_duration_expires_not_before(backend: Backend) {
+async fn will_fires_when_the_sleep_duration_expires_not_before(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let mut watch = MqttClient::connect(broker.addr(), "watch").await;
     watch.subscribe("wills/#", mqtt::QoS::AtLeastOnce).await;
     let dev = SnClient::new(gw_addr).await;
@@ -127,9 +132,12 @@ async fn will_fires_when_the_sleep_duration_expires_not_before(backend: Backend)
     gw.shutdown().await;
 }
 
-async fn retained_message_and_persistent_subscription_survive_a_sleep(backend: Backend) {
+async fn retained_message_and_persistent_subscription_survive_a_sleep(
+    backend: Backend,
+    sessions: Sessions,
+) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&test_config(broker.port)).await;
+    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, sessions)).await;
     let dev = SnClient::new(gw_addr).await;
     dev.connect("keeper", false, 60).await;
     let s = dev

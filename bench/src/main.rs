@@ -21,7 +21,9 @@
 //!    inside the gateway process, next to the same numbers against mosquitto upstream.
 //! 10. TLS upstream: uplink QoS 1 over plain TCP and over TLS to the same mosquitto, and the
 //!     ratio.
-//! 11. `compare` (issue 14): the same closed-loop loads (QoS 0 / 1 / 2 uplink, QoS 1 downlink,
+//! 11. aggregating mode: uplink QoS 1 throughput and CPU per message beside transparent mode,
+//!     and 100,000 devices connected at once over 4 upstream sessions (`aggregate`).
+//! 12. `compare` (issue 14): the same closed-loop loads (QoS 0 / 1 / 2 uplink, QoS 1 downlink,
 //!     paced QoS 1 latency) as MQTT clients on mosquitto alone and as MQTT-SN devices through
 //!     the gateway, side by side, with the CPU per message of the gateway, mosquitto and the
 //!     bench (`/proc/<pid>/stat`); `--gateway-b` adds the same rows for a second binary.
@@ -34,6 +36,7 @@
 //! (and `cmpload` for the side-by-side group). The bench never measures
 //! an in-process gateway: it runs the release binary as a child so RSS and disk I/O are its own.
 
+mod aggregate;
 mod clients;
 mod cmpload;
 mod compare;
@@ -70,6 +73,7 @@ use tokio::time::timeout;
 
 use testkit::{free_tcp_port, free_udp_port, spawn_with_fd_limit, temp_dir, Proc};
 
+use aggregate::*;
 use clients::*;
 use compare::*;
 use cpu::*;
@@ -139,8 +143,15 @@ struct Args {
     /// Persistent devices for the store test's throughput part (store on vs off).
     #[arg(long, default_value_t = 100)]
     store_tp_devices: usize,
-    /// Tests to run (default all):
-    /// ceiling,up0,up1,down,latency,rss,embedded,sleep,store,tls,compare.
+    /// Devices connected at once in the aggregating test (over 4 upstream sessions; spread
+    /// over child processes of this binary); 0 = skip that part.
+    #[arg(long, default_value_t = 100_000)]
+    agg_devices: usize,
+    /// Internal: run as a device-holding child of the aggregating test.
+    #[arg(long, hide = true)]
+    agg_child: Option<String>,
+    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,embedded,sleep,store,tls,
+    /// aggregate,compare.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Gateway binary; default: build and use target/release/mqttsn-gateway next to this one.
@@ -265,6 +276,9 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
+    if let Some(spec) = &a.agg_child {
+        return agg_child(spec).await;
+    }
     procs::NO_STATUS.store(a.no_status, std::sync::atomic::Ordering::Relaxed);
     if a.payload < STAMP {
         bail!("--payload must be at least {STAMP}");
@@ -410,6 +424,9 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<(Vec<Row>, Vec<Strin
     }
     if a.wants("tls") {
         tls_test(a, gw_bin, dir, &mut rows).await?;
+    }
+    if a.wants("aggregate") {
+        aggregate_test(a, gw_bin, dir, broker, &mut rows).await?;
     }
     let mut tables = Vec::new();
     if a.wants("compare") {

@@ -82,7 +82,29 @@ pub struct Upstream {
     pub client_id_prefix: String,
     /// `tls`: absent or `null` = plain TCP; a mapping (`{}` = the system roots) = TLS.
     pub tls: Option<UpstreamTls>,
+    /// `sessions`: one upstream session per device (`transparent`), or a few shared by all
+    /// (`aggregating`). Honoured in both broker modes.
+    pub sessions: Sessions,
+    /// `connections`: shared sessions in aggregating mode, 1..=64.
+    pub connections: usize,
+    /// `aggregate_client_id`: the shared sessions' ClientId (stem `<id>-<k>` with several);
+    /// default `mqttsn-gateway-<gateway.id>-aggregate`.
+    pub aggregate_client_id: Option<String>,
 }
+
+/// `broker.upstream.sessions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sessions {
+    /// Every device has its own upstream session (the broker sees every device).
+    #[default]
+    Transparent,
+    /// Devices share `connections` upstream sessions kept by the gateway.
+    Aggregating,
+}
+
+/// Most shared sessions `broker.upstream.connections` may ask for.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// `broker.upstream.tls`. Files are read (and checked) by the shell at start, never here.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -167,7 +189,32 @@ impl Upstream {
         if let Some(tls) = &self.tls {
             tls.check().map_err(|e| format!("tls.{e}"))?;
         }
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(format!(
+                "connections: {} is not 1 to {MAX_CONNECTIONS}",
+                self.connections
+            ));
+        }
+        if self.sessions == Sessions::Transparent && self.connections != 1 {
+            return Err(
+                "connections: only aggregating mode shares connections; set sessions: \
+                 aggregating, or remove connections"
+                    .into(),
+            );
+        }
+        if let Some(id) = &self.aggregate_client_id {
+            if id.is_empty() || id.contains('\0') || id.len() > 200 {
+                return Err("aggregate_client_id: must be 1 to 200 octets without U+0000".into());
+            }
+        }
         Ok(())
+    }
+
+    /// The shared sessions' ClientId (stem) for gateway `gateway_id`.
+    pub fn aggregate_client_id(&self, gateway_id: u8) -> String {
+        self.aggregate_client_id
+            .clone()
+            .unwrap_or_else(|| format!("mqttsn-gateway-{gateway_id}-aggregate"))
     }
 }
 
@@ -184,6 +231,9 @@ impl fmt::Debug for Upstream {
             .field("password_env", &self.password_env)
             .field("client_id_prefix", &self.client_id_prefix)
             .field("tls", &self.tls)
+            .field("sessions", &self.sessions)
+            .field("connections", &self.connections)
+            .field("aggregate_client_id", &self.aggregate_client_id)
             .finish()
     }
 }
@@ -202,6 +252,9 @@ impl Default for Upstream {
             password_env: None,
             client_id_prefix: core.client_id_prefix,
             tls: None,
+            sessions: Sessions::default(),
+            connections: 1,
+            aggregate_client_id: None,
         }
     }
 }

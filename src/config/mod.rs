@@ -27,7 +27,8 @@ mod sections;
 mod status;
 
 pub use broker::{
-    Broker, BrokerMode, Embedded, EmbeddedTls, Upstream, UpstreamTls, PLAIN_PORT, TLS_PORT,
+    Broker, BrokerMode, Embedded, EmbeddedTls, Sessions, Upstream, UpstreamTls, MAX_CONNECTIONS,
+    PLAIN_PORT, TLS_PORT,
 };
 pub use checks::{check_log_level, effective_log_filter};
 pub use devices::{

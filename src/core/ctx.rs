@@ -197,6 +197,14 @@ impl Ctx {
         }
     }
 
+    /// A fresh session id, opened by no one (aggregating mode: a restored device's detached
+    /// virtual session).
+    pub(super) fn new_session_id(&mut self) -> SessionId {
+        let session = SessionId(self.next_session);
+        self.next_session += 1;
+        session
+    }
+
     /// Allocates a session id and queues its opening for `owner` (None: the gateway's own).
     pub(super) fn open(
         &mut self,

@@ -21,6 +21,7 @@ use tracing::{debug, info};
 mod restore;
 
 use super::admission::{Class, LogLimiter};
+use super::aggregate::Aggregate;
 use super::ctx::Ctx;
 use super::device::{Device, DeviceState};
 use super::discovery;
@@ -59,6 +60,8 @@ pub struct Gateway {
     next_advertise: Option<Instant>,
     /// Refused CONNECTs are logged at most this often.
     refusal_log: LogLimiter,
+    /// Aggregating mode: the shared upstream sessions devices' virtual sessions ride on.
+    agg: Option<Aggregate>,
 }
 
 impl Gateway {
@@ -71,9 +74,14 @@ impl Gateway {
             qos_m1: QosMinusOne::default(),
             status: Status::default(),
             next_advertise,
+            agg: None,
         };
         // The status session opens first (its Open is the first output), when `status` is on.
         gw.status.open(&mut gw.ctx, now);
+        if let Some(a) = gw.ctx.settings.aggregate.clone() {
+            gw.agg = Some(Aggregate::new(&mut gw.ctx, a, now));
+            gw.finish_input(now);
+        }
         gw
     }
 
@@ -81,9 +89,12 @@ impl Gateway {
     /// DISCONNECT (its will would say the same, but a DISCONNECT discards the will). Call it
     /// once, after the last input, and carry the outputs out before closing the sessions.
     /// Returns the session whose last words must reach the broker: wait for it to close.
-    pub fn shutdown(&mut self, _now: Instant) -> Option<SessionId> {
+    pub fn shutdown(&mut self, now: Instant) -> Option<SessionId> {
         let said = self.status.shutdown(&mut self.ctx);
-        self.finish_input();
+        if let Some(a) = &mut self.agg {
+            a.shutdown();
+        }
+        self.finish_input(now);
         said
     }
 
@@ -125,7 +136,16 @@ impl Gateway {
 
     /// The next effect to carry out.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.ctx.out.pop_front()
+        match &mut self.agg {
+            Some(a) => a.poll_output(),
+            None => self.ctx.out.pop_front(),
+        }
+    }
+
+    /// Aggregating mode's (shared sessions connected, virtual sessions, distinct filters,
+    /// memberships, packet ids in flight upstream); `None` in transparent mode.
+    pub fn aggregate_sizes(&self) -> Option<(usize, usize, usize, usize, usize)> {
+        self.agg.as_ref().map(Aggregate::sizes)
     }
 
     /// When `handle_timeout` must next be called, if ever.
@@ -135,6 +155,7 @@ impl Gateway {
             self.next_advertise,
             self.qos_m1.next_deadline(),
             self.status.next_deadline(),
+            self.agg.as_ref().and_then(Aggregate::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -146,7 +167,7 @@ impl Gateway {
     /// One frame (datagram or de-framed serial message) from a device.
     pub fn handle_frame(&mut self, now: Instant, from: DeviceAddr, frame: Bytes) {
         self.frame_in(now, from, frame);
-        self.finish_input();
+        self.finish_input(now);
     }
 
     fn frame_in(&mut self, now: Instant, from: DeviceAddr, frame: Bytes) {
@@ -196,7 +217,7 @@ impl Gateway {
                 discovery::heard_on_group(&mut self.ctx, group, &from, decoded.message);
             }
         }
-        self.finish_input();
+        self.finish_input(_now);
     }
 
     fn handle_message(&mut self, now: Instant, from: DeviceAddr, msg: Message) {
@@ -396,6 +417,15 @@ impl Gateway {
         self.settle(id, tx_mark);
     }
 
+    /// Removes device `id` from the registry (and, in aggregating mode, whatever the aggregate
+    /// still keeps for its ClientId).
+    fn forget_device(&mut self, id: DeviceId) {
+        if let (Some(agg), Some(d)) = (&mut self.agg, self.registry.get(id)) {
+            agg.forget_client(&d.client_id);
+        }
+        self.registry.remove(id, &mut self.ctx);
+    }
+
     /// Frees a slot for a newcomer: the least recently heard device that is not connected,
     /// else the least recently heard one not heard from since its CONNECT (which is told to
     /// reconnect, and its session ends without its will). A device that has spoken since its
@@ -411,7 +441,7 @@ impl Gateway {
             }
         }
         self.ctx.stats.devices_evicted += 1;
-        self.registry.remove(id, &mut self.ctx);
+        self.forget_device(id);
         true
     }
 
@@ -422,7 +452,7 @@ impl Gateway {
     /// be: its rule (and so its topic permissions and credentials) is updated, and a device the
     /// rules no longer admit is told DISCONNECT, its session ended with DISCONNECT upstream
     /// (no will) and forgotten, stored rows included. Returns how many devices that ended.
-    pub fn reconfigure(&mut self, _now: Instant, settings: Settings) -> usize {
+    pub fn reconfigure(&mut self, now: Instant, settings: Settings) -> usize {
         let admission_changed = settings.admission != self.ctx.settings.admission;
         if settings.predefined_topics != self.ctx.settings.predefined_topics {
             self.ctx.predefined = super::topics::Predefined::new(&settings.predefined_topics);
@@ -448,31 +478,56 @@ impl Gateway {
                         } else {
                             dev.end_quietly(&mut self.ctx);
                         }
-                        self.registry.remove(id, &mut self.ctx);
+                        self.forget_device(id);
                         self.ctx.stats.devices_refused_on_reload += 1;
                         ended += 1;
                     }
                 }
             }
         }
-        self.finish_input();
+        self.finish_input(now);
         ended
     }
 
     /// Every input ends here: the registry learns the sessions devices opened and closed, and
     /// the input's durable batch goes out.
-    fn finish_input(&mut self) {
-        self.registry.sync_sessions(&mut self.ctx);
-        for (client_id, state) in self.ctx.take_availability() {
-            self.status.report(&mut self.ctx, client_id, state);
+    ///
+    /// In aggregating mode the outputs then pass through the aggregate (`core/aggregate/`),
+    /// and the packets it has for devices' virtual sessions are handed to them, until nothing
+    /// more follows.
+    fn finish_input(&mut self, now: Instant) {
+        loop {
+            self.registry.sync_sessions(&mut self.ctx);
+            for (client_id, state) in self.ctx.take_availability() {
+                self.status.report(&mut self.ctx, client_id, state);
+            }
+            self.ctx.flush_persist();
+            let Some(agg) = &mut self.agg else {
+                return;
+            };
+            agg.translate(&mut self.ctx);
+            // What translating wrote (a durable flow's shared packet id) is a batch too.
+            self.ctx.flush_persist();
+            agg.translate(&mut self.ctx);
+            let inbox = agg.take_inbox();
+            let detached = agg.take_detached();
+            if inbox.is_empty() && detached.is_empty() {
+                agg.end_input();
+                return;
+            }
+            for (session, packet) in inbox {
+                self.device_upstream(now, session, packet);
+            }
+            for (client_id, session, p) in detached {
+                self.deliver_detached(client_id, session, p);
+            }
         }
-        self.ctx.flush_persist();
     }
 
     /// A packet decoded from an upstream session.
     pub fn handle_upstream(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
         self.upstream_in(now, session, packet);
-        self.finish_input();
+        self.finish_input(now);
     }
 
     fn upstream_in(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
@@ -484,6 +539,34 @@ impl Gateway {
             self.status.on_upstream(&mut self.ctx, now, packet);
             return;
         }
+        if let Some(agg) = &mut self.agg {
+            if let Some(k) = agg.owns(session) {
+                agg.on_upstream(&mut self.ctx, now, k, packet);
+                return;
+            }
+        }
+        self.device_upstream(now, session, packet);
+    }
+
+    /// Aggregating mode: a message for a durable device that is not connected goes to its
+    /// buffer (acknowledged upstream once stored), as a broker keeps it for a persistent session.
+    fn deliver_detached(&mut self, client_id: String, session: SessionId, p: mqtt::Publish) {
+        let packet_id = p.packet_id;
+        let dev = self
+            .registry
+            .by_client_id(&client_id)
+            .and_then(|id| self.registry.get_mut(id));
+        let gone = dev.is_none();
+        let taken = dev.is_some_and(|d| d.buffer_detached(&mut self.ctx, session, p));
+        if !taken {
+            if let Some(agg) = &mut self.agg {
+                agg.declined(session, packet_id, gone);
+            }
+        }
+    }
+
+    /// A packet on a device's session (in aggregating mode: its virtual session).
+    fn device_upstream(&mut self, now: Instant, session: SessionId, packet: mqtt::Packet) {
         let Some(id) = self.registry.by_session(session) else {
             return; // a session we already let go
         };
@@ -497,7 +580,7 @@ impl Gateway {
     /// The upstream session's connection ended (refused, reset, or closed by the broker).
     pub fn handle_upstream_closed(&mut self, now: Instant, session: SessionId) {
         self.upstream_closed(now, session);
-        self.finish_input();
+        self.finish_input(now);
     }
 
     fn upstream_closed(&mut self, now: Instant, session: SessionId) {
@@ -508,6 +591,12 @@ impl Gateway {
         if self.status.owns(session) {
             self.status.on_closed(now);
             return;
+        }
+        if let Some(agg) = &mut self.agg {
+            if let Some(k) = agg.owns(session) {
+                agg.on_closed(now, k);
+                return;
+            }
         }
         let Some(id) = self.registry.unbind_session(session) else {
             return;
@@ -522,13 +611,17 @@ impl Gateway {
     /// Timers: keep-alive supervision, retransmissions, connect stages, ADVERTISE.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.timeout(now);
-        self.finish_input();
+        self.finish_input(now);
     }
 
     /// The store made batch `seq` (and all before it) durable: acknowledgements that waited
     /// for it go out now.
-    pub fn handle_persisted(&mut self, _now: Instant, seq: u64) {
+    pub fn handle_persisted(&mut self, now: Instant, seq: u64) {
         self.ctx.confirm(seq);
+        if self.agg.is_some() {
+            // What waited for the store may be on virtual sessions.
+            self.finish_input(now);
+        }
     }
 
     fn timeout(&mut self, now: Instant) {
@@ -550,6 +643,9 @@ impl Gateway {
         }
         self.qos_m1.on_timeout(&mut self.ctx, now);
         self.status.on_timeout(&mut self.ctx, now);
+        if let Some(agg) = &mut self.agg {
+            agg.on_timeout(&mut self.ctx, now);
+        }
     }
 
     /// After `id` handled an input: charge what was sent to it since `tx_mark` to its silence

@@ -11,6 +11,7 @@
 #![warn(unreachable_pub)]
 
 mod admission;
+mod aggregate;
 mod bridge;
 mod ctx;
 mod device;
@@ -34,7 +35,7 @@ mod tests;
 
 pub use device::{with_tolerance, DeviceState};
 pub use gateway::{Gateway, RestoreReport};
-pub use settings::Settings;
+pub use settings::{AggregateSettings, Settings};
 pub use status::{Availability, StatusSettings};
 pub use types::{
     DeviceAddr, DeviceId, GroupId, OpenFor, Output, PeerAddr, PersistOp, SessionId, Stats, Table,

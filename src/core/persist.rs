@@ -122,7 +122,19 @@ pub enum UplinkRecord {
         #[serde(default)]
         released: bool,
     },
+    /// Aggregating mode: a QoS 2 flow of the device (its `packet_id` on its virtual session)
+    /// went up on shared session `shared` as `shared_packet_id`; a re-sent PUBLISH or PUBREL
+    /// after a restart continues it there. Keyed at [`AGGREGATED_UPLINK_BASE`] + `packet_id`.
+    Aggregated {
+        packet_id: u16,
+        shared: u16,
+        shared_packet_id: u16,
+    },
 }
+
+/// Where [`UplinkRecord::Aggregated`] rows are numbered (QoS 2 flows are below 2^16, parked
+/// messages from 2^32).
+pub const AGGREGATED_UPLINK_BASE: u64 = 1 << 16;
 
 /// Bytes as a hex string in JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

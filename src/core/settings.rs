@@ -66,6 +66,31 @@ pub struct Settings {
     /// (The configuration's default is on; a core built from `Settings::default()` publishes
     /// nothing, so a test that does not ask for it sees no extra session.)
     pub status: Option<StatusSettings>,
+    /// `broker.upstream.sessions: aggregating`: devices share these few upstream sessions
+    /// instead of one each (`core/aggregate/`); `None`: transparent (one session per device).
+    pub aggregate: Option<AggregateSettings>,
+}
+
+/// The shared upstream sessions of aggregating mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateSettings {
+    /// `broker.upstream.connections`: how many shared sessions (1..=64); devices are spread
+    /// over them, subscriptions all ride on the first.
+    pub connections: usize,
+    /// `broker.upstream.aggregate_client_id`: the ClientId of the shared session (with one
+    /// connection), or its stem (`<id>-0`, `<id>-1`, ... with several). Not prefixed.
+    pub client_id: String,
+}
+
+impl AggregateSettings {
+    /// The upstream ClientId of shared session `k`.
+    pub fn session_client_id(&self, k: usize) -> String {
+        if self.connections == 1 {
+            self.client_id.clone()
+        } else {
+            format!("{}-{k}", self.client_id)
+        }
+    }
 }
 
 /// The one place these defaults are written: `config`'s sections read them (`limits`,
@@ -98,6 +123,7 @@ impl Default for Settings {
             qos_minus_one: QosMinusOnePolicy::default(),
             transport_names: Vec::new(),
             status: None,
+            aggregate: None,
         }
     }
 }

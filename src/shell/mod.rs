@@ -278,9 +278,14 @@ fn devices_that_fit(limit: u64, wanted: usize, mode: BrokerMode) -> usize {
 fn raise_nofile_limit(config: &Config) -> usize {
     let max_devices = config.limits.max_devices;
     let mode = config.broker.mode;
+    // Aggregating mode: devices share `connections` upstream sockets and cost no file each.
+    let per_device = match config.broker.upstream.sessions {
+        crate::config::Sessions::Aggregating => 0,
+        crate::config::Sessions::Transparent => files_per_device(mode),
+    };
     let wanted = (max_devices as u64)
-        .saturating_mul(files_per_device(mode))
-        .saturating_add(RESERVED_FILES);
+        .saturating_mul(per_device)
+        .saturating_add(RESERVED_FILES + 2 * config.broker.upstream.connections as u64);
     let got = match rlimit::increase_nofile_limit(wanted) {
         Ok(got) => got,
         Err(e) => {
@@ -288,7 +293,7 @@ fn raise_nofile_limit(config: &Config) -> usize {
             rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(wanted, |(soft, _)| soft)
         }
     };
-    if got >= wanted {
+    if got >= wanted || per_device == 0 {
         debug!(limit = got, "open-file limit");
         return max_devices;
     }

@@ -6,10 +6,11 @@
 
 use super::error::ShellError;
 use crate::broker::EmbeddedSettings;
+use crate::config::Sessions;
 use crate::config::{Admission, Config, QosMinusOne, QosMinusOneSwitch};
 use crate::core::rules::{AddressMatch, AdmissionRules, DeviceRule, QosMinusOnePolicy};
 use crate::core::settings::SourceLimits;
-use crate::core::{Settings, StatusSettings, TransportId};
+use crate::core::{AggregateSettings, Settings, StatusSettings, TransportId};
 
 /// The core's settings from the configuration file.
 pub fn settings_from(config: &Config) -> Result<Settings, ShellError> {
@@ -54,6 +55,16 @@ pub fn settings_from(config: &Config) -> Result<Settings, ShellError> {
             )
             .collect(),
         status: status(config),
+        aggregate: aggregate(config),
+    })
+}
+
+/// `broker.upstream.sessions: aggregating` as the core's settings; `None`: transparent.
+fn aggregate(config: &Config) -> Option<AggregateSettings> {
+    let u = &config.broker.upstream;
+    (u.sessions == Sessions::Aggregating).then(|| AggregateSettings {
+        connections: u.connections,
+        client_id: u.aggregate_client_id(config.gateway.id),
     })
 }
 

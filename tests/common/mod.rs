@@ -42,3 +42,49 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+
+/// `test_config` with the upstream sessions of `sessions` (aggregating: two shared sessions, so
+/// devices really are spread).
+pub fn mode_config(
+    broker_port: u16,
+    sessions: mqttsn_gateway::config::Sessions,
+) -> mqttsn_gateway::config::Config {
+    let mut c = test_config(broker_port);
+    c.broker.upstream.sessions = sessions;
+    if sessions == mqttsn_gateway::config::Sessions::Aggregating {
+        c.broker.upstream.connections = 2;
+    }
+    c
+}
+
+/// As `on_both_backends!`, for scenarios `async fn(Backend, Sessions)` that also run in
+/// aggregating mode: `NAME::mosquitto`, `NAME::embedded`, `NAME::mosquitto_aggregating`,
+/// `NAME::embedded_aggregating`.
+macro_rules! on_both_backends_and_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            use mqttsn_gateway::config::Sessions;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mosquitto() {
+                super::$name(Backend::Mosquitto, Sessions::Transparent).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(Backend::Embedded, Sessions::Transparent).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mosquitto_aggregating() {
+                super::$name(Backend::Mosquitto, Sessions::Aggregating).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded_aggregating() {
+                super::$name(Backend::Embedded, Sessions::Aggregating).await
+            }
+        }
+    )*};
+}

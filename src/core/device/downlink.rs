@@ -276,6 +276,14 @@ impl Downlink {
                 drop_down(ctx, link, publish);
                 return false;
             }
+            Room::LeaveWithBroker if ctx.settings.aggregate.is_some() => {
+                // A shared session: a message left unacknowledged would stall every device's
+                // downlink behind the broker's in-flight window, and no broker session of
+                // this device would hand it over later. Dropped (and acknowledged) instead.
+                debug!(client_id = %link.client_id, topic = %p.topic, state = ?to.state, "no room; dropped (aggregating mode)");
+                drop_down(ctx, link, publish);
+                return false;
+            }
             Room::LeaveWithBroker => {
                 ctx.stats.downlink_dropped += 1;
                 self.left_with_broker += 1;

@@ -404,11 +404,12 @@ impl Device {
     /// Puts back an uplink QoS 2 flow: the device's re-sent PUBLISH or PUBREL continues it
     /// under the same packet id.
     pub(super) fn restore_uplink(&mut self, n: u64, r: UplinkRecord) {
-        if matches!(r, UplinkRecord::Parked { .. }) {
-            self.outage.restore(&mut self.pkids, n, r);
-            return;
+        match r {
+            UplinkRecord::Parked { .. } => self.outage.restore(&mut self.pkids, n, r),
+            UplinkRecord::Qos2 { .. } => self.up.restore(&mut self.pkids, r),
+            // The aggregate's, handed to it by the gateway.
+            UplinkRecord::Aggregated { .. } => {}
         }
-        self.up.restore(&mut self.pkids, r);
     }
 
     /// Fires every timer that is due, in [`DeviceTimer::ALL`] order. Whether the device was

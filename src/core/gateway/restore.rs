@@ -106,6 +106,17 @@ impl Gateway {
                     None => report.skipped += 1,
                 },
                 Table::Uplink => match persist::decode(&value) {
+                    Some(persist::UplinkRecord::Aggregated {
+                        packet_id,
+                        shared,
+                        shared_packet_id,
+                    }) => {
+                        if let Some(agg) = &mut self.agg {
+                            let flow = (packet_id, usize::from(shared), shared_packet_id);
+                            agg.restore_flow(&dev.client_id, flow);
+                        }
+                        report.uplink += 1;
+                    }
                     Some(r) => {
                         dev.restore_uplink(n, r);
                         report.uplink += 1;
@@ -116,12 +127,26 @@ impl Gateway {
             }
         }
         let ids = self.registry.ids();
+        if let Some(agg) = &mut self.agg {
+            // Aggregating: a persistent device that was away keeps its filters, as its broker
+            // session would have, so what arrives for it meanwhile is buffered.
+            for &id in &ids {
+                if let Some((client_id, filters)) = self
+                    .registry
+                    .get(id)
+                    .and_then(|d| d.kept_filters(&self.ctx))
+                {
+                    let vs = self.ctx.new_session_id();
+                    agg.restore_detached(vs, client_id, filters);
+                }
+            }
+        }
         let tx_mark = self.ctx.tx_bytes;
         for id in ids {
             self.settle(id, tx_mark);
         }
         info!(?report, "restored persistent sessions");
-        self.finish_input();
+        self.finish_input(now);
         report
     }
 }

@@ -11,6 +11,8 @@ use super::{DeviceAddr, Gateway, Output, SessionId, Settings, TransportId};
 use crate::codec::{self, Frame, Message, QoS, ReturnCode, TopicRef, WillTopic};
 use crate::mqtt;
 
+mod aggregate;
+mod aggregate_store;
 mod connect;
 mod discovery;
 mod downlink;

@@ -6,6 +6,7 @@
 //! Must never: hold state of its own (everything is a field of `Device`), do I/O or read the
 //! clock.
 
+mod aggregate_flow;
 mod connect_flow;
 mod switch_flow;
 mod upstream_flow;

@@ -295,7 +295,13 @@ impl Device {
         gap: Gap,
     ) {
         let remake = self.conn.clean_session || !session_present;
-        if remake && self.session.is_some() && self.subs.count() > 0 && !self.conn.clean_session {
+        // In aggregating mode a device's session never is at the broker: nothing was lost.
+        if remake
+            && self.session.is_some()
+            && self.subs.count() > 0
+            && !self.conn.clean_session
+            && ctx.settings.aggregate.is_none()
+        {
             info!(
                 client_id = %self.client_id,
                 subscriptions = self.subs.count(),
