@@ -8,7 +8,7 @@
 //! device: that is the core's decision.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ pub struct TlsTarget {
 pub struct SessionParams {
     pub session: SessionId,
     pub broker: SocketAddr,
+    /// The local address to connect from (`broker.upstream.source_addresses`); `None`: the
+    /// kernel picks.
+    pub source: Option<IpAddr>,
     /// `None`: plain TCP.
     pub tls: Option<TlsTarget>,
     pub connect: mqtt::Connect,
@@ -95,14 +98,12 @@ enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// TCP connect (`TCP_NODELAY` on) and, with TLS, the handshake, within the connect timeout.
+/// TCP connect (from `p.source` when set; `TCP_NODELAY` on) and, with TLS, the handshake, within the connect timeout.
 /// The error is the reason, the same words for every session that fails the same way (so the
 /// driver can count them as one).
 async fn establish(p: &SessionParams) -> Result<Stream, String> {
     let connect = async {
-        let stream = TcpStream::connect(p.broker)
-            .await
-            .map_err(|e| format!("TCP connect: {e}"))?;
+        let stream = super::source::connect(p.broker, p.source).await?;
         let _ = stream.set_nodelay(true);
         match &p.tls {
             None => Ok(Stream::Plain(stream)),
@@ -122,6 +123,7 @@ async fn establish(p: &SessionParams) -> Result<Stream, String> {
 /// then DISCONNECT. The error is the reason, as a session would log it.
 pub(super) async fn probe(
     broker: SocketAddr,
+    source: Option<IpAddr>,
     tls: Option<TlsTarget>,
     connect: mqtt::Connect,
     connect_timeout: Duration,
@@ -129,6 +131,7 @@ pub(super) async fn probe(
     let p = SessionParams {
         session: SessionId(0),
         broker,
+        source,
         tls,
         connect,
         connect_timeout,
