@@ -21,11 +21,14 @@
 //!    inside the gateway process, next to the same numbers against mosquitto upstream.
 //! 10. TLS upstream: uplink QoS 1 over plain TCP and over TLS to the same mosquitto, and the
 //!     ratio.
+//! S. scale: toward `--scale-devices` (50,000) devices connected at once through
+//!    `broker.upstream.source_addresses`, as far as the open-file limit allows; connect rate,
+//!    gateway and mosquitto RSS, the RSS at 50,000 extrapolated when the limit stops it short.
 //!
 //! See docs/benchmarks.md. Run: `cargo run -p bench --release -- --help`.
 //!
 //! This file owns the flags, the order of the tests and the printed table; each test group has
-//! a file of its own (throughput, downlink, rss, sleep + wake, store, embedded, tls), the processes
+//! a file of its own (throughput, downlink, rss, scale, sleep + wake, store, embedded, tls), the processes
 //! and /proc readings are in `procs`, the load generators in `clients`. The bench never measures
 //! an in-process gateway: it runs the release binary as a child so RSS and disk I/O are its own.
 
@@ -35,6 +38,7 @@ mod embedded;
 mod procs;
 mod results;
 mod rss;
+mod scale;
 mod sleep;
 mod stamp;
 mod store;
@@ -68,6 +72,7 @@ use embedded::*;
 use procs::*;
 use results::*;
 use rss::*;
+use scale::*;
 use sleep::*;
 use stamp::*;
 use store::*;
@@ -102,7 +107,10 @@ struct Args {
     /// Device counts (cumulative, connected at once) at which the gateway RSS is read.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     rss_devices: Vec<usize>,
-    /// Outstanding CONNECTs while connecting devices for the RSS test.
+    /// Devices the scale test aims for (it stops at what the open-file limit allows).
+    #[arg(long, default_value_t = 50_000)]
+    scale_devices: usize,
+    /// Outstanding CONNECTs while connecting devices for the RSS and scale tests.
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
     /// Sleeping devices for the sleep test.
@@ -129,7 +137,8 @@ struct Args {
     /// Persistent devices for the store test's throughput part (store on vs off).
     #[arg(long, default_value_t = 100)]
     store_tp_devices: usize,
-    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,embedded,sleep,store,tls.
+    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,scale,embedded,sleep,store,
+    /// tls.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Gateway binary; default: build and use target/release/mqttsn-gateway next to this one.
@@ -350,6 +359,9 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<Vec<Row>> {
         let (idle, t) = rss(a, gw_bin, dir, broker, mosq.pid(), &mut rows).await?;
         upstream.idle_kb = Some(idle);
         upstream.threads = t;
+    }
+    if a.wants("scale") {
+        scale_test(a, gw_bin, dir, &mut rows).await?;
     }
     if a.wants("embedded") {
         embedded_test(a, gw_bin, dir, broker, upstream, &mut rows).await?;
