@@ -61,8 +61,20 @@ const BROKER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs until the broker closes, an error occurs, or `commands` is closed (then pending
 /// packets are flushed and the socket shut down).
-pub async fn run(
-    mut p: SessionParams,
+///
+/// `p` is boxed before the session's state machine takes it: an `async fn` keeps each argument
+/// twice in its state (as argument and as local), and the state is the task's size for its
+/// whole life (see docs/benchmarks.md, scale).
+pub fn run(
+    p: SessionParams,
+    commands: mpsc::Receiver<mqtt::Packet>,
+    events: mpsc::Sender<Event>,
+) -> impl std::future::Future<Output = ()> + Send {
+    session(Box::new(p), commands, events)
+}
+
+async fn session(
+    mut p: Box<SessionParams>,
     mut commands: mpsc::Receiver<mqtt::Packet>,
     events: mpsc::Sender<Event>,
 ) {
@@ -79,7 +91,9 @@ pub async fn run(
             Ok(())
         }
         Ok(Stream::Plain(s)) => drive(s, p, &mut commands, &events, &mut heard).await,
-        Ok(Stream::Tls(s)) => drive(*s, p, &mut commands, &events, &mut heard).await,
+        // Boxed: the TLS session's state (~3.7 KB, the TLS stream inline) would otherwise size
+        // every session's task, plain ones included (~1.5 KB); see docs/benchmarks.md, scale.
+        Ok(Stream::Tls(s)) => Box::pin(drive(*s, p, &mut commands, &events, &mut heard)).await,
     };
     match ended {
         // Refused before a CONNACK: with TLS 1.3 a broker that rejects the client
@@ -209,7 +223,7 @@ impl QuickAck for tokio_rustls::client::TlsStream<TcpStream> {
 /// per packet).
 async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
     mut stream: S,
-    p: SessionParams,
+    p: Box<SessionParams>,
     commands: &mut mpsc::Receiver<mqtt::Packet>,
     events: &mpsc::Sender<Event>,
     heard: &mut bool,
