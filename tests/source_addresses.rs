@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mqttsn_gateway::codec::{self, Message, ReturnCode};
-use mqttsn_gateway::config::Config;
+use mqttsn_gateway::config::{Config, ConfigError};
 
 mod common;
 use common::*;
@@ -64,7 +64,7 @@ async fn connect_all(devices: Vec<SnClient>, tag: &str) -> Vec<Option<ReturnCode
                 clean_session: true,
                 protocol_id: codec::PROTOCOL_ID_V1_2,
                 duration: 600,
-                client_id: id.into(),
+                client_id: id,
             }))
             .await;
             let code = loop {
@@ -316,4 +316,89 @@ fn sh(cmd: &str) {
         "{cmd}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
+}
+
+/// The error for `yaml`, checked to be `Invalid`; returns (line, key, rendered text).
+fn invalid(yaml: &str) -> (Option<usize>, String, String) {
+    match Config::from_yaml_str(yaml, "gateway.yaml").expect_err("should be rejected") {
+        err @ ConfigError::Invalid { .. } => {
+            let text = err.to_string();
+            let ConfigError::Invalid { line, key, .. } = err else {
+                unreachable!()
+            };
+            (line, key, text)
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn upstream_source_addresses() {
+    let c = Config::from_yaml_str(
+        "broker:\n  upstream:\n    source_addresses: [127.0.0.1, 127.0.0.2, \"127.0.0.3\"]\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(
+        c.broker.upstream.source_addresses,
+        ["127.0.0.1", "127.0.0.2", "127.0.0.3"].map(|a| a.parse::<std::net::IpAddr>().unwrap())
+    );
+    assert!(Config::default()
+        .broker
+        .upstream
+        .source_addresses
+        .is_empty());
+    let c = Config::from_yaml_str(
+        "broker:\n  upstream:\n    host: \"::1\"\n    source_addresses: [\"::1\"]\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.broker.upstream.source_addresses.len(), 1);
+    let c =
+        Config::from_yaml_str("broker:\n  upstream:\n    source_addresses: null\n", "t").unwrap();
+    assert!(c.broker.upstream.source_addresses.is_empty());
+    // Survives the round trip through YAML (what `check` prints).
+    let c = Config::from_yaml_str(
+        "broker:\n  upstream:\n    source_addresses: [127.0.0.2]\n",
+        "t",
+    )
+    .unwrap();
+    let again = Config::from_yaml_str(&c.to_yaml(), "t").unwrap();
+    assert_eq!(
+        again.broker.upstream.source_addresses,
+        c.broker.upstream.source_addresses
+    );
+}
+
+#[test]
+fn bad_source_addresses_name_the_entry_and_line() {
+    let cases = [
+        ("[127.0.0.1, 127.0.0.1:5000]", 1, "is not an IP address"),
+        ("[localhost]", 0, "is not an IP address"),
+        ("[0.0.0.0]", 0, "cannot be a source address"),
+        ("[224.0.0.1]", 0, "cannot be a source address"),
+        ("[255.255.255.255]", 0, "cannot be a source address"),
+        ("[127.0.0.2, 127.0.0.3, 127.0.0.2]", 2, "listed twice"),
+        ("[127.0.0.2, \"::1\"]", 1, "not of the same address family"),
+    ];
+    for (list, index, words) in cases {
+        let yaml = format!("broker:\n  upstream:\n    source_addresses: {list}\n");
+        let (line, key, text) = invalid(&yaml);
+        assert_eq!(line, Some(3), "{list}: {text}");
+        assert_eq!(
+            key,
+            format!("broker.upstream.source_addresses[{index}]"),
+            "{list}: {text}"
+        );
+        assert!(text.contains(words), "{list}: {text}");
+    }
+    // An IP literal host of the other family is refused while reading; a host name is
+    // resolved at start and checked there.
+    let (line, key, text) =
+        invalid("broker:\n  upstream:\n    host: \"::1\"\n    source_addresses: [127.0.0.2]\n");
+    assert_eq!(key, "broker.upstream");
+    assert!(line.is_some(), "{text}");
+    assert!(text.contains("another address family"), "{text}");
+    let (_, key, _) = invalid("broker:\n  upstream:\n    source_addresses: 127.0.0.2\n");
+    assert_eq!(key, "broker.upstream.source_addresses");
 }

@@ -21,9 +21,9 @@
 //!    inside the gateway process, next to the same numbers against mosquitto upstream.
 //! 10. TLS upstream: uplink QoS 1 over plain TCP and over TLS to the same mosquitto, and the
 //!     ratio.
-//! S. scale: toward `--scale-devices` (50,000) devices connected at once through
-//!    `broker.upstream.source_addresses`, as far as the open-file limit allows; connect rate,
-//!    gateway and mosquitto RSS, the RSS at 50,000 extrapolated when the limit stops it short.
+//! 11. scale: toward `--scale-devices` (50,000) devices connected at once through
+//!     `broker.upstream.source_addresses`, as far as the open-file limit allows; connect rate,
+//!     gateway and mosquitto RSS, the RSS at 50,000 extrapolated when the limit stops it short.
 //!
 //! See docs/benchmarks.md. Run: `cargo run -p bench --release -- --help`.
 //!
