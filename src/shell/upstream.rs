@@ -112,7 +112,8 @@ enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// TCP connect (from `p.source` when set; `TCP_NODELAY` on) and, with TLS, the handshake, within the connect timeout.
+/// TCP connect (from `p.source` when set; `TCP_NODELAY` on) and, with TLS, the handshake,
+/// within the connect timeout.
 /// The error is the reason, the same words for every session that fails the same way (so the
 /// driver can count them as one).
 async fn establish(p: &SessionParams) -> Result<Stream, String> {
