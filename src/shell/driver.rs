@@ -42,7 +42,7 @@ pub(super) struct Driver {
     pub(super) gateway: Gateway,
     /// UDP sockets first, then serial ports, in config order.
     pub(super) transports: Vec<Transport>,
-    pub(super) sessions: HashMap<SessionId, mpsc::Sender<Box<mqtt::Packet>>>,
+    pub(super) sessions: HashMap<SessionId, mpsc::Sender<mqtt::Packet>>,
     /// The latest session task per upstream ClientId, so a new session waits for the old one.
     pub(super) session_tasks: HashMap<String, JoinHandle<()>>,
     pub(super) broker: SocketAddr,
@@ -145,7 +145,7 @@ impl Driver {
         let mut open = self.sessions.len();
         if self.disconnect_on_shutdown {
             for tx in self.sessions.values() {
-                let _ = tx.try_send(Box::new(mqtt::Packet::Disconnect));
+                let _ = tx.try_send(mqtt::Packet::Disconnect);
             }
         }
         if !self.disconnect_on_shutdown {
@@ -365,7 +365,7 @@ impl Driver {
                 }
                 Output::Send { session, packet } => {
                     if let Some(tx) = self.sessions.get(&session) {
-                        if tx.try_send(Box::new(packet)).is_err() {
+                        if tx.try_send(packet).is_err() {
                             // The broker cannot keep up with this session: drop it rather
                             // than block every other device. The core hears it closed.
                             warn!(

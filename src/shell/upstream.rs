@@ -67,7 +67,7 @@ const BROKER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// whole life (see docs/benchmarks.md, scale).
 pub fn run(
     p: SessionParams,
-    commands: mpsc::Receiver<Box<mqtt::Packet>>,
+    commands: mpsc::Receiver<mqtt::Packet>,
     events: mpsc::Sender<Event>,
 ) -> impl std::future::Future<Output = ()> + Send {
     session(Box::new(p), commands, events)
@@ -75,7 +75,7 @@ pub fn run(
 
 async fn session(
     mut p: Box<SessionParams>,
-    mut commands: mpsc::Receiver<Box<mqtt::Packet>>,
+    mut commands: mpsc::Receiver<mqtt::Packet>,
     events: mpsc::Sender<Event>,
 ) {
     let session = p.session;
@@ -225,7 +225,7 @@ impl QuickAck for tokio_rustls::client::TlsStream<TcpStream> {
 async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
     mut stream: S,
     p: Box<SessionParams>,
-    commands: &mut mpsc::Receiver<Box<mqtt::Packet>>,
+    commands: &mut mpsc::Receiver<mqtt::Packet>,
     events: &mpsc::Sender<Event>,
     heard: &mut bool,
 ) -> Result<(), String> {
