@@ -136,3 +136,29 @@ fn tls_handshake_and_login_are_tried() {
         "the password is never printed: {text}"
     );
 }
+
+#[test]
+fn each_source_address_is_bound_and_the_connect_comes_from_the_first() {
+    let Some(mosquitto) = Mosquitto::start() else {
+        return;
+    };
+    let dir = TempDir::new("deep-source");
+    let sources = "    source_addresses: [127.0.0.2, 127.0.0.3]\n";
+    let (ok, text) = check_deep(&dir.0, &upstream_yaml(&dir.0, mosquitto.port, sources));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("ok   broker.upstream.source_addresses[0] 127.0.0.2: can bind")
+            && text.contains("ok   broker.upstream.source_addresses[1] 127.0.0.3: can bind")
+            && text.contains("MQTT CONNECT accepted"),
+        "{text}"
+    );
+    // TEST-NET-1 (RFC 5737) is no address of this machine.
+    let sources = "    source_addresses: [127.0.0.2, 192.0.2.1]\n";
+    let (ok, text) = check_deep(&dir.0, &upstream_yaml(&dir.0, mosquitto.port, sources));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAIL broker.upstream.source_addresses[1] 192.0.2.1:")
+            && text.contains("is it an address of this machine"),
+        "{text}"
+    );
+}

@@ -27,13 +27,16 @@
 //!     paced QoS 1 latency) as MQTT clients on mosquitto alone and as MQTT-SN devices through
 //!     the gateway, side by side, with the CPU per message of the gateway, mosquitto and the
 //!     bench (`/proc/<pid>/stat`); `--gateway-b` adds the same rows for a second binary.
+//! 13. scale: toward `--scale-devices` (50,000) devices connected at once through
+//!     `broker.upstream.source_addresses`, as far as the open-file limit allows; connect rate,
+//!     gateway and mosquitto RSS, the RSS at 50,000 extrapolated when the limit stops it short.
 //!
 //! See docs/benchmarks.md. Run: `cargo run -p bench --release -- --help`.
 //!
 //! This file owns the flags, the order of the tests and the printed table; each test group has
-//! a file of its own (throughput, downlink, rss, sleep + wake, store, embedded, tls, compare),
-//! the processes and /proc readings are in `procs` and `cpu`, the load generators in `clients`
-//! (and `cmpload` for the side-by-side group). The bench never measures
+//! a file of its own (throughput, downlink, rss, scale, sleep + wake, store, embedded, tls,
+//! aggregate, compare), the processes and /proc readings are in `procs` and `cpu`, the load
+//! generators in `clients` (and `cmpload` for the side-by-side group). The bench never measures
 //! an in-process gateway: it runs the release binary as a child so RSS and disk I/O are its own.
 
 mod aggregate;
@@ -46,6 +49,7 @@ mod embedded;
 mod procs;
 mod results;
 mod rss;
+mod scale;
 mod sleep;
 mod stamp;
 mod store;
@@ -82,6 +86,7 @@ use embedded::*;
 use procs::*;
 use results::*;
 use rss::*;
+use scale::*;
 use sleep::*;
 use stamp::*;
 use store::*;
@@ -116,7 +121,10 @@ struct Args {
     /// Device counts (cumulative, connected at once) at which the gateway RSS is read.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     rss_devices: Vec<usize>,
-    /// Outstanding CONNECTs while connecting devices for the RSS test.
+    /// Devices the scale test aims for (it stops at what the open-file limit allows).
+    #[arg(long, default_value_t = 50_000)]
+    scale_devices: usize,
+    /// Outstanding CONNECTs while connecting devices for the RSS and scale tests.
     #[arg(long, default_value_t = 200)]
     concurrency: usize,
     /// Sleeping devices for the sleep test.
@@ -150,8 +158,8 @@ struct Args {
     /// Internal: run as a device-holding child of the aggregating test.
     #[arg(long, hide = true)]
     agg_child: Option<String>,
-    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,embedded,sleep,store,tls,
-    /// aggregate,compare.
+    /// Tests to run (default all): ceiling,up0,up1,down,latency,rss,scale,embedded,sleep,store,
+    /// tls,aggregate,compare.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Gateway binary; default: build and use target/release/mqttsn-gateway next to this one.
@@ -412,6 +420,9 @@ async fn run(a: &Args, gw_bin: &Path, dir: &Path) -> Result<(Vec<Row>, Vec<Strin
         let (idle, t) = rss(a, gw_bin, dir, broker, mosq.pid(), &mut rows).await?;
         upstream.idle_kb = Some(idle);
         upstream.threads = t;
+    }
+    if a.wants("scale") {
+        scale_test(a, gw_bin, dir, &mut rows).await?;
     }
     if a.wants("embedded") {
         embedded_test(a, gw_bin, dir, broker, upstream, &mut rows).await?;

@@ -90,6 +90,11 @@ pub struct Upstream {
     /// `aggregate_client_id`: the shared sessions' ClientId (stem `<id>-<k>` with several);
     /// default `mqttsn-gateway-<gateway.id>-aggregate`.
     pub aggregate_client_id: Option<String>,
+    /// `source_addresses`: local IP addresses the upstream sessions connect from, one after
+    /// the other (round-robin); empty = the kernel picks. One address reaches one broker
+    /// address and port with at most the ephemeral port range (~28,000) connections.
+    #[serde(deserialize_with = "source_addresses")]
+    pub source_addresses: Vec<IpAddr>,
 }
 
 /// `broker.upstream.sessions`.
@@ -207,6 +212,16 @@ impl Upstream {
                 return Err("aggregate_client_id: must be 1 to 200 octets without U+0000".into());
             }
         }
+        if let (Some(first), Ok(broker)) =
+            (self.source_addresses.first(), self.host.parse::<IpAddr>())
+        {
+            if first.is_ipv4() != broker.is_ipv4() {
+                return Err(format!(
+                    "source_addresses: {first} cannot reach the broker at {broker} (another \
+                     address family): list addresses of the broker's family"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -234,6 +249,7 @@ impl fmt::Debug for Upstream {
             .field("sessions", &self.sessions)
             .field("connections", &self.connections)
             .field("aggregate_client_id", &self.aggregate_client_id)
+            .field("source_addresses", &self.source_addresses)
             .finish()
     }
 }
@@ -255,6 +271,7 @@ impl Default for Upstream {
             sessions: Sessions::default(),
             connections: 1,
             aggregate_client_id: None,
+            source_addresses: Vec::new(),
         }
     }
 }
@@ -479,4 +496,78 @@ fn upstream<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Upstream, D::E
         "a mapping of the upstream broker's keys",
         Upstream::check,
     )
+}
+
+/// `broker.upstream.source_addresses`: a list of IP addresses, each checked while it is read
+/// (inside its own `visit_str`, so an error carries `source_addresses[i]` and its line): no
+/// unspecified, multicast or broadcast address, no repeat, one address family.
+fn source_addresses<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpAddr>, D::Error> {
+    struct List;
+    impl<'de> de::Visitor<'de> for List {
+        type Value = Vec<IpAddr>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of local IP addresses, e.g. [127.0.0.1, 127.0.0.2]")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<IpAddr> = Vec::new();
+            while let Some(addr) = seq.next_element_seed(Entry { earlier: &out })? {
+                out.push(addr);
+            }
+            Ok(out)
+        }
+    }
+    struct Entry<'a> {
+        earlier: &'a [IpAddr],
+    }
+    impl<'de> de::DeserializeSeed<'de> for Entry<'_> {
+        type Value = IpAddr;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<IpAddr, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl de::Visitor<'_> for Entry<'_> {
+        type Value = IpAddr;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a local IP address (no port), e.g. 127.0.0.2")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<IpAddr, E> {
+            check_source_address(self.earlier, v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_any(List)
+}
+
+fn check_source_address(earlier: &[IpAddr], v: &str) -> Result<IpAddr, String> {
+    let bare = v
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(v);
+    let addr: IpAddr = bare.parse().map_err(|_| {
+        format!("`{v}` is not an IP address (no port, no host name), e.g. 127.0.0.2 or \"::1\"")
+    })?;
+    let broadcast = matches!(addr, IpAddr::V4(a) if a.is_broadcast());
+    if addr.is_unspecified() || addr.is_multicast() || broadcast {
+        return Err(format!(
+            "{addr} cannot be a source address: give an address of this machine (leave the \
+             list empty to let the kernel pick)"
+        ));
+    }
+    if earlier.contains(&addr) {
+        return Err(format!("{addr} is listed twice"));
+    }
+    if let Some(first) = earlier.first() {
+        if first.is_ipv4() != addr.is_ipv4() {
+            return Err(format!(
+                "{addr} is not of the same address family as {first}: one broker address is \
+                 reached from addresses of its own family only"
+            ));
+        }
+    }
+    Ok(addr)
 }

@@ -2,7 +2,8 @@
 //! step on its own so one failure does not hide the next: bind every UDP transport and the
 //! HTTP listener, open every serial port, write in the store's and the embedded broker's
 //! directories, read every secret and certificate, and (upstream mode) connect to the broker:
-//! TCP, the TLS handshake, MQTT CONNECT with the configured login and its CONNACK.
+//! TCP (binding each `broker.upstream.source_addresses` entry first), the TLS handshake, MQTT
+//! CONNECT with the configured login and its CONNACK.
 //!
 //! Owns the steps and their report; binds and connects only for a moment and leaves nothing
 //! behind (a probe file is removed, the broker session says DISCONNECT). Must never start a
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::credentials::Credentials;
+use super::source;
 use super::tls::Tls;
 use super::upstream;
 use crate::config::{BrokerMode, Config};
@@ -170,6 +172,20 @@ async fn upstream_steps(config: &Config, credentials: Option<Credentials>, r: &m
             return;
         }
     };
+    // Each source address: of the broker's family, and an address a socket can be bound to.
+    for (i, source) in u.source_addresses.iter().enumerate() {
+        let outcome = if source.is_ipv4() == addr.is_ipv4() {
+            source::check_bind(*source, addr)
+        } else {
+            Err(format!(
+                "cannot reach the broker at {addr} (another address family)"
+            ))
+        };
+        r.push(
+            format!("broker.upstream.source_addresses[{i}] {source}"),
+            outcome,
+        );
+    }
     let mut connect = mqtt::Connect {
         client_id: format!(
             "{}mqttsn-gateway-check-{}",
@@ -185,8 +201,10 @@ async fn upstream_steps(config: &Config, credentials: Option<Credentials>, r: &m
     if let Some(c) = &credentials {
         c.fill(&mut connect, None);
     }
+    // From the first source address, as the first session would connect.
     let outcome = match upstream::probe(
         addr,
+        u.source_addresses.first().copied(),
         tls.as_ref().map(|t| t.target(None)),
         connect,
         u.connect_timeout,

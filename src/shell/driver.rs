@@ -27,7 +27,7 @@ use super::status::{
     UpstreamCounters,
 };
 use super::tls::Tls;
-use super::{multicast, persistence, reload, udp, upstream};
+use super::{multicast, persistence, reload, source, udp, upstream};
 use crate::core::{DeviceAddr, Gateway, Output, PeerAddr, SessionId, Stats};
 use crate::mqtt;
 
@@ -53,6 +53,8 @@ pub(super) struct Driver {
     /// The latest session task per upstream ClientId, so a new session waits for the old one.
     pub(super) session_tasks: HashMap<String, JoinHandle<()>>,
     pub(super) broker: SocketAddr,
+    /// `broker.upstream.source_addresses`, one per new session in turn.
+    pub(super) sources: source::Sources,
     /// Filled into each session's CONNECT (the core sends none).
     pub(super) credentials: Credentials,
     /// `None`: plain TCP.
@@ -439,6 +441,7 @@ impl Driver {
                         upstream::SessionParams {
                             session,
                             broker: self.broker,
+                            source: self.sources.next(),
                             tls,
                             connect,
                             connect_timeout: self.connect_timeout,

@@ -54,4 +54,11 @@ pub enum ShellError {
     /// the file or variable, never the secret).
     #[error("{key}: {reason}")]
     Credential { key: String, reason: String },
+    /// An entry of `broker.upstream.source_addresses` that cannot serve the broker.
+    #[error("broker.upstream.source_addresses[{index}]: {addr}: {reason}")]
+    SourceAddress {
+        index: usize,
+        addr: std::net::IpAddr,
+        reason: String,
+    },
 }

@@ -25,6 +25,7 @@ mod reload;
 mod serial;
 mod settings;
 mod signals;
+mod source;
 mod status;
 mod tls;
 mod udp;
@@ -346,6 +347,12 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
             (addr, None)
         }
     };
+    let sources = match config.broker.mode {
+        BrokerMode::Upstream => {
+            source::Sources::new(&config.broker.upstream.source_addresses, broker)?
+        }
+        BrokerMode::Embedded => source::Sources::default(),
+    };
     let depth = config.limits.channel_depth.max(16);
     let (events_tx, events_rx) = mpsc::channel(depth);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -477,6 +484,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         dirty: Vec::new(),
         session_tasks: HashMap::new(),
         broker,
+        sources,
         credentials,
         tls,
         failures: upstream::FailureLog::default(),

@@ -6,8 +6,8 @@
 //! bounds that only grow (`limits.max_topics_per_device`, `limits.max_queued_per_device`,
 //! `limits.max_subscriptions_per_device`, `limits.max_silent_downlink_bytes`,
 //! `sleep.buffer_messages`, `sleep.buffer_bytes`). Everything else that differs is reported as
-//! needing a restart and left as it runs. Owns the plan only (pure: no I/O); `run` in `mod.rs`
-//! reads the file and carries the plan out.
+//! needing a restart and left as it runs (`broker.upstream.source_addresses` is named alone).
+//! Owns the plan only (pure: no I/O); `run` in `mod.rs` reads the file and carries the plan out.
 
 use crate::config::Config;
 use crate::core::Settings;
@@ -105,6 +105,12 @@ pub(super) fn plan(running: &Config, new: &Config) -> Plan {
             }
         };
     }
+    // Named on its own (new sessions would pick it up, but the sessions already open keep
+    // their address, so it waits for a restart like the rest of `broker`).
+    if probe.broker.upstream.source_addresses != live.broker.upstream.source_addresses {
+        restart.push("broker.upstream.source_addresses".to_string());
+        probe.broker.upstream.source_addresses = live.broker.upstream.source_addresses.clone();
+    }
     rest!(gateway, "gateway");
     rest!(transports, "transports");
     rest!(discovery, "discovery");
@@ -186,6 +192,12 @@ mod tests {
         assert_eq!(p.live.limits.max_topics_per_device, 256, "lowering waits");
         assert_eq!(p.live.limits.max_frame_size, old.limits.max_frame_size);
         assert_eq!(p.live.log.format, old.log.format);
+        // source_addresses is named alone, and waits for the next start.
+        let new = config("broker: { upstream: { source_addresses: [127.0.0.2] } }\n");
+        let p = plan(&old, &new);
+        assert!(p.applied.is_empty());
+        assert_eq!(p.restart, ["broker.upstream.source_addresses"]);
+        assert!(p.live.broker.upstream.source_addresses.is_empty());
         // Nothing changed: nothing to do.
         let p = plan(&old, &old);
         assert!(p.applied.is_empty() && p.restart.is_empty());

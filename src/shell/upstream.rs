@@ -8,7 +8,7 @@
 //! device: that is the core's decision.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -44,6 +44,9 @@ pub struct TlsTarget {
 pub struct SessionParams {
     pub session: SessionId,
     pub broker: SocketAddr,
+    /// The local address to connect from (`broker.upstream.source_addresses`); `None`: the
+    /// kernel picks.
+    pub source: Option<IpAddr>,
     /// `None`: plain TCP.
     pub tls: Option<TlsTarget>,
     pub connect: mqtt::Connect,
@@ -62,7 +65,19 @@ const BROKER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs until the broker closes, an error occurs, or the driver closes `outbox` (then what
 /// it holds is written and the socket shut down).
-pub async fn run(mut p: SessionParams, outbox: Arc<Outbox>, events: mpsc::Sender<Event>) {
+///
+/// `p` is boxed before the session's state machine takes it: an `async fn` keeps each argument
+/// twice in its state (as argument and as local), and the state is the task's size for its
+/// whole life (see docs/benchmarks.md, scale).
+pub fn run(
+    p: SessionParams,
+    outbox: Arc<Outbox>,
+    events: mpsc::Sender<Event>,
+) -> impl std::future::Future<Output = ()> + Send {
+    session(Box::new(p), outbox, events)
+}
+
+async fn session(mut p: Box<SessionParams>, outbox: Arc<Outbox>, events: mpsc::Sender<Event>) {
     let session = p.session;
     let mut failure = None;
     if let Some(previous) = p.after.take() {
@@ -89,7 +104,9 @@ pub async fn run(mut p: SessionParams, outbox: Arc<Outbox>, events: mpsc::Sender
             )
             .await
         }
-        Ok(Stream::Tls(s)) => drive(*s, p, &outbox, None, &events, &mut heard).await,
+        // Boxed: the TLS session's state (~3.7 KB, the TLS stream inline) would otherwise size
+        // every session's task, plain ones included (~1.5 KB); see docs/benchmarks.md, scale.
+        Ok(Stream::Tls(s)) => Box::pin(drive(*s, p, &outbox, None, &events, &mut heard)).await,
     };
     // The driver's writes stop (it learns of the end from the event below).
     outbox.disconnect();
@@ -110,14 +127,13 @@ enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// TCP connect (`TCP_NODELAY` on) and, with TLS, the handshake, within the connect timeout.
+/// TCP connect (from `p.source` when set; `TCP_NODELAY` on) and, with TLS, the handshake,
+/// within the connect timeout.
 /// The error is the reason, the same words for every session that fails the same way (so the
 /// driver can count them as one).
 async fn establish(p: &SessionParams) -> Result<Stream, String> {
     let connect = async {
-        let stream = TcpStream::connect(p.broker)
-            .await
-            .map_err(|e| format!("TCP connect: {e}"))?;
+        let stream = super::source::connect(p.broker, p.source).await?;
         let _ = stream.set_nodelay(true);
         match &p.tls {
             None => Ok(Stream::Plain(stream)),
@@ -137,6 +153,7 @@ async fn establish(p: &SessionParams) -> Result<Stream, String> {
 /// then DISCONNECT. The error is the reason, as a session would log it.
 pub(super) async fn probe(
     broker: SocketAddr,
+    source: Option<IpAddr>,
     tls: Option<TlsTarget>,
     connect: mqtt::Connect,
     connect_timeout: Duration,
@@ -144,6 +161,7 @@ pub(super) async fn probe(
     let p = SessionParams {
         session: SessionId(0),
         broker,
+        source,
         tls,
         connect,
         connect_timeout,
@@ -288,7 +306,7 @@ impl AsyncWrite for PlainConn {
 /// per packet). `direct`: the plain socket, handed to the outbox once the CONNECT is written.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
     mut stream: S,
-    p: SessionParams,
+    p: Box<SessionParams>,
     outbox: &Outbox,
     direct: Option<Arc<OwnedWriteHalf>>,
     events: &mpsc::Sender<Event>,
