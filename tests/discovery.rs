@@ -19,76 +19,27 @@ use mqttsn_gateway::codec::{self, Message};
 use mqttsn_gateway::config::{BrokerMode, Config, MulticastGroup, UdpTransport};
 use mqttsn_gateway::shell;
 use socket2::{Domain, Protocol, Socket, Type};
+use testkit::{in_private_netns, netns_scenario_passed, no_private_netns, run_in_private_netns};
 use tokio::net::UdpSocket;
 
 /// Set in the child that runs inside the namespace.
 const CHILD: &str = "MQTTSN_DISCOVERY_NETNS_CHILD";
 const TEST: &str = "multicast_discovery_in_a_private_network_namespace";
-/// Printed by the child when the scenario passed, so the parent knows it really ran.
-const PASSED: &str = "namespace scenario passed";
 const WAIT: Duration = Duration::from_secs(3);
 const GW_ID: u8 = 42;
 
 #[test]
 fn multicast_discovery_in_a_private_network_namespace() {
-    if std::env::var_os(CHILD).is_some() {
+    if in_private_netns(CHILD) {
         inside_namespace();
-        println!("{PASSED}");
+        netns_scenario_passed();
         return;
     }
-    if let Some(why) = no_namespace() {
+    if let Some(why) = no_private_netns(&[]) {
         eprintln!("\n*** SKIPPED: {TEST}: {why} ***\n");
         return;
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new("unshare")
-        .arg("-n")
-        .arg(exe)
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("run the test binary under unshare -n");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("--- child stdout ---\n{stdout}--- child stderr ---\n{stderr}");
-    assert!(out.status.success(), "the namespace scenario failed");
-    assert!(
-        stdout.contains(PASSED),
-        "the namespace scenario did not run"
-    );
-}
-
-/// Why a private network namespace cannot be had here, if it cannot.
-fn no_namespace() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        });
-    if uid.as_deref() != Some("0") {
-        return Some("needs root for `unshare -n`".into());
-    }
-    let tools: [(&str, &[&str]); 2] = [("unshare", &["-n", "true"]), ("ip", &["-V"])];
-    for (tool, args) in tools {
-        match Command::new(tool).args(args).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                return Some(format!(
-                    "`{tool} {}` failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
-            }
-            Err(e) => {
-                return Some(format!(
-                    "`{tool}` not available ({e}); install util-linux / iproute2"
-                ))
-            }
-        }
-    }
-    None
+    run_in_private_netns(TEST, CHILD);
 }
 
 fn sh(cmd: &str) -> Result<(), String> {

@@ -23,8 +23,6 @@ use common::*;
 /// Set in the child that runs inside the namespace.
 const CHILD: &str = "MQTTSN_SOURCE_ADDRESSES_NETNS_CHILD";
 const TEST: &str = "several_source_addresses_go_past_the_port_range_of_one";
-/// Printed by the child when the scenario passed, so the parent knows it really ran.
-const PASSED: &str = "namespace scenario passed";
 /// The narrowed ephemeral port range inside the namespace.
 const PORT_LOW: u16 = 40000;
 const PORTS: usize = 60;
@@ -161,16 +159,16 @@ async fn an_address_that_is_not_local_fails_the_session_with_congestion() {
 
 #[test]
 fn several_source_addresses_go_past_the_port_range_of_one() {
-    if std::env::var_os(CHILD).is_some() {
+    if in_private_netns(CHILD) {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .unwrap()
             .block_on(inside_namespace());
-        println!("{PASSED}");
+        netns_scenario_passed();
         return;
     }
-    if let Some(why) = no_namespace() {
+    if let Some(why) = no_private_netns(&[("ss", &["-V"])]) {
         eprintln!("\n*** SKIPPED: {TEST}: {why} ***\n");
         return;
     }
@@ -178,22 +176,7 @@ fn several_source_addresses_go_past_the_port_range_of_one() {
         eprintln!("\n*** SKIPPED: {TEST}: mosquitto is not installed ***\n");
         return;
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new("unshare")
-        .arg("-n")
-        .arg(exe)
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("run the test binary under unshare -n");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("--- child stdout ---\n{stdout}--- child stderr ---\n{stderr}");
-    assert!(out.status.success(), "the namespace scenario failed");
-    assert!(
-        stdout.contains(PASSED),
-        "the namespace scenario did not run"
-    );
+    run_in_private_netns(TEST, CHILD);
 }
 
 async fn inside_namespace() {
@@ -267,43 +250,6 @@ async fn inside_namespace() {
     // More sessions than one address could carry went to this one broker.
     assert!(per.values().sum::<usize>() > PORTS);
     gw_three.shutdown().await;
-}
-
-/// Why a private network namespace cannot be had here, if it cannot.
-fn no_namespace() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        });
-    if uid.as_deref() != Some("0") {
-        return Some("needs root for `unshare -n`".into());
-    }
-    let tools: [(&str, &[&str]); 3] = [
-        ("unshare", &["-n", "true"]),
-        ("ip", &["-V"]),
-        ("ss", &["-V"]),
-    ];
-    for (tool, args) in tools {
-        match Command::new(tool).args(args).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                return Some(format!(
-                    "`{tool} {}` failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
-            }
-            Err(e) => {
-                return Some(format!(
-                    "`{tool}` not available ({e}); install util-linux / iproute2"
-                ))
-            }
-        }
-    }
-    None
 }
 
 fn sh(cmd: &str) {

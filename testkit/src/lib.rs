@@ -22,6 +22,7 @@ mod backend;
 mod browser;
 mod mosquitto;
 mod mqtt_client;
+mod netns;
 mod pki;
 mod process;
 mod serial;
@@ -33,6 +34,7 @@ pub use backend::{
 pub use browser::{chromium_binary, chromium_or_skip, dump_dom, http_get, HttpResponse};
 pub use mosquitto::{mosquitto_binary, Mosquitto};
 pub use mqtt_client::MqttClient;
+pub use netns::{in_private_netns, netns_scenario_passed, no_private_netns, run_in_private_netns};
 pub use pki::{CertFiles, TestCa, Validity};
 pub use process::{spawn_with_fd_limit, GatewayProcess, LoggedGateway, Proc};
 pub use serial::{serial_config, LineFrame, SerialLine, Socat};
