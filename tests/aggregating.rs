@@ -69,7 +69,10 @@ async fn next_publish(dev: &SnClient) -> codec::Publish {
 
 async fn many_devices_share_two_upstream_sessions_and_one_subscription(backend: Backend) {
     let broker = broker_or_skip!(backend);
-    let (gw, gw_addr) = start_gateway(&mode_config(broker.port, Sessions::Aggregating)).await;
+    let mut config = mode_config(broker.port, Sessions::Aggregating);
+    // The status endpoint shows the aggregate (a free port, read back below).
+    config.http.bind = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let (gw, gw_addr) = start_gateway(&config).await;
     let mut sub = MqttClient::connect(broker.addr(), "agg-sub").await;
     sub.subscribe("agg/up/#", mqtt::QoS::AtLeastOnce).await;
     const N: usize = 12;
@@ -129,6 +132,25 @@ async fn many_devices_share_two_upstream_sessions_and_one_subscription(backend: 
             "once each"
         );
     }
+    // What a person sees: the shared sessions, the devices over them, one filter with twelve
+    // memberships, in /api/gateway and /metrics.
+    let http = gw.http_addr.expect("the status endpoint listens");
+    let api = http_get(http, "/api/gateway", None).await.json();
+    let agg = &api["aggregate"];
+    assert_eq!(agg["shared_sessions"], 2, "{api:#}");
+    assert_eq!(agg["shared_sessions_connected"], 2, "{api:#}");
+    assert_eq!(agg["devices"], N, "{api:#}");
+    assert_eq!(agg["filters"], 1, "{api:#}");
+    assert_eq!(agg["memberships"], N, "{api:#}");
+    let metrics = http_get(http, "/metrics", None).await.body;
+    assert!(
+        metrics.contains(&format!("mqttsn_aggregate_devices {N}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mqttsn_aggregate_shared_sessions_connected 2\n"),
+        "{metrics}"
+    );
     gw.shutdown().await;
 }
 

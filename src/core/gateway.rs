@@ -21,7 +21,7 @@ use tracing::{debug, info};
 mod restore;
 
 use super::admission::{Class, LogLimiter};
-use super::aggregate::Aggregate;
+use super::aggregate::{Aggregate, AggregateSizes};
 use super::ctx::Ctx;
 use super::device::{Device, DeviceState};
 use super::discovery;
@@ -142,9 +142,8 @@ impl Gateway {
         }
     }
 
-    /// Aggregating mode's (shared sessions connected, virtual sessions, distinct filters,
-    /// memberships, packet ids in flight upstream); `None` in transparent mode.
-    pub fn aggregate_sizes(&self) -> Option<(usize, usize, usize, usize, usize)> {
+    /// Aggregating mode's sizes; `None` in transparent mode.
+    pub fn aggregate_sizes(&self) -> Option<AggregateSizes> {
         self.agg.as_ref().map(Aggregate::sizes)
     }
 

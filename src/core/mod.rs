@@ -33,6 +33,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
+pub use aggregate::AggregateSizes;
 pub use device::{with_tolerance, DeviceState};
 pub use gateway::{Gateway, RestoreReport};
 pub use settings::{AggregateSettings, Settings};

@@ -367,6 +367,7 @@ impl Driver {
                 .collect(),
             upstream: self.upstream_counters,
             store: self.store_counters.as_ref().map(|c| c.read()),
+            aggregate: self.gateway.aggregate_sizes(),
         };
         // The asker may have given up (timeout, closed connection): nothing to do then.
         let _ = request.reply.send(snapshot);

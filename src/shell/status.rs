@@ -130,4 +130,6 @@ pub struct Snapshot {
     pub upstream: UpstreamCounters,
     /// `None` without a store.
     pub store: Option<StoreTotals>,
+    /// `None` in transparent mode.
+    pub aggregate: Option<crate::core::AggregateSizes>,
 }

@@ -304,16 +304,33 @@ impl Aggregate {
         }
     }
 
-    /// (shared sessions connected, virtual sessions, distinct filters, memberships, packet
-    /// ids in flight upstream) — tests and the status page.
-    pub(crate) fn sizes(&self) -> (usize, usize, usize, usize, usize) {
-        let (filters, members) = self.filters.sizes();
-        (
-            self.shared.iter().filter(|s| s.connected).count(),
-            self.virt.len(),
+    /// What the aggregate holds now — tests, `/api/gateway` and `/metrics`.
+    pub(crate) fn sizes(&self) -> AggregateSizes {
+        let (filters, memberships) = self.filters.sizes();
+        AggregateSizes {
+            shared_connected: self.shared.iter().filter(|s| s.connected).count(),
+            shared: self.shared.len(),
+            devices: self.virt.len(),
             filters,
-            members,
-            self.shared.iter().map(Shared::in_flight).sum(),
-        )
+            memberships,
+            in_flight: self.shared.iter().map(Shared::in_flight).sum(),
+        }
     }
+}
+
+/// Aggregating mode's sizes at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AggregateSizes {
+    /// Shared upstream sessions connected (their CONNACK accepted) now.
+    pub shared_connected: usize,
+    /// Shared upstream sessions configured (`broker.upstream.connections`).
+    pub shared: usize,
+    /// Devices' virtual sessions carried over them (persistent devices away included).
+    pub devices: usize,
+    /// Distinct filters subscribed upstream.
+    pub filters: usize,
+    /// Device subscriptions counted on those filters.
+    pub memberships: usize,
+    /// Packet ids in flight on the shared sessions.
+    pub in_flight: usize,
 }

@@ -142,7 +142,11 @@ fn devices_connect_without_upstream_connects_spread_over_the_shared_sessions() {
     for n in 2..=4 {
         agg_connect(&mut w, &addr(n), &format!("d{n}"), None);
     }
-    assert_eq!(w.gw.aggregate_sizes().map(|s| (s.0, s.1)), Some((2, 4)));
+    assert_eq!(
+        w.gw.aggregate_sizes()
+            .map(|s| (s.shared_connected, s.devices)),
+        Some((2, 4))
+    );
     assert_eq!(
         w.gw.stats().upstream_opens,
         2,
@@ -156,7 +160,7 @@ fn devices_connect_without_upstream_connects_spread_over_the_shared_sessions() {
         vec![Message::Disconnect { duration: None }]
     );
     w.assert_quiet();
-    assert_eq!(w.gw.aggregate_sizes().map(|s| s.1), Some(3));
+    assert_eq!(w.gw.aggregate_sizes().map(|s| s.devices), Some(3));
 }
 
 #[test]
@@ -220,7 +224,7 @@ fn uplink_packet_ids_are_per_shared_session_and_acks_go_back_to_their_device() {
     w.broker(shared[0], mqtt::Packet::PubComp { packet_id: s2 });
     assert_eq!(w.take_to_device(&a), vec![Message::Pubcomp { msg_id: 9 }]);
     assert_eq!(
-        w.gw.aggregate_sizes().map(|s| s.4),
+        w.gw.aggregate_sizes().map(|s| s.in_flight),
         Some(0),
         "no packet id left in flight"
     );
@@ -243,7 +247,10 @@ fn subscriptions_are_refcounted_at_the_highest_qos_and_fanned_out_at_each_device
         mqtt::QoS::AtLeastOnce,
         "the highest QoS any device asked for"
     );
-    assert_eq!(w.gw.aggregate_sizes().map(|s| (s.2, s.3)), Some((1, 2)));
+    assert_eq!(
+        w.gw.aggregate_sizes().map(|s| (s.filters, s.memberships)),
+        Some((1, 2))
+    );
     // A QoS 1 message: a gets it at QoS 0, b at QoS 1; the broker's PUBACK waits for b.
     w.broker(
         s0,
@@ -372,7 +379,10 @@ fn wills_are_published_by_the_gateway_when_a_device_is_lost_not_on_disconnect() 
             packet_id: p.packet_id.unwrap(),
         },
     );
-    assert_eq!(w.gw.aggregate_sizes().map(|s| (s.1, s.4)), Some((0, 0)));
+    assert_eq!(
+        w.gw.aggregate_sizes().map(|s| (s.devices, s.in_flight)),
+        Some((0, 0))
+    );
 }
 
 #[test]

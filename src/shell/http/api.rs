@@ -52,6 +52,14 @@ pub fn gateway(s: &Snapshot, info: &GatewayInfo, started: &Clock) -> Value {
         "devices": by_state,
         "sleep_buffered": s.totals.sleep_buffered,
         "store": s.store.is_some(),
+        "aggregate": s.aggregate.map(|a| json!({
+            "shared_sessions": a.shared,
+            "shared_sessions_connected": a.shared_connected,
+            "devices": a.devices,
+            "filters": a.filters,
+            "memberships": a.memberships,
+            "in_flight": a.in_flight,
+        })),
     })
 }
 

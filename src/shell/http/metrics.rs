@@ -338,6 +338,38 @@ impl Collector for Scrape {
                 u64::from(up.link() == "up"),
             ),
         )?;
+        if let Some(a) = &s.aggregate {
+            let n = |v: usize| v as u64;
+            for (name, help, v) in [
+                (
+                    "mqttsn_aggregate_shared_sessions_connected",
+                    "Aggregating mode: shared upstream sessions connected now",
+                    n(a.shared_connected),
+                ),
+                (
+                    "mqttsn_aggregate_devices",
+                    "Aggregating mode: devices carried over the shared sessions (persistent ones away included)",
+                    n(a.devices),
+                ),
+                (
+                    "mqttsn_aggregate_filters",
+                    "Aggregating mode: distinct filters subscribed upstream",
+                    n(a.filters),
+                ),
+                (
+                    "mqttsn_aggregate_memberships",
+                    "Aggregating mode: device subscriptions counted on those filters",
+                    n(a.memberships),
+                ),
+                (
+                    "mqttsn_aggregate_in_flight",
+                    "Aggregating mode: packet ids in flight on the shared sessions",
+                    n(a.in_flight),
+                ),
+            ] {
+                gauge(&mut e, one(name, help, v))?;
+            }
+        }
         let per_transport = |f: fn(&crate::shell::status::TransportCounters) -> (u64, u64)| {
             let mut v = Vec::new();
             for (i, (t, c)) in s.transports.iter().enumerate() {
@@ -491,6 +523,14 @@ mod tests {
                 ops: 8,
                 commit_nanos: 1_500_000_000,
             }),
+            aggregate: Some(crate::core::AggregateSizes {
+                shared_connected: 2,
+                shared: 2,
+                devices: 7,
+                filters: 3,
+                memberships: 5,
+                in_flight: 1,
+            }),
         }
     }
 
@@ -515,6 +555,8 @@ mod tests {
             "mqttsn_sleep_buffer_messages 9",
             "mqttsn_upstream_connacks_total{result=\"accepted\"} 2",
             "mqttsn_broker_link_up 1",
+            "mqttsn_aggregate_devices 7",
+            "mqttsn_aggregate_shared_sessions_connected 2",
             "mqttsn_transport_frames_total{transport=\"0\",kind=\"udp\",name=\"127.0.0.1:1884\",direction=\"in\"} 11",
             "mqttsn_transport_bytes_total{transport=\"0\",kind=\"udp\",name=\"127.0.0.1:1884\",direction=\"out\"} 120",
             "mqttsn_store_commits_total 4",
