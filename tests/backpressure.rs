@@ -77,13 +77,26 @@ fn gateway_config(
     udp: u16,
     channel_depth: usize,
 ) -> std::path::PathBuf {
+    config_with(dir, broker_port, udp, channel_depth, "", "")
+}
+
+/// The gateway's config file, with `upstream` lines under `broker.upstream` and `limits`
+/// lines under `limits`.
+fn config_with(
+    dir: &TempDir,
+    broker_port: u16,
+    udp: u16,
+    channel_depth: usize,
+    upstream: &str,
+    limits: &str,
+) -> std::path::PathBuf {
     let file = dir.0.join("gateway.yaml");
     std::fs::write(
         &file,
         format!(
             "transports:\n  udp:\n    - bind: 127.0.0.1:{udp}\n\
-             broker:\n  mode: upstream\n  upstream:\n    port: {broker_port}\n\
-             limits:\n  channel_depth: {channel_depth}\n\
+             broker:\n  mode: upstream\n  upstream:\n    port: {broker_port}\n{upstream}\
+             limits:\n  channel_depth: {channel_depth}\n{limits}\
              store:\n  path: null\nhttp:\n  bind: null\nstatus:\n  enabled: false\n"
         ),
     )
@@ -220,4 +233,50 @@ async fn next_session(sessions: &mpsc::Receiver<(TcpStream, BytesMut)>) -> (TcpS
 
 fn log_of(dir: &TempDir) -> String {
     std::fs::read_to_string(dir.0.join("stderr.log")).unwrap_or_default()
+}
+
+/// Aggregating mode: the shared session carries every device, so it waits for
+/// `limits.shared_session_backlog` packets, not a device's `channel_depth`: a stalled broker
+/// first fills the kernel's buffers, then that backlog, and only then is the session closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_session_waits_for_its_own_backlog_not_a_devices() {
+    // With the backlog at the device's bound (32) the same load closes it: the load is past
+    // what the kernel's buffers take by more than that.
+    for (backlog, closed) in [(1_000_000usize, false), (32, true)] {
+        let listener = small_buffer_listener();
+        let port = listener.local_addr().unwrap().port();
+        let sessions = fake_broker(listener);
+        let dir = TempDir::new("backpressure-shared");
+        let udp = free_udp_port();
+        let file = config_with(
+            &dir,
+            port,
+            udp,
+            32,
+            "    sessions: aggregating\n",
+            &format!("  shared_session_backlog: {backlog}\n"),
+        );
+        let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &file, &dir.0);
+        gw.wait_log("UDP transport listening", &dir.0);
+        let (_shared, _) = next_session(&sessions).await;
+        let dev = SnClient::new(SocketAddr::from(([127, 0, 0, 1], udp))).await;
+        dev.connect("many", true, 60).await;
+        let payload = vec![b's'; 1000];
+        // ~3 MiB toward a broker that reads nothing: far below a million packets.
+        for seq in 0..3_000u32 {
+            dev.publish(TopicRef::Short(*b"sh"), QoS::AtMostOnce, false, 0, &payload)
+                .await;
+            if seq % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let log = log_of(&dir);
+        assert_eq!(
+            log.contains("backlog full"),
+            closed,
+            "shared_session_backlog {backlog}: {log}"
+        );
+        drop(gw);
+    }
 }

@@ -261,6 +261,12 @@ pub struct Limits {
     /// `channel_depth`: capacity of each bounded channel in the runtime, at least 1.
     #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
     pub channel_depth: usize,
+    /// `shared_session_backlog`: packets that may wait for the connection of one of the
+    /// gateway's own upstream sessions (the aggregating mode's shared sessions, the status
+    /// session) before it is closed as too slow; a device's own session waits for at most
+    /// `channel_depth`.
+    #[serde(deserialize_with = "in_range::<_, 1, { u32::MAX as u64 }>")]
+    pub shared_session_backlog: usize,
     /// `udp_receive_buffer`: kernel receive buffer asked for each UDP socket, octets.
     #[serde(deserialize_with = "in_range::<_, 4096, { u32::MAX as u64 }>")]
     pub udp_receive_buffer: usize,
@@ -334,6 +340,7 @@ impl Default for Limits {
             max_client_id_len: core.max_client_id_len,
             // Config-only: the shell's channels and sockets.
             channel_depth: 1024,
+            shared_session_backlog: 65_536,
             udp_receive_buffer: 4 * 1024 * 1024,
             max_subscriptions_per_device: core.max_subscriptions_per_device,
             max_silent_downlink_bytes: core.max_silent_downlink_bytes,

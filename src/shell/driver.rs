@@ -63,6 +63,8 @@ pub(super) struct Driver {
     pub(super) failures: upstream::FailureLog,
     pub(super) connect_timeout: Duration,
     pub(super) session_depth: usize,
+    /// The backlog of the gateway's own sessions (`limits.shared_session_backlog`).
+    pub(super) shared_depth: usize,
     pub(super) events_tx: mpsc::Sender<Event>,
     pub(super) advertise: Option<SocketAddr>,
     /// `discovery.multicast[]`, indexed by [`GroupId`](crate::core::GroupId).
@@ -225,7 +227,7 @@ impl Driver {
         let mut open = self.sessions.len();
         for outbox in self.sessions.values() {
             if self.disconnect_on_shutdown {
-                let _ = outbox.push(&mqtt::Packet::Disconnect, usize::MAX);
+                outbox.push_own(&mqtt::Packet::Disconnect);
             }
             outbox.close();
         }
@@ -429,7 +431,14 @@ impl Driver {
                         .tls
                         .as_ref()
                         .map(|t| t.target(device.as_ref().and_then(|d| d.rule)));
-                    let outbox = Arc::new(Outbox::default());
+                    // A device's session waits for `channel_depth` packets at most; one of
+                    // the gateway's own (a shared session carries many devices) for more.
+                    let limit = if device.is_some() {
+                        self.session_depth
+                    } else {
+                        self.shared_depth
+                    };
+                    let outbox = Arc::new(Outbox::new(limit));
                     if let Some(old) = self.sessions.insert(session, outbox.clone()) {
                         old.close();
                     }
@@ -455,7 +464,7 @@ impl Driver {
                 }
                 Output::Send { session, packet } => {
                     if let Some(outbox) = self.sessions.get(&session) {
-                        match outbox.push(&packet, self.session_depth) {
+                        match outbox.push(&packet) {
                             Ok(true) => self.dirty.push(session),
                             Ok(false) => {}
                             Err(_) => {

@@ -490,6 +490,7 @@ pub async fn start(config: &Config) -> Result<Running, ShellError> {
         failures: upstream::FailureLog::default(),
         connect_timeout: config.broker.upstream.connect_timeout,
         session_depth: depth,
+        shared_depth: config.limits.shared_session_backlog,
         events_tx,
         advertise: config.discovery.advertise.as_ref().and_then(|a| a.address),
         groups,

@@ -23,11 +23,12 @@ use tokio::sync::Notify;
 use crate::mqtt;
 
 /// A session's outgoing bytes; see the module doc.
-#[derive(Default)]
 pub struct Outbox {
     state: Mutex<State>,
     /// The session task is told there is something to write (or that the driver let go).
     wake: Notify,
+    /// Packets that may wait before [`push`](Self::push) refuses.
+    limit: usize,
 }
 
 #[derive(Default)]
@@ -51,15 +52,34 @@ struct State {
 pub struct Full;
 
 impl Outbox {
+    /// An empty outbox that holds at most `limit` waiting packets.
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            limit,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves bytes that are still whole packets.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Driver: appends `packet`; `Ok(true)` when the outbox was empty before (the caller
-    /// remembers to [`kick`](Self::kick) it at the end of its turn). Refused past `limit`
-    /// packets waiting. After [`close`](Self::close) a packet is dropped.
-    pub fn push(&self, packet: &mqtt::Packet, limit: usize) -> Result<bool, Full> {
+    /// remembers to [`kick`](Self::kick) it at the end of its turn). Refused past the limit
+    /// of packets waiting. After [`close`](Self::close) a packet is dropped.
+    pub fn push(&self, packet: &mqtt::Packet) -> Result<bool, Full> {
+        self.append(packet, self.limit)
+    }
+
+    /// [`push`](Self::push) past the limit: the session's own few packets (the task's
+    /// PINGREQ, the DISCONNECT at shutdown), which must not close it.
+    pub fn push_own(&self, packet: &mqtt::Packet) -> bool {
+        self.append(packet, usize::MAX).unwrap_or(false)
+    }
+
+    fn append(&self, packet: &mqtt::Packet, limit: usize) -> Result<bool, Full> {
         let mut st = self.lock();
         if st.closed {
             return Ok(false);
@@ -155,15 +175,15 @@ mod tests {
 
     #[test]
     fn packets_queue_in_order_up_to_the_limit() {
-        let out = Outbox::default();
-        assert!(out.push(&mqtt::Packet::PingReq, 2).unwrap());
-        assert!(!out.push(&mqtt::Packet::PubAck { packet_id: 7 }, 2).unwrap());
-        assert!(out.push(&mqtt::Packet::PingReq, 2).is_err(), "bounded");
+        let out = Outbox::new(2);
+        assert!(out.push(&mqtt::Packet::PingReq).unwrap());
+        assert!(!out.push(&mqtt::Packet::PubAck { packet_id: 7 }).unwrap());
+        assert!(out.push(&mqtt::Packet::PingReq).is_err(), "bounded");
         let mut buf = BytesMut::new();
         assert!(out.take(&mut buf));
         assert_eq!(&buf[..], &[0xC0, 0x00, 0x40, 0x02, 0x00, 0x07]);
         // While the task writes, the driver appends behind.
-        assert!(out.push(&mqtt::Packet::PingReq, 2).unwrap());
+        assert!(out.push(&mqtt::Packet::PingReq).unwrap());
         let mut next = BytesMut::new();
         assert!(out.take(&mut next));
         assert_eq!(&next[..], &[0xC0, 0x00]);
@@ -172,10 +192,24 @@ mod tests {
 
     #[test]
     fn nothing_is_queued_after_close() {
-        let out = Outbox::default();
+        let out = Outbox::new(2);
         out.close();
         assert!(out.is_closed());
-        assert!(!out.push(&mqtt::Packet::PingReq, 2).unwrap());
+        assert!(!out.push(&mqtt::Packet::PingReq).unwrap());
         assert!(!out.take(&mut BytesMut::new()));
+    }
+
+    #[test]
+    fn the_sessions_own_packets_pass_the_limit() {
+        let out = Outbox::new(1);
+        assert!(out.push(&mqtt::Packet::PingReq).unwrap());
+        assert!(out.push(&mqtt::Packet::PingReq).is_err());
+        assert!(
+            !out.push_own(&mqtt::Packet::Disconnect),
+            "queued behind, not refused"
+        );
+        let mut buf = BytesMut::new();
+        assert!(out.take(&mut buf));
+        assert_eq!(&buf[..], &[0xC0, 0x00, 0xE0, 0x00]);
     }
 }

@@ -377,7 +377,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin + QuickAck>(
                     return Err("broker silent beyond keep-alive".into());
                 }
                 // Behind whatever the driver queued; written at the top of the loop.
-                let _ = outbox.push(&mqtt::Packet::PingReq, usize::MAX);
+                outbox.push_own(&mqtt::Packet::PingReq);
             }
         }
     }
