@@ -43,6 +43,31 @@ fn settle_store(w: &mut World) {
     }
 }
 
+/// `dev` SUBSCRIBEs `topic` at QoS 1 (MsgId `msg_id`); the shared session `s` carries it
+/// upstream and the broker grants QoS 1.
+fn subscribe_granted(w: &mut World, s: SessionId, dev: &DeviceAddr, msg_id: u16, topic: &str) {
+    w.device_send(
+        dev,
+        Message::Subscribe(codec::Subscribe {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            msg_id,
+            topic: codec::TopicFilter::Name(topic.to_owned()),
+        }),
+    );
+    let up = w.take_upstream(s);
+    let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
+        panic!("{up:?}")
+    };
+    w.broker(
+        s,
+        mqtt::Packet::SubAck {
+            packet_id: *packet_id,
+            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtLeastOnce)],
+        },
+    );
+}
+
 #[test]
 fn aggregated_uplink_qos2_is_exactly_once_across_a_restart() {
     let mut w = World::with(agg_persistent());
@@ -138,26 +163,7 @@ fn persistent_subscriptions_come_back_into_the_filter_table_after_a_restart() {
     let s = accept_shared(&mut w);
     let a = addr(1);
     persistent_device(&mut w, &a, "dev");
-    w.device_send(
-        &a,
-        Message::Subscribe(codec::Subscribe {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            msg_id: 1,
-            topic: codec::TopicFilter::Name("p/t".to_owned()),
-        }),
-    );
-    let up = w.take_upstream(s);
-    let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
-        panic!("{up:?}")
-    };
-    w.broker(
-        s,
-        mqtt::Packet::SubAck {
-            packet_id: *packet_id,
-            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtLeastOnce)],
-        },
-    );
+    subscribe_granted(&mut w, s, &a, 1, "p/t");
     settle_store(&mut w);
     assert!(matches!(
         w.take_to_device(&a).as_slice(),
@@ -208,26 +214,7 @@ fn a_disconnected_persistent_device_gets_what_arrived_meanwhile_when_it_connects
     let s = accept_shared(&mut w);
     let a = addr(1);
     persistent_device(&mut w, &a, "dev");
-    w.device_send(
-        &a,
-        Message::Subscribe(codec::Subscribe {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            msg_id: 1,
-            topic: codec::TopicFilter::Name("away/t".to_owned()),
-        }),
-    );
-    let up = w.take_upstream(s);
-    let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
-        panic!("{up:?}")
-    };
-    w.broker(
-        s,
-        mqtt::Packet::SubAck {
-            packet_id: *packet_id,
-            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtLeastOnce)],
-        },
-    );
+    subscribe_granted(&mut w, s, &a, 1, "away/t");
     settle_store(&mut w);
     w.take_to_device(&a);
     w.device_send(&a, Message::Disconnect { duration: None });
@@ -297,26 +284,7 @@ fn an_evicted_persistent_device_takes_its_kept_filters_with_it() {
     let s = accept_shared(&mut w);
     let a = addr(1);
     persistent_device(&mut w, &a, "old");
-    w.device_send(
-        &a,
-        Message::Subscribe(codec::Subscribe {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            msg_id: 1,
-            topic: codec::TopicFilter::Name("old/t".to_owned()),
-        }),
-    );
-    let up = w.take_upstream(s);
-    let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
-        panic!("{up:?}")
-    };
-    w.broker(
-        s,
-        mqtt::Packet::SubAck {
-            packet_id: *packet_id,
-            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtLeastOnce)],
-        },
-    );
+    subscribe_granted(&mut w, s, &a, 1, "old/t");
     w.device_send(&a, Message::Disconnect { duration: None });
     settle_store(&mut w);
     w.take_to_device(&a);
@@ -347,26 +315,7 @@ fn a_persistent_device_away_across_a_restart_still_gets_its_messages() {
     let s = accept_shared(&mut w);
     let a = addr(1);
     persistent_device(&mut w, &a, "dev");
-    w.device_send(
-        &a,
-        Message::Subscribe(codec::Subscribe {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            msg_id: 1,
-            topic: codec::TopicFilter::Name("r/+".to_owned()),
-        }),
-    );
-    let up = w.take_upstream(s);
-    let [mqtt::Packet::Subscribe { packet_id, .. }] = up.as_slice() else {
-        panic!("{up:?}")
-    };
-    w.broker(
-        s,
-        mqtt::Packet::SubAck {
-            packet_id: *packet_id,
-            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::AtLeastOnce)],
-        },
-    );
+    subscribe_granted(&mut w, s, &a, 1, "r/+");
     w.device_send(&a, Message::Disconnect { duration: None });
     settle_store(&mut w);
     w.take_to_device(&a);
