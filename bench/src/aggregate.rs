@@ -234,20 +234,7 @@ pub(crate) async fn agg_child(spec: &str) -> Result<()> {
                 gw,
                 buf: vec![0u8; 256],
             };
-            let mut rc = None;
-            for _ in 0..3 {
-                match d
-                    .connect(&format!("bench-agg-{i}"), Duration::from_secs(5))
-                    .await
-                {
-                    Ok(Some(c)) => {
-                        rc = Some(c);
-                        break;
-                    }
-                    Ok(None) => continue,
-                    Err(_) => break,
-                }
-            }
+            let (rc, _) = d.connect_retrying(&format!("bench-agg-{i}"), 3).await;
             (d.sock, rc)
         });
     }

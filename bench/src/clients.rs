@@ -288,6 +288,26 @@ impl Device {
         self.connect_with(client_id, true, wait).await
     }
 
+    /// CONNECT (CleanSession=1) resent while no CONNACK comes within 5 s, up to `tries`
+    /// times: the CONNACK's return code (None: none came, or the socket failed) and the
+    /// attempts made — how the RSS, scale and aggregate tests connect thousands at once.
+    pub(crate) async fn connect_retrying(
+        &mut self,
+        client_id: &str,
+        tries: u32,
+    ) -> (Option<ReturnCode>, u32) {
+        let mut attempts = 0;
+        while attempts < tries {
+            attempts += 1;
+            match self.connect(client_id, Duration::from_secs(5)).await {
+                Ok(Some(rc)) => return (Some(rc), attempts),
+                Ok(None) => continue,
+                Err(_) => break,
+            }
+        }
+        (None, attempts)
+    }
+
     pub(crate) async fn connect_with(
         &mut self,
         client_id: &str,

@@ -50,18 +50,7 @@ pub(crate) async fn rss(
             set.spawn(async move {
                 let _permit = permit;
                 let mut d = d;
-                let mut attempts = 0;
-                let rc = loop {
-                    attempts += 1;
-                    match d
-                        .connect(&format!("bench-rss-{i}"), Duration::from_secs(5))
-                        .await
-                    {
-                        Ok(Some(rc)) => break Some(rc),
-                        Ok(None) if attempts < 3 => continue,
-                        _ => break None,
-                    }
-                };
+                let (rc, attempts) = d.connect_retrying(&format!("bench-rss-{i}"), 3).await;
                 (d, rc, attempts)
             });
         }

@@ -125,20 +125,7 @@ pub(crate) async fn scale_test(
                     gw,
                     buf: vec![0u8; 64],
                 };
-                let mut rc = None;
-                for _ in 0..3 {
-                    match d
-                        .connect(&format!("bench-scale-{i}"), Duration::from_secs(5))
-                        .await
-                    {
-                        Ok(Some(c)) => {
-                            rc = Some(c);
-                            break;
-                        }
-                        Ok(None) => continue,
-                        Err(_) => break,
-                    }
-                }
+                let (rc, _) = d.connect_retrying(&format!("bench-scale-{i}"), 3).await;
                 (d.sock, rc)
             });
         }
