@@ -44,6 +44,12 @@ fn read_packet(sock: &mut TcpStream, buf: &mut BytesMut) -> Option<mqtt::Packet>
     }
 }
 
+/// The gateway's other sections: `limits.channel_depth` (and more `limits` lines), the status
+/// session off.
+fn sections(channel_depth: usize, limits: &str) -> String {
+    format!("limits:\n  channel_depth: {channel_depth}\n{limits}status:\n  enabled: false\n")
+}
+
 /// Accepts connections; answers each CONNECT with CONNACK Accepted and hands the connection
 /// (and what was read past the CONNECT) to the test.
 fn fake_broker(listener: TcpListener) -> mpsc::Receiver<(TcpStream, BytesMut)> {
@@ -71,51 +77,16 @@ fn fake_broker(listener: TcpListener) -> mpsc::Receiver<(TcpStream, BytesMut)> {
     rx
 }
 
-fn gateway_config(
-    dir: &TempDir,
-    broker_port: u16,
-    udp: u16,
-    channel_depth: usize,
-) -> std::path::PathBuf {
-    config_with(dir, broker_port, udp, channel_depth, "", "")
-}
-
-/// The gateway's config file, with `upstream` lines under `broker.upstream` and `limits`
-/// lines under `limits`.
-fn config_with(
-    dir: &TempDir,
-    broker_port: u16,
-    udp: u16,
-    channel_depth: usize,
-    upstream: &str,
-    limits: &str,
-) -> std::path::PathBuf {
-    let file = dir.0.join("gateway.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "transports:\n  udp:\n    - bind: 127.0.0.1:{udp}\n\
-             broker:\n  mode: upstream\n  upstream:\n    port: {broker_port}\n{upstream}\
-             limits:\n  channel_depth: {channel_depth}\n{limits}\
-             store:\n  path: null\nhttp:\n  bind: null\nstatus:\n  enabled: false\n"
-        ),
-    )
-    .unwrap();
-    file
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_stalls_then_reads_gets_every_packet_in_order() {
     let listener = small_buffer_listener();
     let port = listener.local_addr().unwrap().port();
     let sessions = fake_broker(listener);
     let dir = TempDir::new("backpressure-order");
-    let udp = free_udp_port();
-    let file = gateway_config(&dir, port, udp, 4096);
-    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &file, &dir.0);
-    gw.wait_log("UDP transport listening", &dir.0);
+    let (_gw, gw_addr) =
+        LoggedGateway::upstream(GATEWAY_BIN.as_ref(), &dir.0, port, "", &sections(4096, ""));
 
-    let dev = SnClient::new(SocketAddr::from(([127, 0, 0, 1], udp))).await;
+    let dev = SnClient::new(gw_addr).await;
     // A short topic name: no REGISTER needed.
     dev.connect("stall", true, 60).await;
     let (mut sock, mut buf) = next_session(&sessions).await;
@@ -167,11 +138,8 @@ async fn a_broker_that_never_reads_costs_only_its_session() {
     let port = listener.local_addr().unwrap().port();
     let sessions = fake_broker(listener);
     let dir = TempDir::new("backpressure-bound");
-    let udp = free_udp_port();
-    let file = gateway_config(&dir, port, udp, 32);
-    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &file, &dir.0);
-    gw.wait_log("UDP transport listening", &dir.0);
-    let gw_addr = SocketAddr::from(([127, 0, 0, 1], udp));
+    let (mut gw, gw_addr) =
+        LoggedGateway::upstream(GATEWAY_BIN.as_ref(), &dir.0, port, "", &sections(32, ""));
 
     let stuck = SnClient::new(gw_addr).await;
     stuck.connect("stuck", true, 60).await;
@@ -247,19 +215,15 @@ async fn a_shared_session_waits_for_its_own_backlog_not_a_devices() {
         let port = listener.local_addr().unwrap().port();
         let sessions = fake_broker(listener);
         let dir = TempDir::new("backpressure-shared");
-        let udp = free_udp_port();
-        let file = config_with(
-            &dir,
+        let (gw, gw_addr) = LoggedGateway::upstream(
+            GATEWAY_BIN.as_ref(),
+            &dir.0,
             port,
-            udp,
-            32,
             "    sessions: aggregating\n",
-            &format!("  shared_session_backlog: {backlog}\n"),
+            &sections(32, &format!("  shared_session_backlog: {backlog}\n")),
         );
-        let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &file, &dir.0);
-        gw.wait_log("UDP transport listening", &dir.0);
         let (_shared, _) = next_session(&sessions).await;
-        let dev = SnClient::new(SocketAddr::from(([127, 0, 0, 1], udp))).await;
+        let dev = SnClient::new(gw_addr).await;
         dev.connect("many", true, 60).await;
         let payload = vec![b's'; 1000];
         // ~3 MiB toward a broker that reads nothing: far below a million packets.

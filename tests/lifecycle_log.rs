@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -16,21 +15,13 @@ async fn each_lifecycle_event_is_one_info_line() {
         return;
     };
     let dir = TempDir::new("lifecycle");
-    let udp = free_udp_port();
-    let file = dir.0.join("gateway.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "transports:\n  udp:\n    - bind: 127.0.0.1:{udp}\n\
-             broker:\n  mode: upstream\n  upstream:\n    port: {}\n\
-             store:\n  path: null\nhttp:\n  bind: null\nlog:\n  level: info\n",
-            mosquitto.port
-        ),
-    )
-    .unwrap();
-    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &file, &dir.0);
-    gw.wait_log("UDP transport listening", &dir.0);
-    let at = SocketAddr::from(([127, 0, 0, 1], udp));
+    let (mut gw, at) = LoggedGateway::upstream(
+        GATEWAY_BIN.as_ref(),
+        &dir.0,
+        mosquitto.port,
+        "",
+        "log:\n  level: info\n",
+    );
 
     let dev = SnClient::new(at).await;
     dev.connect("sensor-1", true, 60).await;

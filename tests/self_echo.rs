@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,21 +17,14 @@ async fn a_self_subscribed_device_gets_its_puback_without_a_delayed_ack_stall() 
         return;
     };
     let dir = TempDir::new("self-echo");
-    let udp = free_udp_port();
-    let file = dir.0.join("gateway.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "transports:\n  udp:\n    - bind: 127.0.0.1:{udp}\n\
-             broker:\n  mode: upstream\n  upstream:\n    port: {}\n\
-             store:\n  path: null\nhttp:\n  bind: null\nstatus:\n  enabled: false\n",
-            mosquitto.port
-        ),
-    )
-    .unwrap();
-    let mut gw = LoggedGateway::spawn(GATEWAY_BIN.as_ref(), &file, &dir.0);
-    gw.wait_log("UDP transport listening", &dir.0);
-    let dev = SnClient::new(SocketAddr::from(([127, 0, 0, 1], udp))).await;
+    let (_gw, at) = LoggedGateway::upstream(
+        GATEWAY_BIN.as_ref(),
+        &dir.0,
+        mosquitto.port,
+        "",
+        "status:\n  enabled: false\n",
+    );
+    let dev = SnClient::new(at).await;
     dev.connect("echo", true, 60).await;
     let sub = dev
         .subscribe(TopicFilter::Name("echo/t".into()), QoS::AtMostOnce, 1)

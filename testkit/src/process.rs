@@ -167,6 +167,34 @@ impl LoggedGateway {
             .expect("spawn the gateway")
     }
 
+    /// The gateway binary toward an upstream broker on 127.0.0.1:`broker_port`, one UDP
+    /// transport on a free port (returned), no store, no status page; `upstream` are more lines
+    /// under `broker.upstream` (indented four spaces), `sections` more top-level YAML (e.g.
+    /// `status:\n  enabled: false\n`). Its config is `dir/gateway.yaml`, its log
+    /// `dir/stderr.log`; returns once it listens.
+    pub fn upstream(
+        bin: &Path,
+        dir: &Path,
+        broker_port: u16,
+        upstream: &str,
+        sections: &str,
+    ) -> (LoggedGateway, std::net::SocketAddr) {
+        let udp = crate::free_udp_port();
+        let file = dir.join("gateway.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "transports:\n  udp:\n    - bind: 127.0.0.1:{udp}\n\
+                 broker:\n  mode: upstream\n  upstream:\n    port: {broker_port}\n{upstream}\
+                 store:\n  path: null\nhttp:\n  bind: null\n{sections}"
+            ),
+        )
+        .expect("write gateway.yaml");
+        let mut gw = Self::spawn(bin, &file, dir);
+        gw.wait_log("UDP transport listening", dir);
+        (gw, std::net::SocketAddr::from(([127, 0, 0, 1], udp)))
+    }
+
     /// Waits (up to 20 s) until something accepts TCP on 127.0.0.1:`port` (the embedded
     /// broker); panics with the log in `dir` if the gateway exits first.
     pub fn wait_listening(&mut self, port: u16, dir: &Path) {
