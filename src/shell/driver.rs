@@ -223,7 +223,7 @@ impl Driver {
             .into_iter()
             .collect();
         self.flush(persistence.as_ref()).await;
-        // Dropping the session senders lets every upstream task flush and close.
+        // Closing each outbox lets its task write what is left and close.
         let mut open = self.sessions.len();
         for outbox in self.sessions.values() {
             if self.disconnect_on_shutdown {
