@@ -70,54 +70,13 @@ fn agg_subscribe(
     qos: QoS,
     msg_id: u16,
 ) -> (u16, mqtt::QoS) {
-    w.device_send(
-        at,
-        Message::Subscribe(codec::Subscribe {
-            dup: false,
-            qos,
-            msg_id,
-            topic: codec::TopicFilter::Name(filter.to_owned()),
-        }),
-    );
-    let up = w.take_upstream(s0);
-    let [mqtt::Packet::Subscribe { packet_id, filters }] = up.as_slice() else {
-        panic!("expected one SUBSCRIBE upstream, got {up:?}");
-    };
-    assert_eq!(filters.len(), 1);
-    assert_eq!(filters[0].0, filter);
-    let asked = filters[0].1;
-    w.broker(
-        s0,
-        mqtt::Packet::SubAck {
-            packet_id: *packet_id,
-            codes: vec![mqtt::SubackCode::Granted(mqtt::QoS::ExactlyOnce)],
-        },
-    );
-    let down = w.take_to_device(at);
-    let [Message::Suback(s)] = down.as_slice() else {
-        panic!("expected one SUBACK, got {down:?}");
-    };
-    assert_eq!(s.msg_id, msg_id);
-    assert_eq!(s.return_code, ReturnCode::Accepted);
-    (s.topic_id, asked)
+    w.subscribe_asked(at, s0, filter, qos, mqtt::QoS::ExactlyOnce, msg_id)
 }
 
 /// The next PUBLISH to the device, answering the REGISTER before it when there is one.
 fn take_pub(w: &mut World, at: &DeviceAddr) -> codec::Publish {
-    let mut down = w.take_to_device(at);
-    if let Some(Message::Register(r)) = down.first().cloned() {
-        assert_eq!(down.len(), 1, "{down:?}");
-        w.device_send(
-            at,
-            Message::Regack(codec::Regack {
-                topic_id: r.topic_id,
-                msg_id: r.msg_id,
-                return_code: ReturnCode::Accepted,
-            }),
-        );
-        down = w.take_to_device(at);
-    }
-    one_pub(down)
+    let down = w.take_to_device(at);
+    w.publish_after_register(at, down)
 }
 
 fn up_publish(up: Vec<mqtt::Packet>) -> mqtt::Publish {

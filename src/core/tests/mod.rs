@@ -458,6 +458,20 @@ impl World {
         granted: mqtt::QoS,
         msg_id: u16,
     ) -> u16 {
+        self.subscribe_asked(at, session, filter, qos, granted, msg_id)
+            .0
+    }
+
+    /// [`subscribe`](Self::subscribe), also returning the QoS the upstream SUBSCRIBE asked for.
+    pub(super) fn subscribe_asked(
+        &mut self,
+        at: &DeviceAddr,
+        session: SessionId,
+        filter: &str,
+        qos: QoS,
+        granted: mqtt::QoS,
+        msg_id: u16,
+    ) -> (u16, mqtt::QoS) {
         self.device_send(
             at,
             Message::Subscribe(codec::Subscribe {
@@ -473,6 +487,7 @@ impl World {
         };
         assert_eq!(filters.len(), 1);
         assert_eq!(filters[0].0, filter);
+        let asked = filters[0].1;
         self.broker(
             session,
             mqtt::Packet::SubAck {
@@ -486,7 +501,29 @@ impl World {
         };
         assert_eq!(s.msg_id, msg_id);
         assert_eq!(s.return_code, ReturnCode::Accepted);
-        s.topic_id
+        (s.topic_id, asked)
+    }
+
+    /// The one PUBLISH in `down` (what the device was just sent), answering the REGISTER that
+    /// comes alone before it when the device does not know the topic yet.
+    pub(super) fn publish_after_register(
+        &mut self,
+        at: &DeviceAddr,
+        mut down: Vec<Message>,
+    ) -> codec::Publish {
+        if let [Message::Register(r)] = down.as_slice() {
+            let r = r.clone();
+            self.device_send(
+                at,
+                Message::Regack(codec::Regack {
+                    topic_id: r.topic_id,
+                    msg_id: r.msg_id,
+                    return_code: ReturnCode::Accepted,
+                }),
+            );
+            down = self.take_to_device(at);
+        }
+        one_pub(down)
     }
 
     /// Device registers `name`; returns the REGACK's topic id.
